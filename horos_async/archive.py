@@ -1,0 +1,444 @@
+"""Blocking ZIP work: build one study's ZIP into a new file, and prove a ZIP is whole.
+
+No asyncio here: the engine calls these from a worker thread. The writer streams each source in
+fixed chunks (memory stays flat whatever the study size), checks every member's CRC against the
+bytes actually read, and fully syncs the file before returning. The verifier follows RELIABILITY.md
+§3: member by member from ``infolist()`` (never ``testzip``), every error turned into
+:class:`ZipInvalid` naming the member, and a check that the file ends exactly at its end record.
+Errors of the *output* disk (ENOSPC, EIO, ENXIO) propagate as the original ``OSError``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import stat
+import string
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, List, Optional, Sequence, Tuple
+
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID
+
+from . import durable
+
+try:  # ISA-L writes the same raw deflate stream as zlib, 5-20x faster at low levels.
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - the wheel is missing on some platforms
+    _isal = None
+
+log = logging.getLogger("horos_async")
+
+USE_ISAL = _isal is not None
+"""Compress and checksum with ISA-L when it is installed; tests set this False to force zlib."""
+
+Progress = Optional[Callable[[int, int], None]]
+_PROGRESS_STEP = 64 << 20  # report at least this often (bytes) inside a large member
+_DOS_MIN = (1980, 1, 1, 0, 0, 0)  # ZIP dates cannot say earlier: zipfile raises ValueError
+_DOS_MAX = (2107, 12, 31, 23, 59, 58)
+_DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+_ENCAPSULATED_UNCOMPRESSED_TS = "1.2.840.10008.1.2.1.98"  # encapsulated, yet the pixels are raw
+# Errors that mean the disk or volume failed, not that the ZIP is bad: they propagate from
+# verify_zip so the engine never deletes a good ZIP because a cable was loose.
+_DEVICE_ERRNOS = frozenset(
+    e
+    for e in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EACCES, errno.EPERM,
+              getattr(errno, "ESTALE", None), errno.ENOTCONN, errno.ETIMEDOUT)
+    if e
+)
+
+
+class Cancelled(Exception):
+    """The cancel event was set; the partial ZIP has been removed."""
+
+
+class SourceMissing(Exception):
+    """A source file vanished (ENOENT) between plan and zip."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"source file vanished: {path} (Horos may have removed it; retried next run)")
+        self.path = path
+
+
+class SourceReadError(Exception):
+    """A source file could not be read, or its size changed while it was read."""
+
+    def __init__(self, path: Path, err: Optional[int], detail: str) -> None:
+        super().__init__(f"cannot read source file {path}: {detail} (retried next run)")
+        self.path = path
+        self.errno = err
+
+
+class ZipInvalid(Exception):
+    """A ZIP failed verification; ``member`` names the bad entry when there is one."""
+
+    def __init__(self, reason: str, member: Optional[str] = None) -> None:
+        super().__init__(f"{member}: {reason}" if member else reason)
+        self.reason = reason
+        self.member = member
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file to put in a ZIP."""
+
+    source: Path
+    """Absolute path of the source file."""
+    name: str
+    """Member name inside the ZIP (portable, ``/``-separated, see :func:`safe_member_name`)."""
+    size: int
+    """Size in bytes from ``stat`` at plan time; a different size at zip time is a read error."""
+    compress: bool
+    """Deflate it (True) or store it (False, for already-compressed DICOM)."""
+
+
+@dataclass(frozen=True)
+class BuiltMember:
+    """One member as written to, or found in, a ZIP."""
+
+    name: str
+    """Member name inside the ZIP."""
+    crc: int
+    """CRC-32 of the uncompressed bytes."""
+    size: int
+    """Uncompressed size in bytes."""
+    compressed_size: int
+    """Size in bytes as stored in the ZIP."""
+
+
+def build_zip(
+    out_path: Path,
+    members: Sequence[Member],
+    *,
+    level: int = 1,
+    comment: bytes = b"",
+    progress: Progress = None,
+    cancel: Optional[threading.Event] = None,
+    opener: Optional[Callable[[Path], IO[bytes]]] = None,
+    chunk_size: int = 1 << 20,
+    trace: durable.Trace = None,
+) -> List[BuiltMember]:
+    """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure."""
+    if not 0 <= level <= 9:
+        raise ValueError(f"compression level {level} is outside 0-9")
+    if len(comment) > 0xFFFF:
+        raise ValueError(f"ZIP comment is {len(comment)} bytes; the format allows 65535")
+    names = [m.name for m in members]
+    bad = [n for n in names if not safe_member_name(n)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"unsafe or duplicate member names in plan: {bad or 'duplicates'}")
+    out_path = Path(out_path)
+    if opener is None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        out = os.fdopen(os.open(out_path, flags, durable.FILE_MODE), "wb")
+    else:
+        out = opener(out_path)
+    try:
+        built = _write_zip(out, members, level, comment, _Ticker(progress), cancel, chunk_size)
+        durable.sync_file(out, path=out_path, trace=trace)
+        out.close()
+    except BaseException:
+        _discard(out, out_path)
+        raise
+    return built
+
+
+def verify_zip(
+    path: Path,
+    expected: Optional[Sequence[BuiltMember]] = None,
+    *,
+    deep: bool = True,
+    progress: Progress = None,
+    cancel: Optional[threading.Event] = None,
+    chunk_size: int = 1 << 20,
+) -> List[BuiltMember]:
+    """Check a ZIP's structure (and with ``deep`` every member's bytes); return its members.
+
+    Raises :class:`ZipInvalid` for any defect, ``OSError`` when the file or its disk cannot be read.
+    """
+    ticker = _Ticker(progress)
+    with open(path, "rb") as f:
+        member = None
+        try:
+            entries = _check_end(f)
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                found = _check_directory(infos, entries)
+                if expected is not None:
+                    _compare(found, expected)
+                if deep:
+                    crc32 = _crc32()
+                    for info in infos:
+                        member = info.filename
+                        _check_member(zf, info, crc32, chunk_size, cancel, ticker)
+                        ticker.file_done()
+        except (ZipInvalid, Cancelled):
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in _DEVICE_ERRNOS:
+                raise
+            raise ZipInvalid(f"{type(exc).__name__}: {exc}", member) from exc
+    return found
+
+
+def read_comment(path: Path) -> bytes:
+    """The ZIP's archive comment (the engine's identity JSON), or b"" when it cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.comment
+    except Exception as exc:  # any failure means "no identity": the caller then treats it as unknown
+        log.debug("no readable comment in %s: %s", path, exc)
+        return b""
+
+
+def safe_member_name(name: str) -> bool:
+    """True when ``name`` is a relative path that cannot escape the folder it is extracted into."""
+    if not name or name.startswith("/") or "\\" in name or any(ord(c) < 0x20 for c in name):
+        return False
+    if len(name) >= 2 and name[1] == ":" and name[0] in string.ascii_letters:
+        return False  # "C:..." is absolute, or drive-relative, on Windows
+    parts = name.split("/")
+    if parts[-1] == "":  # a directory entry, "series/"
+        parts.pop()
+    return bool(parts) and all(p not in ("", ".", "..") for p in parts)
+
+
+def needs_deflate(path: Path) -> bool:
+    """False for DICOM whose transfer syntax is already compressed; True otherwise (safe default)."""
+    try:
+        ts = str(read_file_meta_info(path).get("TransferSyntaxUID") or "").strip("\0 ")
+    except Exception:  # not DICOM, truncated, unreadable: deflating is always correct, only slower
+        return True
+    if not ts or ts == _ENCAPSULATED_UNCOMPRESSED_TS:
+        return True
+    if ts == _DEFLATED_TS:  # pydicom does not count Deflated as "compressed", but it is
+        return False
+    try:
+        return not UID(ts).is_compressed
+    except ValueError:  # a private or unknown transfer syntax
+        return True
+
+
+class _Ticker:
+    """Calls ``progress(files_done, bytes_done)`` per member and every 64 MiB inside one."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.files, self.bytes, self.next_report = progress, 0, 0, _PROGRESS_STEP
+
+    def add(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        if self.progress and self.bytes >= self.next_report:
+            self.next_report = self.bytes + _PROGRESS_STEP
+            self.progress(self.files, self.bytes)
+
+    def file_done(self) -> None:
+        self.files += 1
+        self.next_report = self.bytes + _PROGRESS_STEP
+        if self.progress:
+            self.progress(self.files, self.bytes)
+
+
+def _crc32() -> Callable[[bytes, int], int]:
+    return _isal.crc32 if USE_ISAL and _isal is not None else zlib.crc32
+
+
+def _check_cancel(cancel: Optional[threading.Event]) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+def _write_zip(out, members, level, comment, ticker, cancel, chunk_size) -> List[BuiltMember]:
+    zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
+    crc32, built = _crc32(), []
+    try:
+        for member in members:
+            _check_cancel(cancel)
+            built.append(_write_member(zf, member, level, crc32, chunk_size, cancel, ticker))
+            ticker.file_done()
+        zf.comment = comment
+        zf.close()  # writes the central directory; `out` stays open (a passed file object)
+    except BaseException:
+        # ZipFile.__del__ calls close(), which would write a central directory into the doomed
+        # file; close() returns at once when fp is None.
+        zf.fp = None
+        raise
+    return built
+
+
+def _write_member(zf, member: Member, level, crc32, chunk_size, cancel, ticker) -> BuiltMember:
+    src = _open_source(member.source)
+    with src:
+        zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(os.fstat(src.fileno()).st_mtime))
+        zinfo.compress_type = zipfile.ZIP_DEFLATED if member.compress else zipfile.ZIP_STORED
+        zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
+        zinfo.file_size = member.size  # zipfile decides ZIP64 from this before writing the header
+        try:
+            zinfo.compress_level = level  # Python 3.13+
+        except AttributeError:
+            zinfo._compresslevel = level  # Python 3.7-3.12
+        writer = zf.open(zinfo, "w")
+        try:
+            if member.compress:
+                _install_fast_compressor(writer, level)
+            crc, remaining = 0, member.size
+            while remaining > 0:
+                _check_cancel(cancel)
+                chunk = _read(src, member.source, min(chunk_size, remaining))
+                if not chunk:
+                    done = member.size - remaining
+                    raise SourceReadError(member.source, None, f"shrank while reading ({done} of {member.size} bytes)")
+                crc = crc32(chunk, crc)
+                writer.write(chunk)
+                remaining -= len(chunk)
+                ticker.add(len(chunk))
+            if _read(src, member.source, 1):
+                raise SourceReadError(member.source, None, f"changed while reading (grew past {member.size} bytes)")
+        except BaseException:
+            # Do not let zipfile finish the member (more writes to a failing disk); the whole file
+            # is deleted anyway. IOBase.close only marks the writer closed.
+            io.IOBase.close(writer)
+            raise
+        writer.close()
+    if zinfo.CRC != crc or zinfo.file_size != member.size:
+        raise ZipInvalid("CRC or size written differs from the source bytes read", member.name)
+    return BuiltMember(member.name, crc, member.size, zinfo.compress_size)
+
+
+def _install_fast_compressor(writer, level: int) -> bool:
+    """Swap zipfile's zlib compressor for ISA-L's; return whether it did."""
+    # Relies on the private attribute _ZipWriteFile._compressor (CPython 3.6-3.14), read only by
+    # write() and close(): replacing it before the first write changes nothing else. If a future
+    # zipfile renames it, we keep the stdlib compressor: slower, still correct.
+    if not USE_ISAL or _isal is None or getattr(writer, "_compressor", None) is None:
+        return False
+    isal_level = min(level, _isal.ISAL_BEST_COMPRESSION)  # ISA-L has levels 0-3 only
+    writer._compressor = _isal.compressobj(isal_level, _isal.DEFLATED, -15)
+    return True
+
+
+def _open_source(path: Path) -> IO[bytes]:
+    try:
+        return open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise SourceMissing(path) from None
+    except OSError as exc:
+        raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+
+
+def _read(src: IO[bytes], path: Path, n: int) -> bytes:
+    try:
+        return src.read(n)
+    except OSError as exc:
+        raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+
+
+def _dos_time(mtime: float) -> Tuple[int, int, int, int, int, int]:
+    """The file's local mtime, clamped into the range a ZIP header can hold."""
+    try:
+        stamp = tuple(time.localtime(mtime)[:6])
+    except (OverflowError, OSError, ValueError):
+        return _DOS_MIN if mtime < 0 else _DOS_MAX
+    return max(_DOS_MIN, min(_DOS_MAX, stamp))  # type: ignore[return-value]
+
+
+def _discard(out: IO[bytes], out_path: Path) -> None:
+    """Close and delete a failed output; the original exception is what the caller must see."""
+    try:
+        out.close()
+    except (OSError, ValueError) as exc:  # a full disk fails the final flush too
+        log.debug("closing failed ZIP %s: %s", out_path, exc)
+    try:
+        os.unlink(out_path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # left for durable.remove_stale_temps on the next run
+        log.warning("could not remove failed ZIP %s: %s", out_path, exc)
+
+
+def _check_end(f: IO[bytes]) -> int:
+    """Check the file ends exactly at its end-of-central-directory record; return the entry count."""
+    size = f.seek(0, os.SEEK_END)
+    tail_len = min(size, 22 + 0xFFFF)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    pos = len(tail)
+    while True:  # the rightmost record whose comment ends exactly at end of file
+        pos = tail.rfind(b"PK\x05\x06", 0, pos)
+        if pos < 0:
+            raise ZipInvalid("the file does not end with an end-of-central-directory record "
+                             "(truncated, or data appended after the ZIP)")
+        fields = struct.unpack("<4s4H2LH", tail[pos:pos + 22]) if pos + 22 <= len(tail) else None
+        if fields and pos + 22 + fields[-1] == len(tail):
+            break
+    _, disk, cd_disk, disk_entries, entries, cd_size, cd_offset, _ = fields
+    eocd = size - tail_len + pos
+    end_of_cd = eocd
+    f.seek(max(eocd - 20, 0))
+    locator = f.read(20) if eocd >= 20 else b""
+    if locator[:4] == b"PK\x06\x07":  # ZIP64: the real counts and offsets are in the ZIP64 record
+        z_offset = struct.unpack("<4sLQL", locator)[2]
+        f.seek(z_offset)
+        record = f.read(56)
+        if len(record) < 56 or record[:4] != b"PK\x06\x06":
+            raise ZipInvalid("ZIP64 end record missing where its locator points")
+        (_, rec_size, _, _, disk, cd_disk, disk_entries, entries, cd_size,
+         cd_offset) = struct.unpack("<4sQ2H2L4Q", record)
+        if z_offset + 12 + rec_size != eocd - 20:
+            raise ZipInvalid("unexpected data between the ZIP64 end record and its locator")
+        end_of_cd = z_offset
+    if disk or cd_disk or disk_entries != entries:
+        raise ZipInvalid("multi-disk ZIP archives are not supported")
+    if cd_offset + cd_size != end_of_cd:
+        raise ZipInvalid("the central directory does not end where the end record says")
+    return entries
+
+
+def _check_directory(infos: List[zipfile.ZipInfo], entries: int) -> List[BuiltMember]:
+    if len(infos) != entries:
+        raise ZipInvalid(f"central directory holds {len(infos)} entries, its end record says {entries}")
+    seen = set()
+    for info in infos:
+        if info.filename in seen:
+            raise ZipInvalid("duplicate member name", info.filename)
+        if not safe_member_name(info.filename):
+            raise ZipInvalid("unsafe member name (absolute, '..', backslash or drive)", info.filename)
+        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ZipInvalid("encrypted or unexpected compression method", info.filename)
+        seen.add(info.filename)
+    return [BuiltMember(i.filename, i.CRC, i.file_size, i.compress_size) for i in infos]
+
+
+def _compare(found: List[BuiltMember], expected: Sequence[BuiltMember]) -> None:
+    if len(found) != len(expected):
+        raise ZipInvalid(f"holds {len(found)} members, expected {len(expected)}")
+    by_name = {m.name: m for m in found}
+    for want in expected:
+        got = by_name.get(want.name)
+        if got is None:
+            raise ZipInvalid("expected member is missing", want.name)
+        if (got.size, got.crc) != (want.size, want.crc):
+            raise ZipInvalid(f"size/CRC {got.size}/{got.crc:08x}, expected {want.size}/{want.crc:08x}", want.name)
+
+
+def _check_member(zf, info: zipfile.ZipInfo, crc32, chunk_size, cancel, ticker) -> None:
+    crc, size = 0, 0
+    with zf.open(info) as member:  # by ZipInfo, never by name: a duplicate name would hide a member
+        while True:
+            _check_cancel(cancel)
+            chunk = member.read(chunk_size)
+            if not chunk:
+                break
+            crc = crc32(chunk, crc)
+            size += len(chunk)
+            ticker.add(len(chunk))
+    if (size, crc) != (info.file_size, info.CRC):
+        raise ZipInvalid(f"content {size} bytes/CRC {crc:08x}, directory says {info.file_size}/{info.CRC:08x}",
+                         info.filename)

@@ -1,0 +1,312 @@
+"""The one configuration object, loaded from TOML; every path is resolved here.
+
+Resolution order (README "Configuration"): ``--config PATH``, else ``$HOROS_BACKUP_CONFIG``, else the
+built-in defaults that mirror the classic layout on ``/Volumes/PACS``. Command-line overrides
+(``--horos-data``, ``--backup-dir``) are applied last. Unknown keys, wrong types and impossible values
+raise ``ConfigError`` naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from horos_async.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised by the Python 3.9 CI job
+    import tomli as tomllib
+
+ENV_VAR = "HOROS_BACKUP_CONFIG"
+ORDER_CHOICES = ("study_date", "date_added")
+COMPRESSION_CHOICES = ("auto", "deflate", "store")
+NAMING_CHOICES = ("classic", "pseudonymous")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs to know; built once, never mutated."""
+
+    horos_data: Path = Path("/Volumes/PACS/Database/Horos Data")
+    """The ``Horos Data`` folder holding ``Database.sql`` (and usually ``DATABASE.noindex``)."""
+    backup_dir: Path = Path("/Volumes/PACS/Backup")
+    """Where the ``YYYY_MM/`` month folders, the ledger, ``issues.csv`` and ``logs/`` live."""
+    sentinel: Optional[Path] = Path("/Volumes/PACS/.pacs_sentinel")
+    """A file that exists only on the right, mounted volume; no run writes anything without it.
+    Set to an empty string to disable (not recommended on removable disks)."""
+    modalities: Tuple[str, ...] = ("CT", "MR")
+    """A study is due when at least one of its series has one of these modalities (upper case)."""
+    batch_size: int = 15
+    """Studies per batch: one short database read, then up to ``concurrency`` ZIP jobs at once."""
+    concurrency: int = 2
+    """ZIP jobs running at once (threads); 2 suits a 2-core Mac, raise it on faster machines."""
+    sleep_between_studies: float = 1.0
+    """Seconds to pause before starting each study, so Horos keeps its share of the disk."""
+    order_by: str = "study_date"
+    """Export order: ``study_date`` (oldest acquisition first) or ``date_added`` (oldest import first)."""
+    incoming_max_files: int = 25000
+    """Pause when Horos's INCOMING.noindex holds more files than this (Horos is busy importing)."""
+    max_name_length: int = 128
+    """Longest ZIP file name, without ``.zip``, in characters; the patient part is shortened."""
+    log_max_bytes: int = 100 * 1024 * 1024
+    """Size in bytes at which ``logs/horos-backup.log`` rotates."""
+    log_backup_count: int = 10
+    """Rotated log files kept."""
+    zip_attempts: int = 3
+    """Attempts to build and verify one ZIP before the study is recorded ``ZIP_FAIL``."""
+    db_folder_size: int = 10000
+    """Horos's ``DefaultFolderSizeForDB``: files per ``DATABASE.noindex/<F>/`` bucket."""
+    timezone: str = ""
+    """IANA zone the Horos Mac runs in (e.g. ``America/Sao_Paulo``); empty means this machine's zone."""
+    stability_minutes: float = 30.0
+    """A study whose images arrived less than this many minutes ago is not due yet."""
+    path_map: Tuple[Tuple[str, str], ...] = ()
+    """Prefix rewrites for linked (absolute-path) files, e.g. ``{"/Volumes/CD" = "/mnt/cd"}``."""
+    compression: str = "auto"
+    """``auto`` stores already-compressed DICOM (JPEG, JPEG 2000, RLE...) and deflates the rest;
+    ``deflate`` deflates everything; ``store`` never compresses (fastest on a fast disk)."""
+    compression_level: int = 1
+    """Deflate level 1-9; 1 is fast and already halves uncompressed CT/MR."""
+    allow_partial: bool = False
+    """Export a study even when some of its files are missing, recorded as ``PARTIAL`` (not ``done``)."""
+    min_free_gb: float = 5.0
+    """Free space, in GB, always left on the backup volume after the next ZIP."""
+    horos_free_gb: float = 20.0
+    """When the backup shares Horos's disk: free space, in GB, kept so Horos never auto-cleans."""
+    naming: str = "classic"
+    """``classic`` = ``Patient_DOB_StudyDate_UID.zip``; ``pseudonymous`` replaces the patient with a hash."""
+    log_patient_names: bool = False
+    """Write patient names into logs (off: studies are named by UID only)."""
+    db_busy_seconds: float = 30.0
+    """How long to keep retrying a busy, locked or hot-journalled Horos database before giving up."""
+    retry_backoff_minutes: float = 60.0
+    """First wait before retrying a failed study; doubles on each failure, capped at one week."""
+    start_interval: int = 600
+    """launchd ``StartInterval``: seconds between scheduled runs."""
+    run_window: str = ""
+    """Only run inside this local window, e.g. ``"20:00-06:00"``; empty = any time."""
+    source: Optional[Path] = field(default=None, compare=False)
+    """The file this was loaded from (None = built-in defaults)."""
+
+    # Derived locations -------------------------------------------------------------------------------
+    @property
+    def database(self) -> Path:
+        """``Horos Data/Database.sql``."""
+        return self.horos_data / "Database.sql"
+
+    @property
+    def data_root(self) -> Path:
+        """Horos's ``dataBaseDirPath``: the content of ``DBFOLDER_LOCATION`` if present, else ``horos_data``."""
+        marker = self.horos_data / "DBFOLDER_LOCATION"
+        try:
+            text = marker.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return self.horos_data
+        except OSError as exc:
+            raise ConfigError(f"cannot read {marker}: {exc.strerror}; check the Horos data volume") from exc
+        return Path(text) if text else self.horos_data
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Horos's drop box of files waiting to be indexed."""
+        return self.data_root / "INCOMING.noindex"
+
+    @property
+    def ledger_path(self) -> Path:
+        """The engine's state database, the single truth for "done"."""
+        return self.backup_dir / "export_state.sqlite"
+
+    @property
+    def state_dir(self) -> Path:
+        """Lock, temp and live-progress files."""
+        return self.backup_dir / ".tmp"
+
+    @property
+    def issues_csv(self) -> Path:
+        """Human-readable issue log."""
+        return self.backup_dir / "issues.csv"
+
+    @property
+    def log_dir(self) -> Path:
+        """Rotating engine logs."""
+        return self.backup_dir / "logs"
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        """Return a copy with some fields replaced (None values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+_FIELDS = {f.name: f for f in fields(Config) if f.name != "source"}
+
+
+def _fail(source: str, key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{source}: key '{key}' = {value!r}: {why}")
+
+
+def _path(source: str, key: str, value: Any, base: Path) -> Optional[Path]:
+    if not isinstance(value, str):
+        raise _fail(source, key, value, "expected a path in quotes")
+    if value == "" and key == "sentinel":
+        return None
+    if not value:
+        raise _fail(source, key, value, "must not be empty")
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def _convert(source: str, key: str, value: Any, base: Path) -> Any:
+    """Check one TOML value against the field's type and limits; return the stored form."""
+    if key in ("horos_data", "backup_dir", "sentinel"):
+        return _path(source, key, value, base)
+    if key == "modalities":
+        if not isinstance(value, list) or not value or not all(isinstance(m, str) and m.strip() for m in value):
+            raise _fail(source, key, value, 'expected a non-empty list of modality codes, e.g. ["CT", "MR"]')
+        return tuple(dict.fromkeys(m.strip().upper() for m in value))
+    if key == "path_map":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise _fail(source, key, value, 'expected a table of "old prefix" = "new prefix"')
+        # Longest prefix first so "/Volumes/CD/A" wins over "/Volumes/CD".
+        return tuple(sorted(value.items(), key=lambda kv: -len(kv[0])))
+    default = getattr(Config, key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _fail(source, key, value, "expected true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(source, key, value, "expected a whole number")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(source, key, value, "expected a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise _fail(source, key, value, "expected text in quotes")
+        return value
+    raise _fail(source, key, value, "unsupported key")  # pragma: no cover
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values; returns ``cfg`` unchanged when all is well."""
+    src = str(cfg.source) if cfg.source else "built-in defaults"
+    checks = [
+        ("batch_size", cfg.batch_size >= 1, "must be at least 1"),
+        ("concurrency", 1 <= cfg.concurrency <= 64, "must be between 1 and 64"),
+        ("sleep_between_studies", cfg.sleep_between_studies >= 0, "must not be negative"),
+        ("order_by", cfg.order_by in ORDER_CHOICES, f"must be one of {', '.join(ORDER_CHOICES)}"),
+        ("incoming_max_files", cfg.incoming_max_files >= 1, "must be at least 1"),
+        ("max_name_length", 100 <= cfg.max_name_length <= 240,
+         "must be between 100 and 240 (the full Study UID, up to 64 characters, is always kept)"),
+        ("log_max_bytes", cfg.log_max_bytes >= 64 * 1024, "must be at least 65536"),
+        ("log_backup_count", cfg.log_backup_count >= 1, "must be at least 1"),
+        ("zip_attempts", 1 <= cfg.zip_attempts <= 10, "must be between 1 and 10"),
+        ("db_folder_size", cfg.db_folder_size >= 1, "must be at least 1 (Horos's default is 10000)"),
+        ("stability_minutes", cfg.stability_minutes >= 0, "must not be negative"),
+        ("compression", cfg.compression in COMPRESSION_CHOICES, f"must be one of {', '.join(COMPRESSION_CHOICES)}"),
+        ("compression_level", 1 <= cfg.compression_level <= 9, "must be between 1 and 9"),
+        ("min_free_gb", cfg.min_free_gb >= 0, "must not be negative"),
+        ("horos_free_gb", cfg.horos_free_gb >= 0, "must not be negative"),
+        ("naming", cfg.naming in NAMING_CHOICES, f"must be one of {', '.join(NAMING_CHOICES)}"),
+        ("retry_backoff_minutes", cfg.retry_backoff_minutes >= 0, "must not be negative"),
+        ("db_busy_seconds", cfg.db_busy_seconds >= 0, "must not be negative"),
+        ("start_interval", cfg.start_interval >= 60, "must be at least 60 seconds"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise _fail(src, key, getattr(cfg, key), why)
+    if cfg.timezone:
+        from horos_async.timezones import load_zone
+
+        try:
+            load_zone(cfg.timezone)
+        except ValueError as exc:
+            raise _fail(src, "timezone", cfg.timezone, str(exc)) from None
+    if cfg.run_window:
+        from horos_async.schedule import parse_window
+
+        try:
+            parse_window(cfg.run_window)
+        except ValueError as exc:
+            raise _fail(src, "run_window", cfg.run_window, str(exc)) from None
+    try:
+        cfg.backup_dir.resolve().relative_to(cfg.horos_data.resolve())
+    except ValueError:
+        pass
+    else:
+        raise _fail(src, "backup_dir", str(cfg.backup_dir), "must not be inside the Horos data folder")
+    return cfg
+
+
+def from_mapping(data: Mapping[str, Any], source: Optional[Path] = None) -> Config:
+    """Build a validated Config from a parsed TOML table."""
+    name = str(source) if source else "config"
+    base = source.parent if source else Path.cwd()
+    values: Dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _FIELDS:
+            close = [k for k in _FIELDS if k.split("_")[0] == key.split("_")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise _fail(name, key, value, f"unknown key{hint}; see README 'Configuration'")
+        values[key] = _convert(name, key, value, base)
+    return validate(Config(source=source, **values))
+
+
+def load(path: Optional[Path] = None, env: Optional[Mapping[str, str]] = None) -> Config:
+    """Load the config: ``path``, else ``$HOROS_BACKUP_CONFIG``, else built-in defaults."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_VAR):
+        path = Path(env[ENV_VAR])
+    if path is None:
+        return validate(Config())
+    path = Path(os.path.expanduser(str(path)))
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; create it (README 'Configuration') "
+                          f"or pass --config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(data, source=path.resolve())
+
+
+def render_toml(cfg: Config) -> str:
+    """Render a config as TOML (used by ``demo`` to write a ready config file)."""
+    lines = []
+    for name, f in _FIELDS.items():
+        value = getattr(cfg, name)
+        if name == "path_map":
+            continue
+        if value is None:
+            value = ""
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, tuple):
+            lines.append(f"{name} = [{', '.join(_toml_str(v) for v in value)}]")
+        elif isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{name} = {value}")
+        else:
+            lines.append(f"{name} = {_toml_str(value)}")
+    if cfg.path_map:
+        lines.append("")
+        lines.append("[path_map]")
+        lines.extend(f"{_toml_str(k)} = {_toml_str(v)}" for k, v in cfg.path_map)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,212 @@
+"""The one helper every durable write goes through (RELIABILITY.md §1, STYLE.md habit 8).
+
+The order is always: write a temp file in the same directory as the final name, flush and fully sync
+it, move it to the final name *without ever replacing an existing file*, then sync the directory (and
+the parents of any directory just created) so the rename itself survives a power cut. Callers record
+"done" only after :func:`publish` or :func:`write_atomic` returns.
+
+``trace`` arguments take an optional ``callable(event, path)`` called with ``"fsync-file"``,
+``"rename"`` and ``"fsync-dir"`` as each step completes; the order tests use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Callable, List, Optional, Sequence
+
+from . import platform
+
+Trace = Optional[Callable[[str, Path], None]]
+
+TEMP_SUFFIX = ".partial"
+"""Suffix of every temp file we write; a leftover one is always safe to delete."""
+
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
+# Errors meaning "this filesystem has no hard links" (exFAT and FAT on macOS, some network mounts).
+_NO_LINKS = frozenset(
+    e
+    for e in (
+        errno.EPERM,
+        getattr(errno, "ENOTSUP", None),
+        errno.EOPNOTSUPP,
+        errno.EXDEV,
+        errno.EMLINK,
+        errno.ENOSYS,
+    )
+    if e
+)
+_NAME_MAX = 255  # bytes in one path component, on APFS, HFS+, exFAT and ext4 alike
+
+
+sync_dir = platform.sync_dir
+"""Sync a directory (re-exported so callers need only this module for durable writes)."""
+
+
+class AlreadyExists(FileExistsError):
+    """The final file already exists; publish refused to replace it."""
+
+
+def temp_path_for(final: Path, tag: str) -> Path:
+    """Temp name next to ``final``: ``.<final name>.<tag>.partial`` (hidden, easy to clean up)."""
+    if not tag or "/" in tag or "\0" in tag:
+        raise ValueError(f"bad temp tag {tag!r}: must be non-empty, without '/' or NUL")
+    name = f".{final.name}.{tag}{TEMP_SUFFIX}"
+    excess = len(os.fsencode(name)) - _NAME_MAX
+    if excess > 0:
+        # A long patient name can push the temp name past NAME_MAX. Temp files are never adopted,
+        # only deleted, so shortening the middle is harmless; the prefix and suffix stay recognisable.
+        stem = os.fsencode(final.name)[: -excess - 1].decode("utf-8", "ignore")
+        name = f".{stem}~.{tag}{TEMP_SUFFIX}"
+    return final.with_name(name)
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name :func:`temp_path_for` could have produced."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def sync_file(f: IO[bytes], *, path: Optional[Path] = None, trace: Trace = None) -> None:
+    """Flush Python's buffers and fully sync the open file ``f`` (``path`` names it for ``trace``)."""
+    f.flush()
+    platform.full_fsync(f.fileno())
+    if trace:
+        name = getattr(f, "name", None)
+        trace("fsync-file", Path(path if path is not None else name if isinstance(name, str) else ""))
+
+
+def ensure_dir(path: Path, mode: int = DIR_MODE) -> List[Path]:
+    """``mkdir -p path``; return the directories it newly created, outermost first."""
+    missing: List[Path] = []
+    current = Path(path)
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    created: List[Path] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue
+        created.append(directory)
+    return created
+
+
+def publish(
+    tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None
+) -> None:
+    """Move the already-synced ``tmp`` to ``final`` without replacing anything, then sync directories.
+
+    Raises :class:`AlreadyExists` when ``final`` exists; ``tmp`` is then left in place for the
+    caller to verify, adopt or delete.
+    """
+    try:
+        # link() fails if the target exists, unlike rename(): the kernel does the no-clobber check.
+        os.link(tmp, final)
+    except FileExistsError:
+        raise _already_exists(final, tmp) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        # No hard links here. Check-then-rename is only race-free because every writer to the
+        # backup folder holds the run lock (guards.RunLock), so nothing can create `final` between
+        # the check and the rename.
+        if os.path.lexists(final):
+            raise _already_exists(final, tmp) from None
+        os.rename(tmp, final)
+    else:
+        os.unlink(tmp)
+    if trace:
+        trace("rename", final)
+    _sync_dirs(final, created_dirs, trace)
+
+
+def write_atomic(
+    final: Path,
+    data: bytes,
+    *,
+    mode: int = FILE_MODE,
+    overwrite: bool = False,
+    trace: Trace = None,
+) -> None:
+    """Durably write a small file (marker, plist, status JSON) in one step.
+
+    ``overwrite=False`` refuses to replace an existing ``final`` (raises :class:`AlreadyExists`);
+    ``overwrite=True`` atomically replaces it, for files meant to be rewritten.
+    """
+    final = Path(final)
+    created = ensure_dir(final.parent)
+    tmp = temp_path_for(final, f"{os.getpid()}-{secrets.token_hex(4)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            sync_file(f, path=tmp, trace=trace)
+        if overwrite:
+            os.replace(tmp, final)
+            if trace:
+                trace("rename", final)
+            _sync_dirs(final, created, trace)
+        else:
+            publish(tmp, final, created_dirs=created, trace=trace)
+    except BaseException:
+        # Never leave our own temp behind; `final` is untouched on every failure path.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
+    """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it)."""
+    removed: List[Path] = []
+    root = Path(directory)
+    if not root.is_dir():
+        return removed
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if depth < max_depth:
+                        pending.append((Path(entry.path), depth + 1))
+                elif is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _sync_dirs(final: Path, created_dirs: Sequence[Path], trace: Trace) -> None:
+    """Sync the folder holding ``final``, then the parent of each newly created folder, innermost first."""
+    done = set()
+    for directory in [final.parent] + [Path(d).parent for d in reversed(list(created_dirs))]:
+        if directory in done:
+            continue
+        done.add(directory)
+        platform.sync_dir(directory)
+        if trace:
+            trace("fsync-dir", directory)
+
+
+def _already_exists(final: Path, tmp: Path) -> AlreadyExists:
+    """The error for a refused publish, naming both files and what to do."""
+    return AlreadyExists(
+        errno.EEXIST,
+        f"{final} already exists and is never replaced; the new copy stays at {tmp} "
+        "(verify and adopt one of them, or delete the temp)",
+        str(final),
+    )

@@ -1,0 +1,462 @@
+"""The asyncio engine: one run of ``horos-backup run`` from guards to ledger.
+
+Flow: guards (sentinel, volumes, run lock) → ledger → reconcile the backup folder with the ledger →
+INCOMING guard → scan → batches: read one batch (short DB transaction) → up to ``concurrency`` ZIP
+jobs at once (blocking zip work in a thread pool sized by the knob; the one offload call site is
+``_offload``) → each job: build temp ZIP → verify → publish (rename + dir sync) → ledger commit →
+month markers. A failed study is an Outcome record; only run-level faults raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from horos_async import archive, durable, guards, naming, planner, platform, reconcile
+from horos_async.config import Config
+from horos_async.errors import (EXIT_INTERRUPTED, EXIT_OK, DiskFull, HorosBackupError, Interrupted,
+                                VolumeError)
+from horos_async.horos_db import HorosReader
+from horos_async.ledger import Ledger
+from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
+from horos_async.progress import JobProgress, LiveState
+
+log = logging.getLogger("horos_async.engine")
+MONTH_MARKER = ".month_done"
+LOOKAHEAD_BATCHES = 20
+
+
+@dataclass
+class RunResult:
+    """What one run did; ``cli`` turns it into a message and exit code."""
+
+    exit_code: int = EXIT_OK
+    outcome: str = "ok"
+    """``ok``, ``nothing-to-do``, ``paused``, ``interrupted`` or an error class name."""
+    message: str = ""
+    done: int = 0
+    failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    eligible: int = 0
+    pending: int = 0
+
+
+def zip_comment(plan: StudyPlan, state: str = DONE) -> bytes:
+    """The study identity stored as the ZIP comment: lets a lost ledger be rebuilt from disk."""
+    s = plan.study
+    return json.dumps({
+        "horos_backup": 1, "key": s.key, "uid": s.uid, "patient_uid": s.patient_uid, "horos_pk": s.pk,
+        "version": plan.version, "fingerprint": plan.fingerprint, "date_added": s.date_added,
+        "files": len(plan.files), "bytes_in": plan.total_bytes, "state": state,
+        "study_date": s.study_date.isoformat() if s.study_date else None,
+        "birth_date": s.birth_date.isoformat() if s.birth_date else None,
+        "patient_name": s.patient_name, "modalities": s.modalities, "exported_at": time.time(),
+    }, ensure_ascii=True, separators=(",", ":")).encode("ascii")[:65000]
+
+
+def members_digest(members) -> str:
+    """Short digest of (name, crc, size) of every member: what a ZIP held, for later comparison."""
+    h = hashlib.sha256()
+    for m in members:
+        h.update(f"{m.name}\t{m.crc:08x}\t{m.size}\n".encode())
+    return h.hexdigest()
+
+
+class Engine:
+    """One run. Create, then ``await run()``; ``request_stop()`` is safe from a signal handler."""
+
+    def __init__(self, cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
+                 max_minutes: Optional[float] = None, clock=time.time, announce=None) -> None:
+        self.cfg = cfg
+        self.until_done = until_done
+        self.max_studies = max_studies
+        self.max_minutes = max_minutes
+        self.clock = clock
+        self.announce = announce or (lambda text: None)
+        self.stop = asyncio.Event()
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 1, thread_name_prefix="zip")
+        self.result = RunResult()
+        self.live = LiveState(cfg.state_dir / "status.json", incoming_limit=cfg.incoming_max_files)
+        self.ledger: Optional[Ledger] = None
+        self.fatal: Optional[BaseException] = None
+        self.started = time.monotonic()
+        self.shares_horos_disk = False
+
+    # -- the one place blocking work leaves the event loop -----------------------------------------
+    def _offload(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: start no new study, abort running ZIP builds (their temp files are removed)."""
+        if not self.stop.is_set():
+            log.warning("stop requested: finishing cleanly")
+        self.stop.set()
+        self.cancel.set()
+
+    # -- run ---------------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        """Do one run; raises HorosBackupError subclasses for run-level faults."""
+        cfg = self.cfg
+        guards.check_sentinel(cfg)
+        guards.check_volumes(cfg)
+        created = durable.ensure_dir(cfg.backup_dir)
+        durable.ensure_dir(cfg.state_dir)
+        lock = guards.RunLock(cfg.state_dir / "run.lock").acquire()
+        publisher = None
+        try:
+            self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
+            self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv).open()
+            self.live.run_id = await self.ledger.begin_run()
+            publisher = asyncio.ensure_future(self._publish_loop())
+            try:
+                await self._run_inner()
+            except HorosBackupError as exc:
+                self.result.exit_code = exc.exit_code
+                self.result.outcome = type(exc).__name__
+                self.result.message = str(exc)
+                raise
+            finally:
+                await self._finish()
+        finally:
+            if publisher is not None:
+                publisher.cancel()
+            if self.ledger is not None:
+                await self.ledger.close()
+            self.pool.shutdown(wait=True)
+            lock.release()
+        return self.result
+
+    async def _finish(self) -> None:
+        r = self.result
+        if self.stop.is_set() and r.exit_code == EXIT_OK:
+            r.exit_code, r.outcome = EXIT_INTERRUPTED, "interrupted"
+            r.message = r.message or "interrupted: stopped cleanly; the next run resumes"
+        try:
+            await self.ledger.end_run(r.outcome, r.exit_code, r.done, r.failed, r.bytes_in, r.bytes_out, r.message)
+        except Exception as exc:  # the backup volume may be gone: the ledger commit is what failed
+            log.error("could not record the end of the run in the ledger: %s", exc)
+        self.live.state = "paused" if r.outcome == "paused" else "idle"
+        self.live.phase = "finished"
+        self.live.message = r.message
+        self.live.jobs.clear()
+        self.live.queued = []
+        self._publish()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            self.live.sample()
+            self._publish()
+            await asyncio.sleep(0.5)
+
+    def _publish(self) -> None:
+        try:
+            self.live.publish()
+        except OSError as exc:
+            log.debug("live status not written: %s", exc)
+
+    async def _run_inner(self) -> None:
+        cfg, r = self.cfg, self.result
+        self.live.phase = "reconcile"
+        await reconcile.reconcile(cfg, self.ledger, self._offload, self.announce)
+        if await self._incoming_busy():
+            r.outcome = "paused"
+            return
+        processed = 0
+        async with HorosReader(cfg) as reader:
+            while not self.stop.is_set():
+                self.live.phase = "scan"
+                index = await self.ledger.index()
+                limit = cfg.batch_size * (LOOKAHEAD_BATCHES if self.until_done or self.max_studies else 1)
+                if self.max_studies:
+                    limit = min(limit, max(0, self.max_studies - processed))
+                candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit))
+                self._publish_totals(totals)
+                r.eligible, r.pending = totals.eligible, totals.pending
+                if not candidates:
+                    break
+                for i in range(0, len(candidates), cfg.batch_size):
+                    if self._should_stop(processed):
+                        break
+                    batch = candidates[i:i + cfg.batch_size]
+                    self.live.phase = "export"
+                    self.live.batch_index += 1
+                    plans = await planner.plan_batch(reader, batch, cfg, index, self._offload)
+                    processed += len(batch)
+                    await self._run_batch(plans, index)
+                    if not (self.until_done or self.max_studies or self.max_minutes):
+                        break
+                if not (self.until_done or self.max_studies or self.max_minutes) or self._should_stop(processed):
+                    break
+            if r.done or r.failed:
+                index = await self.ledger.index()
+                _, totals = await planner.scan(reader, index, cfg, self.clock(), 1)
+                self._publish_totals(totals)
+                r.eligible, r.pending = totals.eligible, totals.pending
+                await self._offload(update_month_markers, cfg, totals.months)
+            else:
+                await self._offload(update_month_markers, cfg, self.live.months)
+        if r.outcome == "ok" and not (r.done or r.failed):
+            r.outcome = "nothing-to-do"
+
+    def _should_stop(self, processed: int) -> bool:
+        if self.stop.is_set():
+            return True
+        if self.max_studies is not None and processed >= self.max_studies:
+            return True
+        if self.max_minutes is not None and time.monotonic() - self.started > self.max_minutes * 60:
+            return True
+        return False
+
+    def _publish_totals(self, totals: planner.Totals) -> None:
+        self.live.totals = {"eligible": totals.eligible, "done": totals.done, "pending": totals.pending,
+                            "due": totals.due, "waiting": totals.waiting, "backoff": totals.backoff}
+        self.live.months = {k: list(v) for k, v in sorted(totals.months.items())}
+
+    async def _incoming_busy(self) -> bool:
+        """True (and a once-per-episode issue) while Horos's INCOMING holds too many files."""
+        cfg = self.cfg
+        count = await self._offload(guards.incoming_count, cfg.incoming_dir, cfg.incoming_max_files)
+        busy = count > cfg.incoming_max_files
+        self.live.incoming = {"count": count, "limit": cfg.incoming_max_files, "capped": busy,
+                              "checked": time.time()}
+        detail = (f"INCOMING.noindex holds more than {cfg.incoming_max_files} files: Horos is importing; "
+                  f"backup paused until it catches up")
+        if await self.ledger.condition("INCOMING_OVER_LIMIT", busy, detail):
+            await self.ledger.issue("INCOMING_OVER_LIMIT", detail)
+        if busy:
+            self.live.guard_code, self.live.guard_detail = "INCOMING_OVER_LIMIT", detail
+            self.result.message = detail
+            log.warning(detail)
+        else:
+            self.live.guard_code = self.live.guard_detail = ""
+        return busy
+
+    # -- a batch -----------------------------------------------------------------------------------
+    async def _run_batch(self, plans: List[StudyPlan], index) -> None:
+        sem = asyncio.Semaphore(self.cfg.concurrency)
+        self.live.queued = [p.zip_relpath.rsplit("/", 1)[-1] for p in plans]
+        paused = asyncio.Event()
+
+        async def one(plan: StudyPlan) -> None:
+            async with sem:
+                if self.stop.is_set() or paused.is_set() or self.fatal is not None:
+                    return
+                if self.cfg.sleep_between_studies:
+                    await asyncio.sleep(self.cfg.sleep_between_studies)
+                if await self._incoming_busy():
+                    paused.set()
+                    self.result.outcome = "paused"
+                    return
+                label = plan.zip_relpath.rsplit("/", 1)[-1]
+                if label in self.live.queued:
+                    self.live.queued.remove(label)
+                try:
+                    outcome = await self._export(plan, index.get(plan.study.key))
+                except HorosBackupError as exc:
+                    if self.fatal is None:
+                        self.fatal = exc
+                    self.cancel.set()
+                    return
+                except archive.Cancelled:
+                    return
+                await self._record(plan, outcome)
+
+        await asyncio.gather(*(one(p) for p in plans))
+        self.live.queued = []
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _record(self, plan: StudyPlan, o: Outcome) -> None:
+        r = self.result
+        label = o.zip_relpath.rsplit("/", 1)[-1] if o.zip_relpath else plan.zip_relpath.rsplit("/", 1)[-1]
+        self.live.finished.append({"uid": plan.study.uid, "label": label, "status": o.status, "code": o.code,
+                                   "seconds": round(o.seconds, 2), "bytes": o.bytes_in})
+        if o.status in (DONE, PARTIAL):
+            r.done += 1
+            r.bytes_in += o.bytes_in
+            r.bytes_out += o.bytes_out
+            self.live.run["studies_done"] += 1
+            self.live.run["bytes_in"] += o.bytes_in
+            self.live.run["bytes_out"] += o.bytes_out
+            log.info("study %s exported to %s (%d files, %.1f MB in %.1fs)", plan.study.uid, o.zip_relpath,
+                     o.files, o.bytes_in / 1e6, o.seconds)
+            if o.status == PARTIAL:
+                await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, o.zip_relpath)
+            return
+        if o.code == "UNCHANGED":
+            await self.ledger.touch_unchanged(plan.study.key, plan.study.date_added)
+            return
+        r.failed += 1
+        self.live.run["studies_failed"] += 1
+        log.warning("study %s not exported: %s %s", plan.study.uid, o.code, o.detail)
+        entry_done = plan.version > 1
+        if await self.ledger.record_failure(plan, o, self.cfg.retry_backoff_minutes, keep_done=entry_done):
+            await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, plan.zip_relpath)
+
+    # -- one study ---------------------------------------------------------------------------------
+    async def _export(self, plan: StudyPlan, entry) -> Outcome:
+        cfg, s = self.cfg, plan.study
+        t0 = time.monotonic()
+
+        def fail(code: str, detail: str, extra=()) -> Outcome:
+            return Outcome(s.key, FAILED, code, detail, files=len(plan.files), seconds=time.monotonic() - t0,
+                           extra=tuple(extra))
+
+        if entry is not None and entry.state == DONE and entry.fingerprint == plan.fingerprint:
+            return Outcome(s.key, FAILED, "UNCHANGED", "")
+        if not plan.files:
+            return fail("NO_FILES", f"none of the study's {len(plan.missing)} files exist on disk; "
+                                    f"first: {', '.join(plan.missing[:3]) or '-'}", plan.missing[:5])
+        state = DONE
+        code = detail = ""
+        if plan.missing:
+            detail = (f"{len(plan.missing)} of {len(plan.missing) + len(plan.files)} files missing; first: "
+                      f"{', '.join(plan.missing[:3])}")
+            if not cfg.allow_partial:
+                return fail("MISSING_FILES", detail, plan.missing[:5])
+            state, code = PARTIAL, "PARTIAL"
+        need = guards.space_needed(cfg, plan.total_bytes, self.shares_horos_disk)
+        free = await self._offload(guards.free_bytes, cfg.backup_dir)
+        if free < need:
+            msg = (f"only {free / 1e9:.1f} GB free on the backup volume, {need / 1e9:.1f} GB needed for the "
+                   f"next study plus the floor (min_free_gb/horos_free_gb); free space and run again")
+            if await self.ledger.condition("DISK_LOW", True, msg):
+                await self.ledger.issue("DISK_LOW", msg)
+            self.live.guard_code, self.live.guard_detail = "DISK_LOW", msg
+            raise DiskFull(msg)
+        await self.ledger.condition("DISK_LOW", False)
+
+        rel = await self._target_path(plan)
+        final = cfg.backup_dir / rel
+        sources = [f.source.path for f in plan.files]
+        if cfg.compression == "auto":
+            flags = await self._offload(_deflate_flags, sources)
+        else:
+            flags = [cfg.compression == "deflate"] * len(sources)
+        members = [archive.Member(source=f.source.path, name=f.member, size=f.size, compress=fl)
+                   for f, fl in zip(plan.files, flags)]
+        job = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
+                          bytes_total=plan.total_bytes)
+        self.live.jobs[s.key] = job
+        plan_for_record = plan if rel == plan.zip_relpath else _with_path(plan, rel)
+        try:
+            created = await self._offload(durable.ensure_dir, final.parent)
+            last_error = ""
+            for attempt in range(1, cfg.zip_attempts + 1):
+                tmp = durable.temp_path_for(final, f"{os.getpid()}-{attempt}")
+                try:
+                    built = await self._offload(self._build_and_verify, tmp, members, plan_for_record, state,
+                                                job.update)
+                except archive.ZipInvalid as exc:
+                    last_error = str(exc)
+                    log.warning("study %s attempt %d produced an invalid ZIP: %s", s.uid, attempt, exc)
+                    _unlink(tmp)
+                    continue
+                except archive.SourceMissing as exc:
+                    return fail("MISSING_FILES", f"a file vanished while zipping: {exc}", [str(exc)])
+                except archive.SourceReadError as exc:
+                    return fail("READ_ERROR", f"a file could not be read: {exc}", [str(exc)])
+                except archive.Cancelled:
+                    raise
+                except OSError as exc:
+                    _unlink(tmp)
+                    raise _run_level(exc, final) from None
+                try:
+                    await self._offload(durable.publish, tmp, final, created)
+                except durable.AlreadyExists:
+                    _unlink(tmp)
+                    return fail("ZIP_FAIL", f"{rel} appeared while this study was being written; will retry")
+                except OSError as exc:
+                    _unlink(tmp)
+                    raise _run_level(exc, final) from None
+                size = final.stat().st_size
+                await self.ledger.record_zip(plan_for_record, rel, size, members_digest(built), state, code, detail)
+                return Outcome(s.key, state, code, detail, rel, len(built), plan.total_bytes, size,
+                               time.monotonic() - t0)
+            return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
+        finally:
+            self.live.jobs.pop(s.key, None)
+
+    def _build_and_verify(self, tmp: Path, members, plan: StudyPlan, state: str, progress):
+        """Blocking: build the temp ZIP (synced inside), then read it back fully against the sources."""
+        built = archive.build_zip(tmp, members, level=self.cfg.compression_level,
+                                  comment=zip_comment(plan, state), progress=progress, cancel=self.cancel)
+        archive.verify_zip(tmp, built, deep=True, cancel=self.cancel)
+        return built
+
+    async def _target_path(self, plan: StudyPlan) -> str:
+        """The planned path, or a ``_dN`` variant when another study already owns that name."""
+        rel, n = plan.zip_relpath, 1
+        while True:
+            owner = await self.ledger.zip_owner(rel)
+            path = self.cfg.backup_dir / rel
+            if owner is None and path.exists():
+                ident = _read_ident(path)
+                owner = ident.get("key") if ident else "?"
+            if owner is None or owner == plan.study.key and not path.exists():
+                return rel
+            n += 1
+            rel = naming.zip_relpath(plan.study, max_length=self.cfg.max_name_length, naming=self.cfg.naming,
+                                     version=plan.version, dedup=n)
+
+
+def _deflate_flags(paths) -> List[bool]:
+    return [archive.needs_deflate(p) for p in paths]
+
+
+def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
+    from dataclasses import replace
+    return replace(plan, zip_relpath=rel)
+
+
+def _read_ident(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(archive.read_comment(path).decode("ascii") or "null")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("horos_backup") else None
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove temp file %s: %s", path, exc)
+
+
+def _run_level(exc: OSError, target: Path) -> HorosBackupError:
+    """Map an OSError on the backup side to the run-level error it means."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"backup volume full while writing {target.name} ({exc.strerror}); the partial file was "
+                        f"removed and nothing was recorded; free space and run again")
+    return VolumeError(f"backup volume failed while writing {target} ({exc.strerror or exc}); is the disk still "
+                       f"mounted? Nothing unfinished was recorded as done")
+
+
+def update_month_markers(cfg: Config, months: Dict[str, List[int]]) -> None:
+    """``.month_done`` exists exactly in months whose eligible studies are all exported and verified."""
+    for month, (eligible, done) in months.items():
+        folder = cfg.backup_dir / month
+        marker = folder / MONTH_MARKER
+        complete = eligible > 0 and done >= eligible
+        if complete and folder.is_dir():
+            body = json.dumps({"month": month, "eligible": eligible, "done": done,
+                               "marked_at": time.time()}).encode()
+            durable.write_atomic(marker, body, overwrite=True)
+        elif not complete and marker.exists():
+            marker.unlink()
+            platform.sync_dir(folder)

@@ -1,0 +1,80 @@
+"""Run-level errors and the exit codes they map to.
+
+A problem with one study is never an exception: it is an ``Outcome`` record (see ``models``) that the
+engine writes to the ledger and ``issues.csv`` before moving on. Only faults that make the whole run
+pointless raise one of the classes below; ``cli.main`` is the only place that turns them into exit codes.
+Every message names the thing at fault and the next step.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in README.md ("Exit codes"). launchd and scripts rely on them: never renumber.
+EXIT_OK = 0  # success, nothing to do, or paused by a guard (INCOMING busy)
+EXIT_INTERNAL = 1  # a bug: the traceback is in the log
+EXIT_CONFIG = 2  # bad config file, bad flag
+EXIT_SENTINEL = 3  # sentinel missing: wrong or unmounted volume; nothing written
+EXIT_LOCKED = 4  # another run holds the run lock
+EXIT_DATABASE = 5  # Horos database busy, locked, hot journal or unreadable: retry next run
+EXIT_DISK = 6  # backup disk full or below the free-space floor
+EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
+EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
+EXIT_CHECK = 9  # doctor found a FAIL, or verify found a bad ZIP
+EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: stopped cleanly
+
+
+class HorosBackupError(Exception):
+    """Base of every run-level error; carries its exit code."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ConfigError(HorosBackupError):
+    """The config file, a key in it, or a command-line flag is wrong."""
+
+    exit_code = EXIT_CONFIG
+
+
+class SentinelMissing(HorosBackupError):
+    """The sentinel file is absent: the volume is not the one configured, or not mounted."""
+
+    exit_code = EXIT_SENTINEL
+
+
+class LockHeld(HorosBackupError):
+    """Another horos-backup run holds the run lock."""
+
+    exit_code = EXIT_LOCKED
+
+
+class DatabaseUnavailable(HorosBackupError):
+    """Horos's database is busy, locked, has a hot journal, or cannot be opened; try again later."""
+
+    exit_code = EXIT_DATABASE
+
+
+class SchemaError(DatabaseUnavailable):
+    """Database.sql opened but lacks a table or column horos-backup needs."""
+
+
+class DiskFull(HorosBackupError):
+    """The backup volume is full (ENOSPC) or below the configured free-space floor."""
+
+    exit_code = EXIT_DISK
+
+
+class VolumeError(HorosBackupError):
+    """A volume vanished or failed with an I/O error in the middle of the run."""
+
+    exit_code = EXIT_VOLUME
+
+
+class LedgerError(HorosBackupError):
+    """The ledger (export_state.sqlite) is corrupt or unreadable; it is never overwritten silently."""
+
+    exit_code = EXIT_LEDGER
+
+
+class Interrupted(HorosBackupError):
+    """SIGTERM or SIGINT asked the run to stop."""
+
+    exit_code = EXIT_INTERRUPTED

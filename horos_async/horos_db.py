@@ -1,0 +1,287 @@
+"""The only module that speaks Horos's SQL: read-only, short transactions, names per horos-database.md.
+
+Horos (rollback journal since 2018) cannot commit while we hold a read transaction, so:
+candidates are scanned in small keyset pages, each its own statement read to the end; one batch's
+studies, series and images are read in one short ``BEGIN ... COMMIT`` and released before any file is
+touched. Busy/locked databases and hot journals are retried with backoff, then reported as
+``DatabaseUnavailable`` ("try later"), never as "no studies".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple
+
+import aiosqlite
+
+from horos_async.config import Config
+from horos_async.errors import DatabaseUnavailable, SchemaError
+from horos_async.models import StudyRow
+from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone
+
+log = logging.getLogger("horos_async.horos_db")
+
+# Columns we cannot work without; everything else is optional and read as NULL when absent.
+REQUIRED = {
+    "ZSTUDY": ("Z_PK", "ZSTUDYINSTANCEUID"),
+    "ZSERIES": ("Z_PK", "ZSTUDY", "ZMODALITY"),
+    "ZIMAGE": ("Z_PK", "ZSERIES", "ZPATHNUMBER", "ZPATHSTRING"),
+}
+STUDY_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZNAME", "ZPATIENTID", "ZDATEOFBIRTH", "ZDATE",
+                 "ZDATEADDED", "ZMODALITY", "ZSTUDYNAME", "ZACCESSIONNUMBER")
+SERIES_COLUMNS = ("Z_PK", "ZSTUDY", "ZID", "ZNAME", "ZMODALITY")
+IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING",
+                 "ZSTOREDINDATABASEFOLDER")
+
+_TRANSIENT = ("database is locked", "database table is locked", "readonly", "unable to open",
+              "disk i/o error", "locking protocol")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One ``ZIMAGE`` row joined with its series: enough to find and place the file."""
+
+    series_pk: int
+    series_number: Optional[int]
+    series_description: str
+    modality: str
+    instance_number: Optional[int]
+    path_number: Optional[int]
+    path_string: Optional[str]
+    in_database_folder: Optional[int]
+    """``ZSTOREDINDATABASEFOLDER``: NULL means inside DATABASE.noindex, 0 a linked file."""
+
+
+def bucket_folder(n: int, size: int) -> int:
+    """Horos's bucket: F = (n div S + 1) * S (folder F holds F-S ... F-1)."""
+    return (n // size + 1) * size
+
+
+def resolve_image_path(img: ImageRef, data_root: Path, folder_size: int,
+                       path_map: Sequence[Tuple[str, str]] = ()) -> Tuple[Optional[Path], bool]:
+    """The absolute file of one image row and whether it is linked (outside DATABASE.noindex).
+
+    Returns (None, False) when the row names no file at all.
+    """
+    noindex = data_root / "DATABASE.noindex"
+    if img.path_number is not None and not (img.path_string and img.path_string.startswith("/")):
+        n = int(img.path_number)
+        return noindex / str(bucket_folder(n, folder_size)) / f"{n}.dcm", False
+    s = (img.path_string or "").strip()
+    if not s:
+        return None, False
+    if s.startswith("/"):
+        for old, new in path_map:
+            if s == old or s.startswith(old.rstrip("/") + "/"):
+                s = new.rstrip("/") + s[len(old.rstrip("/")):]
+                break
+        return Path(os.path.normpath(s)), True
+    # A relative name: the bucket comes from its leading digits (DicomImage completePathForLocalPath).
+    name = os.path.basename(s)
+    digits = ""
+    for ch in name:
+        if not ch.isdigit():
+            break
+        digits += ch
+    n = int(digits) if digits else 0
+    return noindex / str(bucket_folder(n, folder_size)) / name, False
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and any(t in str(exc).lower() for t in _TRANSIENT)
+
+
+class HorosReader:
+    """Read-only access to ``Database.sql``; use as ``async with HorosReader(cfg) as db``."""
+
+    def __init__(self, cfg: Config, *, busy_seconds: Optional[float] = None, page_size: int = 2000) -> None:
+        self.cfg = cfg
+        self.path = cfg.database
+        self.busy_seconds = cfg.db_busy_seconds if busy_seconds is None else busy_seconds
+        self.page_size = page_size
+        self.zone = load_zone(cfg.timezone) if cfg.timezone else None
+        self.data_root = cfg.data_root
+        self.journal_mode = "unknown"
+        self._db: Optional[aiosqlite.Connection] = None
+        self._cols: Dict[str, Set[str]] = {}
+
+    # -- connection --------------------------------------------------------------------------------
+    async def __aenter__(self) -> "HorosReader":
+        await self._retry(self._open, "open")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (releases every lock)."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _open(self) -> None:
+        if not self.path.is_file():
+            raise DatabaseUnavailable(
+                f"Horos database not found at {self.path}; check 'horos_data' in the config and that the "
+                f"Horos volume is mounted")
+        await self.close()
+        # as_uri() quotes '#', '?' and spaces: a hand-built "file:" URI could open another (empty) file.
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        db = await aiosqlite.connect(uri, uri=True, isolation_level=None,
+                                     timeout=min(2.0, max(0.05, self.busy_seconds)))
+        try:
+            await db.execute("PRAGMA query_only=1")
+            async with db.execute("PRAGMA journal_mode") as cur:
+                row = await cur.fetchone()
+            self.journal_mode = (row[0] if row else "unknown").lower()
+            self._cols = {}
+            for table in ("ZSTUDY", "ZSERIES", "ZIMAGE"):
+                async with db.execute(f"PRAGMA table_info({table})") as cur:
+                    self._cols[table] = {r[1].upper() for r in await cur.fetchall()}
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        for table, cols in REQUIRED.items():
+            have = self._cols.get(table) or set()
+            if not have:
+                raise SchemaError(f"{self.path}: table {table} is missing: is this a Horos/OsiriX Database.sql?")
+            lacking = [c for c in cols if c not in have]
+            if lacking:
+                raise SchemaError(f"{self.path}: table {table} lacks column(s) {', '.join(lacking)}; "
+                                  f"this Horos database version is not supported")
+
+    async def _retry(self, fn, what: str):
+        """Run ``fn`` retrying transient SQLite errors with backoff within ``busy_seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.busy_seconds
+        delay = 0.1
+        while True:
+            try:
+                return await fn()
+            except sqlite3.DatabaseError as exc:
+                if not _is_transient(exc):
+                    raise DatabaseUnavailable(
+                        f"cannot read Horos database {self.path} ({what}): {exc}; run "
+                        f"'horos-backup doctor' and check the file is a Horos Database.sql") from None
+                if loop.time() + delay > deadline:
+                    raise DatabaseUnavailable(self._unavailable_message(exc)) from None
+                log.info("Horos database %s (%s); retrying in %.1fs", exc, what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _unavailable_message(self, exc: BaseException) -> str:
+        journal = Path(str(self.path) + "-journal")
+        text = str(exc).lower()
+        if "readonly" in text and journal.exists():
+            return (f"Horos database {self.path} has a hot journal ({journal.name}) left by an interrupted "
+                    f"write; open Horos so it can recover the database. Database unavailable, will retry "
+                    f"next run")
+        if "locked" in text:
+            return (f"Horos database {self.path} stayed locked for {self.busy_seconds:.0f}s (Horos is "
+                    f"writing). Database busy, will retry next run")
+        return f"Horos database {self.path} unavailable ({exc}); will retry next run"
+
+    # -- queries -----------------------------------------------------------------------------------
+    def _select(self, table: str, columns: Sequence[str], alias: str) -> str:
+        have = self._cols[table]
+        return ", ".join(f"{alias}.{c}" if c in have else "NULL" for c in columns)
+
+    def _modality_filter(self) -> Tuple[str, List[str]]:
+        mods = list(self.cfg.modalities)
+        marks = ",".join("?" * len(mods))
+        return (f"EXISTS (SELECT 1 FROM ZSERIES s WHERE s.ZSTUDY = st.Z_PK "
+                f"AND UPPER(TRIM(s.ZMODALITY)) IN ({marks}))", mods)
+
+    def _study(self, r: Sequence) -> StudyRow:
+        dob = cocoa_to_local(r[5], self.zone)
+        return StudyRow(
+            pk=int(r[0]), uid=str(r[1] or "").strip(), patient_uid=str(r[2] or ""),
+            patient_name=str(r[3] or ""), patient_id=str(r[4] or ""),
+            birth_date=dob.date() if dob else None, study_date=cocoa_to_local(r[6], self.zone),
+            date_added=cocoa_to_unix(r[7]), modalities=str(r[8] or ""), description=str(r[9] or ""),
+            accession=str(r[10] or ""))
+
+    async def iter_studies(self, after_pk: int = 0) -> AsyncIterator[StudyRow]:
+        """Every study with a series in ``cfg.modalities``, by ``Z_PK``, in short keyset pages."""
+        cond, params = self._modality_filter()
+        sql = (f"SELECT {self._select('ZSTUDY', STUDY_COLUMNS, 'st')} FROM ZSTUDY st "
+               f"WHERE st.Z_PK > ? AND {cond} ORDER BY st.Z_PK LIMIT {self.page_size}")
+        last = after_pk
+        while True:
+            async def page():
+                async with self._db.execute(sql, [last, *params]) as cur:
+                    return await cur.fetchall()
+
+            rows = await self._retry(page, "scan")
+            for r in rows:
+                yield self._study(r)
+            if len(rows) < self.page_size:
+                return
+            last = rows[-1][0]
+
+    async def read_batch(self, uids: Sequence[str]) -> List[Tuple[StudyRow, List[ImageRef]]]:
+        """Studies with these UIDs (all rows: duplicates are told apart by the caller) and their
+        images, read in one short transaction released before returning."""
+        if not uids:
+            return []
+
+        async def txn():
+            db = self._db
+            await db.execute("BEGIN")
+            try:
+                cond, params = self._modality_filter()
+                marks = ",".join("?" * len(uids))
+                async with db.execute(
+                        f"SELECT {self._select('ZSTUDY', STUDY_COLUMNS, 'st')} FROM ZSTUDY st "
+                        f"WHERE st.ZSTUDYINSTANCEUID IN ({marks}) AND {cond} ORDER BY st.Z_PK",
+                        [*uids, *params]) as cur:
+                    studies = [self._study(r) for r in await cur.fetchall()]
+                pks = [s.pk for s in studies]
+                images: Dict[int, List[ImageRef]] = {pk: [] for pk in pks}
+                if pks:
+                    marks = ",".join("?" * len(pks))
+                    sql = (f"SELECT se.ZSTUDY, {self._select('ZSERIES', SERIES_COLUMNS[2:], 'se')}, "
+                           f"{self._select('ZIMAGE', IMAGE_COLUMNS, 'im')} FROM ZIMAGE im "
+                           f"JOIN ZSERIES se ON im.ZSERIES = se.Z_PK WHERE se.ZSTUDY IN ({marks}) "
+                           f"ORDER BY se.ZSTUDY, se.Z_PK, im.Z_PK")
+                    async with db.execute(sql, pks) as cur:
+                        async for r in cur:
+                            images[r[0]].append(ImageRef(
+                                series_pk=int(r[5]), series_number=_int(r[1]), series_description=str(r[2] or ""),
+                                modality=str(r[3] or "OT").strip().upper(), instance_number=_int(r[6]),
+                                path_number=_int(r[8]), path_string=r[9], in_database_folder=_int(r[10])))
+            finally:
+                await db.execute("COMMIT")
+            return [(s, images[s.pk]) for s in studies]
+
+        return await self._retry(txn, "batch")
+
+    async def count_images(self, pks: Sequence[int]) -> int:
+        """Number of image rows of these studies (a final re-check before "done")."""
+        if not pks:
+            return 0
+        marks = ",".join("?" * len(pks))
+
+        async def q():
+            async with self._db.execute(
+                    f"SELECT COUNT(*) FROM ZIMAGE im JOIN ZSERIES se ON im.ZSERIES = se.Z_PK "
+                    f"WHERE se.ZSTUDY IN ({marks})", list(pks)) as cur:
+                return (await cur.fetchone())[0]
+
+        return await self._retry(q, "recount")
+
+
+def _int(v) -> Optional[int]:
+    try:
+        return None if v is None or v == "" else int(v)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,342 @@
+"""The engine's state database (``export_state.sqlite``): the single truth for "done".
+
+Written only by the engine, through aiosqlite, with commits made durable (``synchronous=FULL``,
+``fullfsync`` on macOS). A study is done when ``studies.state = 'done'`` and its ZIP row is ``ok``;
+that row is committed only after the ZIP is renamed into place and its directory synced. If the ledger
+is lost it is rebuilt from the ZIPs on disk (their comment carries the study identity); if it is
+corrupt the engine refuses to run rather than overwrite it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import aiosqlite
+
+from horos_async.errors import LedgerError
+from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
+from horos_async.platform import is_macos
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS studies (
+  key TEXT PRIMARY KEY, uid TEXT NOT NULL, patient_uid TEXT, horos_pk INTEGER,
+  state TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0, zip_path TEXT, fingerprint TEXT,
+  date_added REAL, month TEXT, files INTEGER, bytes_in INTEGER, zip_size INTEGER,
+  exported_at REAL, attempts INTEGER NOT NULL DEFAULT 0, code TEXT, detail TEXT, next_attempt REAL,
+  patient_name TEXT, birth_date TEXT, study_date TEXT, modalities TEXT);
+CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
+CREATE INDEX IF NOT EXISTS studies_uid ON studies (uid);
+CREATE TABLE IF NOT EXISTS zips (
+  zip_path TEXT PRIMARY KEY, key TEXT NOT NULL, version INTEGER NOT NULL, files INTEGER NOT NULL,
+  bytes_in INTEGER NOT NULL, zip_size INTEGER NOT NULL, members_digest TEXT, created_at REAL,
+  verified_at REAL, status TEXT NOT NULL DEFAULT 'ok');
+CREATE INDEX IF NOT EXISTS zips_key ON zips (key);
+CREATE TABLE IF NOT EXISTS runs (
+  id INTEGER PRIMARY KEY, started REAL NOT NULL, ended REAL, pid INTEGER, outcome TEXT,
+  exit_code INTEGER, studies_done INTEGER DEFAULT 0, studies_failed INTEGER DEFAULT 0,
+  bytes_in INTEGER DEFAULT 0, bytes_out INTEGER DEFAULT 0, message TEXT);
+CREATE TABLE IF NOT EXISTS issues (
+  id INTEGER PRIMARY KEY, ts REAL NOT NULL, code TEXT NOT NULL, key TEXT, uid TEXT, zip_path TEXT,
+  detail TEXT, run_id INTEGER);
+CREATE TABLE IF NOT EXISTS conditions (code TEXT PRIMARY KEY, since REAL NOT NULL, detail TEXT);
+"""
+INDEX_SQL = "SELECT key, state, version, date_added, fingerprint, next_attempt, zip_path, code FROM studies"
+CSV_HEADER = ["timestamp", "code", "study_uid", "zip", "detail"]
+MAX_BACKOFF = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the planner needs to know about one study from the ledger."""
+
+    state: str
+    version: int
+    date_added: Optional[float]
+    fingerprint: str
+    next_attempt: Optional[float]
+    zip_path: str
+    code: str
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+class Ledger:
+    """Async access to the ledger for the engine (the only writer)."""
+
+    def __init__(self, path: Path, issues_csv: Optional[Path] = None) -> None:
+        self.path = path
+        self.issues_csv = issues_csv
+        self.db: Optional[aiosqlite.Connection] = None
+        self.run_id: Optional[int] = None
+        self.created = False
+
+    async def open(self) -> "Ledger":
+        """Open (creating if absent) and check integrity; raise LedgerError if corrupt."""
+        self.created = not self.path.exists()
+        try:
+            self.db = await aiosqlite.connect(str(self.path), isolation_level=None, timeout=30)
+            if self.created:
+                os.chmod(self.path, 0o640)
+            await self.db.execute("PRAGMA journal_mode=WAL")
+            await self.db.execute("PRAGMA synchronous=FULL")
+            if is_macos():
+                await self.db.execute("PRAGMA fullfsync=ON")
+                await self.db.execute("PRAGMA checkpoint_fullfsync=ON")
+            async with self.db.execute("PRAGMA quick_check") as cur:
+                result = (await cur.fetchone())[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(result)
+            await self.db.executescript(SCHEMA)
+            async with self.db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
+                row = await cur.fetchone()
+            if row is None:
+                await self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise LedgerError(f"ledger {self.path} was written by a newer horos-backup (schema {row[0]}); "
+                                  f"upgrade horos-backup")
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise LedgerError(
+                f"ledger {self.path} is damaged ({exc}). Nothing was changed. Move it aside "
+                f"(mv '{self.path}' '{self.path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild "
+                f"it from the ZIPs on disk") from None
+        return self
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+    async def __aenter__(self) -> "Ledger":
+        return await self.open()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- reads -------------------------------------------------------------------------------------
+    async def index(self) -> Dict[str, Entry]:
+        """Every study the ledger knows, by key (about 150 bytes per study in memory)."""
+        out: Dict[str, Entry] = {}
+        async with self.db.execute(INDEX_SQL) as cur:
+            async for r in cur:
+                out[r[0]] = Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "")
+        return out
+
+    async def zip_rows(self) -> Dict[str, tuple]:
+        """``zip_path -> (key, version, files, zip_size, status)`` for every ZIP ever recorded."""
+        out = {}
+        async with self.db.execute("SELECT zip_path, key, version, files, zip_size, status FROM zips") as cur:
+            async for r in cur:
+                out[r[0]] = tuple(r[1:])
+        return out
+
+    async def zip_owner(self, zip_path: str) -> Optional[str]:
+        """The study key a ZIP path belongs to, if recorded."""
+        async with self.db.execute("SELECT key FROM zips WHERE zip_path=?", (zip_path,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    # -- writes ------------------------------------------------------------------------------------
+    async def begin_run(self) -> int:
+        """Record the start of a run and return its id."""
+        cur = await self.db.execute("INSERT INTO runs (started, pid) VALUES (?, ?)", (time.time(), os.getpid()))
+        self.run_id = cur.lastrowid
+        return self.run_id
+
+    async def end_run(self, outcome: str, exit_code: int, done: int, failed: int, bytes_in: int,
+                      bytes_out: int, message: str = "") -> None:
+        """Record how the run ended."""
+        await self.db.execute(
+            "UPDATE runs SET ended=?, outcome=?, exit_code=?, studies_done=?, studies_failed=?, bytes_in=?, "
+            "bytes_out=?, message=? WHERE id=?",
+            (time.time(), outcome, exit_code, done, failed, bytes_in, bytes_out, message, self.run_id))
+
+    async def record_zip(self, plan: StudyPlan, zip_path: str, zip_size: int, members_digest: str,
+                         state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None) -> None:
+        """Commit a verified, published ZIP and mark its study done (or partial), in one transaction."""
+        now = time.time() if now is None else now
+        s = plan.study
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.execute(
+                "INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
+                (zip_path, s.key, plan.version, len(plan.files), plan.total_bytes, zip_size, members_digest,
+                 now, now))
+            await self.db.execute(
+                "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, zip_path, fingerprint, "
+                "date_added, month, files, bytes_in, zip_size, exported_at, attempts, code, detail, next_attempt, "
+                "patient_name, birth_date, study_date, modalities) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,NULL,?,?,?,?) "
+                "ON CONFLICT(key) DO UPDATE SET uid=excluded.uid, patient_uid=excluded.patient_uid, "
+                "horos_pk=excluded.horos_pk, state=excluded.state, version=excluded.version, "
+                "zip_path=excluded.zip_path, fingerprint=excluded.fingerprint, date_added=excluded.date_added, "
+                "month=excluded.month, files=excluded.files, bytes_in=excluded.bytes_in, "
+                "zip_size=excluded.zip_size, exported_at=excluded.exported_at, attempts=0, code=excluded.code, "
+                "detail=excluded.detail, next_attempt=NULL, patient_name=excluded.patient_name, "
+                "birth_date=excluded.birth_date, study_date=excluded.study_date, modalities=excluded.modalities",
+                (s.key, s.uid, s.patient_uid, s.pk, state, plan.version, zip_path, plan.fingerprint,
+                 s.date_added, plan.month, len(plan.files), plan.total_bytes, zip_size, now, code, detail,
+                 s.patient_name, s.birth_date.isoformat() if s.birth_date else None,
+                 s.study_date.isoformat() if s.study_date else None, s.modalities))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
+                        members_digest: str, now: Optional[float] = None) -> None:
+        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild)."""
+        now = time.time() if now is None else now
+        key = ident["key"]
+        version = int(ident.get("version", 1))
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
+                                  (zip_path, key, version, files, bytes_in, zip_size, members_digest,
+                                   ident.get("exported_at", now), now))
+            async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
+                row = await cur.fetchone()
+            if row is None or row[0] < version or row[1] != DONE:
+                state = ident.get("state", DONE)
+                await self.db.execute(
+                    "INSERT OR REPLACE INTO studies (key, uid, patient_uid, horos_pk, state, version, zip_path, "
+                    "fingerprint, date_added, month, files, bytes_in, zip_size, exported_at, attempts, code, "
+                    "detail, patient_name, birth_date, study_date, modalities) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?)",
+                    (key, ident.get("uid", ""), ident.get("patient_uid", ""), ident.get("horos_pk"), state,
+                     version, zip_path, ident.get("fingerprint", ""), ident.get("date_added"),
+                     zip_path.split("/", 1)[0], files, bytes_in, zip_size, ident.get("exported_at", now),
+                     "" if state == DONE else ident.get("code", ""), "", ident.get("patient_name"),
+                     ident.get("birth_date"), ident.get("study_date"), ident.get("modalities")))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def record_failure(self, plan_or_key, outcome: Outcome, backoff_minutes: float,
+                             now: Optional[float] = None, keep_done: bool = False) -> bool:
+        """Record a failed attempt; returns True when it is a new event (worth an issues.csv row).
+
+        A study already done stays done (``keep_done``): a later problem with a newer version never
+        takes back the backup that exists.
+        """
+        now = time.time() if now is None else now
+        plan = plan_or_key if isinstance(plan_or_key, StudyPlan) else None
+        key = plan.study.key if plan else str(plan_or_key)
+        async with self.db.execute("SELECT state, attempts, code, detail FROM studies WHERE key=?", (key,)) as cur:
+            row = await cur.fetchone()
+        attempts = (row[1] if row else 0) + 1
+        delay = min(MAX_BACKOFF, backoff_minutes * 60.0 * (2 ** min(attempts - 1, 16)))
+        new_event = row is None or row[2] != outcome.code or row[3] != outcome.detail
+        if row is None:
+            s = plan.study
+            await self.db.execute(
+                "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, date_added, month, "
+                "attempts, code, detail, next_attempt, patient_name, birth_date, study_date, modalities) "
+                "VALUES (?,?,?,?,?,0,?,?,?,?,?,?,?,?,?,?)",
+                (key, s.uid, s.patient_uid, s.pk, FAILED, s.date_added, plan.month, attempts, outcome.code,
+                 outcome.detail, now + delay, s.patient_name,
+                 s.birth_date.isoformat() if s.birth_date else None,
+                 s.study_date.isoformat() if s.study_date else None, s.modalities))
+        else:
+            state = row[0] if (keep_done and row[0] == DONE) else FAILED
+            await self.db.execute(
+                "UPDATE studies SET state=?, attempts=?, code=?, detail=?, next_attempt=? WHERE key=?",
+                (state, attempts, outcome.code, outcome.detail, now + delay, key))
+        return new_event
+
+    async def touch_unchanged(self, key: str, date_added: Optional[float]) -> None:
+        """The study's date changed but its files did not: remember the new date, export nothing."""
+        await self.db.execute("UPDATE studies SET date_added=? WHERE key=?", (date_added, key))
+
+    async def mark_zip_bad(self, zip_path: str, status: str, code: str, detail: str) -> Optional[str]:
+        """A recorded ZIP is missing or invalid: flag it and requeue its study. Returns the study key."""
+        async with self.db.execute("SELECT key FROM zips WHERE zip_path=?", (zip_path,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        key = row[0]
+        await self.db.execute("BEGIN IMMEDIATE")
+        await self.db.execute("UPDATE zips SET status=? WHERE zip_path=?", (status, zip_path))
+        # Requeue only if this was the study's current ZIP; an older version going bad is just reported.
+        await self.db.execute(
+            "UPDATE studies SET state='pending', code=?, detail=?, next_attempt=NULL, fingerprint='' "
+            "WHERE key=? AND zip_path=?", (code, detail, key, zip_path))
+        await self.db.execute("COMMIT")
+        return key
+
+    async def issue(self, code: str, detail: str, key: str = "", uid: str = "", zip_path: str = "",
+                    now: Optional[float] = None) -> None:
+        """Append one issue to the ledger and to issues.csv."""
+        now = time.time() if now is None else now
+        await self.db.execute(
+            "INSERT INTO issues (ts, code, key, uid, zip_path, detail, run_id) VALUES (?,?,?,?,?,?,?)",
+            (now, code, key, uid, zip_path, detail, self.run_id))
+        if self.issues_csv is not None:
+            append_issue_csv(self.issues_csv, [_iso(now), code, uid, zip_path, detail])
+
+    async def condition(self, code: str, active: bool, detail: str = "") -> bool:
+        """Track an ongoing condition (e.g. INCOMING over limit); True only when it starts."""
+        async with self.db.execute("SELECT 1 FROM conditions WHERE code=?", (code,)) as cur:
+            exists = await cur.fetchone() is not None
+        if active and not exists:
+            await self.db.execute("INSERT INTO conditions VALUES (?,?,?)", (code, time.time(), detail))
+            return True
+        if not active and exists:
+            await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
+        return False
+
+    async def counts(self) -> Dict[str, int]:
+        """Studies per state."""
+        async with self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state") as cur:
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+def append_issue_csv(path: Path, row: Sequence[str]) -> None:
+    """Append one row to issues.csv (header written when the file is new; UTF-8 with BOM for Excel)."""
+    new = not path.exists()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    if new:
+        w.writerow(CSV_HEADER)
+    w.writerow([str(c).replace("\n", " ") for c in row])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    with os.fdopen(fd, "a", encoding="utf-8-sig" if new else "utf-8", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection for status readers (CLI ``status``, ``horos-tui``, ``catalog``)."""
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
+    con.execute("PRAGMA query_only=1")
+    return con
+
+
+def read_index(path: Path) -> Dict[str, Entry]:
+    """The ledger index read without writing (for ``plan``); empty when there is no ledger yet."""
+    if not path.exists():
+        return {}
+    try:
+        con = open_readonly(path)
+        try:
+            rows = con.execute(INDEX_SQL).fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
+    return {r[0]: Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "") for r in rows}

@@ -1,0 +1,91 @@
+"""``horos-backup plan``: what the next run would export, as a document and as text. Reads only."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+from horos_async import planner
+from horos_async.config import Config
+from horos_async.horos_db import HorosReader
+from horos_async.ledger import open_readonly, read_index
+
+
+def _ledger_bytes(cfg: Config) -> Dict[str, int]:
+    if not cfg.ledger_path.exists():
+        return {"source_bytes_done": 0, "zip_bytes": 0}
+    con = open_readonly(cfg.ledger_path)
+    try:
+        row = con.execute("SELECT COALESCE(SUM(bytes_in),0), COALESCE(SUM(zip_size),0) FROM studies "
+                          "WHERE state='done'").fetchone()
+    finally:
+        con.close()
+    return {"source_bytes_done": row[0], "zip_bytes": row[1]}
+
+
+async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
+    """The plan document: totals, the next ``limit`` due studies with their files, and problems."""
+    index = read_index(cfg.ledger_path)
+    now = time.time()
+    async with HorosReader(cfg) as reader:
+        candidates, totals = await planner.scan(reader, index, cfg, now, max(1, limit))
+        plans = await planner.plan_batch(reader, candidates, cfg, index)
+        journal = reader.journal_mode
+    reasons = {c.key: c.reason for c in candidates}
+    studies: List[Dict[str, Any]] = []
+    problems: List[Dict[str, Any]] = []
+    for p in plans:
+        s = p.study
+        studies.append({
+            "key": s.key, "uid": s.uid, "horos_pk": s.pk, "patient_name": s.patient_name,
+            "birth_date": s.birth_date.isoformat() if s.birth_date else None,
+            "study_date": s.study_date.isoformat() if s.study_date else None,
+            "modalities": s.modalities, "description": s.description, "reason": reasons.get(s.key, ""),
+            "version": p.version, "files": len(p.files), "image_rows": p.image_rows, "bytes": p.total_bytes,
+            "zip_path": p.zip_relpath, "missing": list(p.missing),
+            "file_paths": [{"path": str(f.source.path), "member": f.member, "size": f.size} for f in p.files],
+        })
+        if p.missing:
+            code = "NO_FILES" if not p.files else "MISSING_FILES"
+            problems.append({"uid": s.uid, "code": code, "zip_path": p.zip_relpath,
+                             "detail": f"{len(p.missing)} of {len(p.missing) + len(p.files)} files missing",
+                             "first_missing": list(p.missing[:5])})
+    return {
+        "generated_at": now, "horos_data": str(cfg.horos_data), "backup_dir": str(cfg.backup_dir),
+        "database_journal_mode": journal, "modalities": list(cfg.modalities),
+        "totals": {"eligible": totals.eligible, "done": totals.done, "pending": totals.pending,
+                   "due_now": totals.due, "waiting_stability": totals.waiting, "waiting_retry": totals.backoff,
+                   **_ledger_bytes(cfg), "next_run_bytes": sum(s["bytes"] for s in studies)},
+        "months": {m: {"eligible": v[0], "done": v[1]} for m, v in sorted(totals.months.items())},
+        "studies": studies, "problems": problems,
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def render(doc: Dict[str, Any]) -> str:
+    """Human-readable plan."""
+    t = doc["totals"]
+    lines = [f"Horos data: {doc['horos_data']}  (journal: {doc['database_journal_mode']})",
+             f"Backup to:  {doc['backup_dir']}",
+             "",
+             f"Archive: {t['eligible']} {'/'.join(doc['modalities'])} studies, {t['done']} backed up "
+             f"({_mb(t['source_bytes_done'])}), {t['pending']} pending: {t['due_now']} due now, "
+             f"{t['waiting_stability']} still arriving, {t['waiting_retry']} waiting to retry",
+             ""]
+    if not doc["studies"]:
+        lines.append("Nothing is due: the next run has nothing to export.")
+    else:
+        lines.append(f"Next run exports {len(doc['studies'])} studies, {_mb(t['next_run_bytes'])}:")
+        for s in doc["studies"]:
+            date = (s["study_date"] or "undated")[:10]
+            flag = f"  ({len(s['missing'])} MISSING)" if s["missing"] else ""
+            lines.append(f"  {date}  {s['modalities']:<8} {s['files']:>5} files {_mb(s['bytes']):>11}  "
+                         f"{s['zip_path']}{flag}")
+    if doc["problems"]:
+        lines += ["", "Problems (these studies will not be marked done):"]
+        for p in doc["problems"]:
+            lines.append(f"  {p['code']:<14} {p['uid']}: {p['detail']}; first: {p['first_missing'][0]}")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""``horos-backup rebuild-ledger``: a lost ledger is rebuilt from the ZIPs on disk, nothing re-exported."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Dict
+
+from horos_async import durable, guards, reconcile
+from horos_async.config import Config
+from horos_async.errors import LedgerError
+from horos_async.ledger import Ledger
+
+
+async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None) -> Dict[str, int]:
+    """Adopt every valid ZIP of ours into the ledger (creating it); refuses while another run holds the lock."""
+    guards.check_sentinel(cfg)
+    guards.check_volumes(cfg)
+    durable.ensure_dir(cfg.state_dir)
+    with guards.RunLock(cfg.state_dir / "run.lock"):
+        loop = asyncio.get_running_loop()
+
+        def offload(fn, *args):
+            return loop.run_in_executor(None, fn, *args)
+
+        async with Ledger(cfg.ledger_path, cfg.issues_csv) as ledger:
+            limit = 10 ** 9 if deep else 0
+            stats = await reconcile.reconcile(cfg, ledger, offload, announce, deep_limit=limit)
+            if stats["adopted"]:
+                await ledger.issue("LEDGER_REBUILT", f"{stats['adopted']} ZIPs adopted from disk")
+            return stats

@@ -1,0 +1,299 @@
+"""A read-only snapshot of the engine for any front end (CLI ``status``, ``horos-tui``); no Textual here.
+
+Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
+replaces about twice a second, and the ledger opened ``mode=ro``. A live file whose heartbeat is older
+than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from horos_async.config import Config
+
+STALE_SECONDS = 10.0
+LIVE_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One running ZIP job."""
+
+    uid: str
+    label: str
+    """ZIP file name (what the operator sees on disk)."""
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    started: float
+    """Unix seconds."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A study finished in the current batch."""
+
+    uid: str
+    label: str
+    status: str
+    """``done``, ``partial`` or ``failed``."""
+    code: str
+    seconds: float
+    bytes: int
+
+
+@dataclass(frozen=True)
+class IssueRow:
+    """One row of the issue log."""
+
+    ts: float
+    code: str
+    uid: str
+    zip_path: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One past or current run."""
+
+    id: int
+    started: float
+    ended: Optional[float]
+    outcome: str
+    exit_code: Optional[int]
+    studies_done: int
+    studies_failed: int
+    bytes_in: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a front end shows, read at ``taken``."""
+
+    taken: float
+    engine: str
+    """``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine died or hung),
+    ``never-run`` or ``unreadable``."""
+    detail: str
+    """One human line explaining ``engine``."""
+    pid: Optional[int] = None
+    run_started: Optional[float] = None
+    phase: str = ""
+    guard_code: str = ""
+    guard_detail: str = ""
+    incoming_count: Optional[int] = None
+    incoming_limit: int = 0
+    incoming_capped: bool = False
+    jobs: Tuple[Job, ...] = ()
+    queued: Tuple[str, ...] = ()
+    """Labels of studies waiting in the current batch."""
+    finished: Tuple[Finished, ...] = ()
+    batch_index: int = 0
+    eligible: Optional[int] = None
+    """Studies due for backup in the Horos database at the last scan (None = not scanned yet)."""
+    done: int = 0
+    failed: int = 0
+    pending: Optional[int] = None
+    bytes_done: int = 0
+    months: Tuple[Tuple[str, int, int], ...] = ()
+    """(month, eligible, done) per month folder, oldest first."""
+    throughput: Tuple[Tuple[float, int, int], ...] = ()
+    """(unix time, source bytes done, studies done) samples of the current run, oldest first."""
+    issues: Tuple[IssueRow, ...] = ()
+    runs: Tuple[RunRow, ...] = ()
+    next_run: Optional[float] = None
+    """When launchd should start the next run (estimate), if known."""
+    launchd_installed: bool = False
+    host: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        """Source MB/s over the last minute of samples (0 when unknown)."""
+        return _rate(self.throughput, 1, 60.0) / 1e6
+
+    @property
+    def studies_per_hour(self) -> float:
+        """Studies/hour over the last ten minutes of samples."""
+        return _rate(self.throughput, 2, 600.0) * 3600.0
+
+    @property
+    def eta_seconds(self) -> Optional[float]:
+        """Time to finish the pending studies at the current rate, if both are known."""
+        rate = self.studies_per_hour
+        if not self.pending or rate <= 0:
+            return None
+        return self.pending / rate * 3600.0
+
+
+def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) -> float:
+    if len(samples) < 2:
+        return 0.0
+    last = samples[-1]
+    first = next((s for s in samples if last[0] - s[0] <= window), samples[0])
+    dt_ = last[0] - first[0]
+    return (last[idx] - first[idx]) / dt_ if dt_ > 0 else 0.0
+
+
+LAUNCHD_LABEL = "org.horos-backup.agent"
+
+
+def _pid_alive(pid: Optional[int]) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
+    path = cfg.state_dir / LIVE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
+    from horos_async.ledger import open_readonly
+
+    out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {}}
+    if not cfg.ledger_path.exists():
+        return out
+    con = open_readonly(cfg.ledger_path)
+    try:
+        for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
+            if state == "done":
+                out["done"], out["bytes_done"] = n, b
+            elif state == "failed":
+                out["failed"] = n
+        out["months"] = {m: n for m, n in con.execute(
+            "SELECT month, COUNT(*) FROM studies WHERE state='done' GROUP BY month")}
+        out["issues"] = tuple(IssueRow(r[0], r[1], r[2] or "", r[3] or "", r[4] or "") for r in con.execute(
+            "SELECT ts, code, uid, zip_path, detail FROM issues ORDER BY id DESC LIMIT ?", (issues_limit,)))
+        out["runs"] = tuple(RunRow(r[0], r[1], r[2], r[3] or "", r[4], r[5] or 0, r[6] or 0, r[7] or 0)
+                            for r in con.execute(
+            "SELECT id, started, ended, outcome, exit_code, studies_done, studies_failed, bytes_in FROM runs "
+            "ORDER BY id DESC LIMIT ?", (runs_limit,)))
+    finally:
+        con.close()
+    return out
+
+
+def launchd_plist_path() -> Path:
+    """Where ``horos-backup launchd install`` puts the LaunchAgent."""
+    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+
+def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int = 50,
+                  runs_limit: int = 10) -> Snapshot:
+    """Read the engine's live file and the ledger (both read-only) into one Snapshot."""
+    now = time.time() if now is None else now
+    try:
+        live = _read_live(cfg)
+        led = _ledger_part(cfg, issues_limit, runs_limit)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        return Snapshot(taken=now, engine="unreadable", detail=f"cannot read the engine's state: {exc}")
+    installed = launchd_plist_path().exists()
+    runs = led["runs"]
+    last_end = next((r.ended for r in runs if r.ended), None)
+    next_run = last_end + cfg.start_interval if installed and last_end else None
+    base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
+                issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
+                host=socket.gethostname())
+    if live is None:
+        if runs:
+            return Snapshot(engine="idle", detail="no live state; last run recorded in the ledger", **base)
+        return Snapshot(engine="never-run", detail="horos-backup has not run yet with this backup folder", **base)
+    totals = live.get("totals") or {}
+    months = tuple((m, int(v[0]), int(v[1])) for m, v in sorted((live.get("months") or {}).items()))
+    inc = live.get("incoming") or {}
+    guard = live.get("guard") or {}
+    batch = live.get("batch") or {}
+    state = str(live.get("state", ""))
+    alive = _pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
+    beat = float(live.get("heartbeat") or 0)
+    if state in ("running", "stopping"):
+        if not alive or now - beat > STALE_SECONDS:
+            engine = "stale"
+            detail = (f"the engine stopped updating {now - beat:.0f}s ago"
+                      + ("" if alive else " and its process is gone (killed or crashed); the next run resumes"))
+        else:
+            engine, detail = "running", f"running since {time.strftime('%H:%M:%S', time.localtime(live.get('started', now)))}, batch {batch.get('index', 0)}"
+    elif state == "paused":
+        engine, detail = "paused", guard.get("detail") or live.get("message") or "paused by a guard"
+    else:
+        engine, detail = "idle", live.get("message") or "last run finished"
+    eligible = totals.get("eligible")
+    pending = totals.get("pending")
+    return Snapshot(
+        engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
+        phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
+        guard_detail=str(guard.get("detail", "")), incoming_count=inc.get("count"),
+        incoming_limit=int(inc.get("limit") or cfg.incoming_max_files), incoming_capped=bool(inc.get("capped")),
+        jobs=tuple(Job(j.get("uid", ""), j.get("label", ""), int(j.get("files_done", 0)), int(j.get("files_total", 0)),
+                       int(j.get("bytes_done", 0)), int(j.get("bytes_total", 0)), float(j.get("started", 0)))
+                   for j in live.get("jobs") or ()),
+        queued=tuple(batch.get("queued") or ()),
+        finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
+                                float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
+        batch_index=int(batch.get("index") or 0), eligible=eligible,
+        pending=pending if pending is not None else None, months=months,
+        throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
+        **base)
+
+
+def to_json(snap: Snapshot) -> Dict[str, Any]:
+    """The snapshot as plain JSON-able data (``status --json``)."""
+    from dataclasses import asdict
+
+    d = asdict(snap)
+    d["mb_per_s"] = round(snap.mb_per_s, 2)
+    d["studies_per_hour"] = round(snap.studies_per_hour, 1)
+    d["eta_seconds"] = snap.eta_seconds
+    return d
+
+
+def _when(ts: Optional[float]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def render(snap: Snapshot) -> str:
+    """Human-readable status."""
+    lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
+    if snap.eligible is not None:
+        lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
+                     f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
+    else:
+        lines.append(f"Archive: {snap.done} studies backed up, {snap.failed} failing (no scan yet)")
+    if snap.incoming_count is not None:
+        over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
+        lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")
+    for j in snap.jobs:
+        lines.append(f"  zipping {j.label}: {j.files_done}/{j.files_total} files, "
+                     f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+    if snap.next_run:
+        lines.append(f"Next scheduled run: about {_when(snap.next_run)}")
+    if snap.runs:
+        lines.append("Last runs:")
+        for r in snap.runs[:5]:
+            lines.append(f"  #{r.id} {_when(r.started)} {r.outcome or 'running'}: {r.studies_done} exported, "
+                         f"{r.studies_failed} not, exit {r.exit_code if r.exit_code is not None else '-'}")
+    if snap.issues:
+        lines.append("Recent issues:")
+        for i in snap.issues[:10]:
+            lines.append(f"  {_when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Core Data timestamps to local dates, in the zone of the Mac that ran Horos (horos-database.md §5).
+
+Horos parsed DICOM dates as wall-clock time of the Mac's default zone, so the stored instant must be
+read back in that zone, never in UTC: 22:30 on 31 March in São Paulo is 01:30 UTC on 1 April.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Optional
+
+try:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+except ImportError:  # pragma: no cover - Python 3.9+ always has zoneinfo
+    ZoneInfo = None  # type: ignore
+
+COCOA_EPOCH_OFFSET = 978307200
+"""Seconds from 1970-01-01 UTC to 2001-01-01 UTC (NSDate reference date)."""
+
+
+def load_zone(name: str) -> dt.tzinfo:
+    """Return the IANA zone ``name`` or raise ValueError with a hint."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError("unknown time zone; use an IANA name such as America/Sao_Paulo "
+                         "(see `ls /usr/share/zoneinfo`)") from None
+
+
+def cocoa_to_unix(value: Optional[float]) -> Optional[float]:
+    """Core Data seconds-since-2001 (int or float) to Unix seconds; None stays None."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value) + COCOA_EPOCH_OFFSET
+    except (TypeError, ValueError):
+        return None
+
+
+def unix_to_cocoa(value: float) -> float:
+    """Unix seconds to Core Data seconds-since-2001."""
+    return value - COCOA_EPOCH_OFFSET
+
+
+def to_local(unix: Optional[float], zone: Optional[dt.tzinfo]) -> Optional[dt.datetime]:
+    """An aware datetime in ``zone`` (None = this machine's zone, DST rules included)."""
+    if unix is None:
+        return None
+    try:
+        if zone is not None:
+            return dt.datetime.fromtimestamp(unix, zone)
+        return dt.datetime.fromtimestamp(unix).astimezone()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def cocoa_to_local(value: Optional[float], zone: Optional[dt.tzinfo]) -> Optional[dt.datetime]:
+    """Core Data timestamp straight to an aware local datetime."""
+    return to_local(cocoa_to_unix(value), zone)

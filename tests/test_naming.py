@@ -1,0 +1,91 @@
+"""ZIP names, month folders and member names."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from horos_async import naming
+from horos_async.models import SourceFile, StudyRow
+
+SP = ZoneInfo("America/Sao_Paulo")
+UID = "1.2.826.0.1.3680043.10.1234.1.123456789012345678901234567890"
+
+
+def study(name="José^Conceição", uid=UID, date=dt.datetime(2024, 3, 31, 22, 30, tzinfo=SP),
+          dob=dt.date(1980, 5, 17), patient_uid="JOSE CONCEICAO-1-19800517") -> StudyRow:
+    return StudyRow(pk=1, uid=uid, patient_uid=patient_uid, patient_name=name, patient_id="1", birth_date=dob,
+                    study_date=date, date_added=0.0, modalities="CT", description="", accession="")
+
+
+def test_classic_name_transliterates_and_keeps_uid():
+    rel = naming.zip_relpath(study())
+    assert rel == f"2024_03/Jose_Conceicao_19800517_20240331_{UID}.zip"
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd^<script>\x07", "/", "..", "🙂🙂", "", "a/b\\c:d*e?f",
+                                  "\u0000\u001f", "CON", " . "])
+def test_hostile_names_stay_inside_the_month_folder(name):
+    rel = naming.zip_relpath(study(name=name))
+    month, file = rel.split("/")
+    assert month == "2024_03"
+    assert "/" not in file and "\\" not in file and not file.startswith(".")
+    assert file.isascii() and file.isprintable()
+    assert file.endswith(f"_{UID}.zip")
+
+
+def test_empty_name_becomes_unknown_and_missing_dates_have_placeholders():
+    s = study(name="", date=None, dob=None)
+    assert naming.zip_relpath(s) == f"undated/UNKNOWN_NODOB_NODATE_{UID}.zip"
+
+
+def test_long_name_is_shortened_to_the_limit_uid_kept():
+    s = study(name="Maria " * 60)
+    for limit in (100, 128, 200):
+        stem = naming.zip_stem(s, max_length=limit)
+        assert len(stem) <= limit and stem.endswith(UID) and stem.startswith("Maria_Maria")
+
+
+def test_versions_and_dedup_suffixes_are_distinct_and_parse_back():
+    a = naming.zip_relpath(study(), version=1)
+    b = naming.zip_relpath(study(), version=2)
+    c = naming.zip_relpath(study(), version=2, dedup=3)
+    assert len({a, b, c}) == 3
+    assert naming.parse_zip_name(a.split("/")[1]) == (UID, 1)
+    assert naming.parse_zip_name(c.split("/")[1]) == (UID, 2)
+
+
+def test_pseudonymous_naming_hides_the_patient():
+    rel = naming.zip_relpath(study(), naming="pseudonymous")
+    assert "Jose" not in rel and "19800517" not in rel
+    assert rel.startswith("2024_03/P") and rel.endswith(f"_20240331_{UID}.zip")
+    assert rel == naming.zip_relpath(study(), naming="pseudonymous")  # stable
+
+
+def test_same_accented_name_in_nfc_and_nfd_gives_one_name():
+    import unicodedata
+    nfc = unicodedata.normalize("NFC", "José^Conceição")
+    nfd = unicodedata.normalize("NFD", "José^Conceição")
+    assert naming.zip_relpath(study(name=nfc)) == naming.zip_relpath(study(name=nfd))
+
+
+def src(series_pk, number, desc, path, inst=None, modality="CT"):
+    return SourceFile(path=Path(path), series_pk=series_pk, series_number=number, series_description=desc,
+                      modality=modality, instance_number=inst)
+
+
+def test_member_names_grouped_by_series_unique_and_portable():
+    files = naming.sort_files([
+        src(2, 2, "Abdômen c/ contraste", "/d/20000/10002.dcm", 2),
+        src(2, 2, "Abdômen c/ contraste", "/d/20000/10001.dcm", 1),
+        src(3, 2, "Abdômen c/ contraste", "/d/20000/10003.dcm", 1),  # same number+desc, other Horos series
+        src(1, 1, "../../x", "/ext/IM0001", None, "SR"),
+    ])
+    names = naming.member_names(files)
+    assert names == ["S0001_SR_x/IM00001", "S0002_CT_Abdomen_c_contraste/IM00001.dcm",
+                     "S0002_CT_Abdomen_c_contraste/IM00002.dcm", "S0002_CT_Abdomen_c_contraste_2/IM00001.dcm"]
+    assert files[1].path.name == "10001.dcm"  # instance order inside a series
+    assert len(set(names)) == len(names)
