@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import stat
-import string
 import struct
 import threading
 import time
@@ -46,14 +45,11 @@ _DOS_MIN = (1980, 1, 1, 0, 0, 0)  # ZIP dates cannot say earlier: zipfile raises
 _DOS_MAX = (2107, 12, 31, 23, 59, 58)
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 _ENCAPSULATED_UNCOMPRESSED_TS = "1.2.840.10008.1.2.1.98"  # encapsulated, yet the pixels are raw
+_COMPRESSED_TS_PREFIX = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC
 # Errors that mean the disk or volume failed, not that the ZIP is bad: they propagate from
 # verify_zip so the engine never deletes a good ZIP because a cable was loose.
-_DEVICE_ERRNOS = frozenset(
-    e
-    for e in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EACCES, errno.EPERM,
-              getattr(errno, "ESTALE", None), errno.ENOTCONN, errno.ETIMEDOUT)
-    if e
-)
+_DEVICE_ERRNOS = frozenset(e for e in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EACCES, errno.EPERM,
+                                        getattr(errno, "ESTALE", None), errno.ENOTCONN, errno.ETIMEDOUT) if e)
 
 
 class Cancelled(Exception):
@@ -69,12 +65,11 @@ class SourceMissing(Exception):
 
 
 class SourceReadError(Exception):
-    """A source file could not be read, or its size changed while it was read."""
+    """A source file could not be read (``errno`` set), or its size changed while it was read."""
 
     def __init__(self, path: Path, err: Optional[int], detail: str) -> None:
         super().__init__(f"cannot read source file {path}: {detail} (retried next run)")
-        self.path = path
-        self.errno = err
+        self.path, self.errno = path, err
 
 
 class ZipInvalid(Exception):
@@ -82,8 +77,7 @@ class ZipInvalid(Exception):
 
     def __init__(self, reason: str, member: Optional[str] = None) -> None:
         super().__init__(f"{member}: {reason}" if member else reason)
-        self.reason = reason
-        self.member = member
+        self.reason, self.member = reason, member
 
 
 @dataclass(frozen=True)
@@ -114,27 +108,16 @@ class BuiltMember:
     """Size in bytes as stored in the ZIP."""
 
 
-def build_zip(
-    out_path: Path,
-    members: Sequence[Member],
-    *,
-    level: int = 1,
-    comment: bytes = b"",
-    progress: Progress = None,
-    cancel: Optional[threading.Event] = None,
-    opener: Optional[Callable[[Path], IO[bytes]]] = None,
-    chunk_size: int = 1 << 20,
-    trace: durable.Trace = None,
-) -> List[BuiltMember]:
+def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comment: bytes = b"",
+              progress: Progress = None, cancel: Optional[threading.Event] = None,
+              opener: Optional[Callable[[Path], IO[bytes]]] = None, chunk_size: int = 1 << 20,
+              trace: durable.Trace = None) -> List[BuiltMember]:
     """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure."""
-    if not 0 <= level <= 9:
-        raise ValueError(f"compression level {level} is outside 0-9")
-    if len(comment) > 0xFFFF:
-        raise ValueError(f"ZIP comment is {len(comment)} bytes; the format allows 65535")
     names = [m.name for m in members]
     bad = [n for n in names if not safe_member_name(n)]
-    if bad or len(set(names)) != len(names):
-        raise ValueError(f"unsafe or duplicate member names in plan: {bad or 'duplicates'}")
+    if bad or len(set(names)) != len(names) or not 0 <= level <= 9 or len(comment) > 0xFFFF:
+        raise ValueError(f"bad ZIP plan: unsafe names {bad[:3]}, duplicates {len(names) - len(set(names))}, "
+                         f"level {level} (0-9), comment {len(comment)} bytes (max 65535)")
     out_path = Path(out_path)
     if opener is None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -142,7 +125,7 @@ def build_zip(
     else:
         out = opener(out_path)
     try:
-        built = _write_zip(out, members, level, comment, _Ticker(progress), cancel, chunk_size)
+        built = _write_zip(out, members, level, comment, _Stream(progress, cancel, chunk_size))
         durable.sync_file(out, path=out_path, trace=trace)
         out.close()
     except BaseException:
@@ -151,20 +134,14 @@ def build_zip(
     return built
 
 
-def verify_zip(
-    path: Path,
-    expected: Optional[Sequence[BuiltMember]] = None,
-    *,
-    deep: bool = True,
-    progress: Progress = None,
-    cancel: Optional[threading.Event] = None,
-    chunk_size: int = 1 << 20,
-) -> List[BuiltMember]:
+def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, deep: bool = True,
+               progress: Progress = None, cancel: Optional[threading.Event] = None,
+               chunk_size: int = 1 << 20) -> List[BuiltMember]:
     """Check a ZIP's structure (and with ``deep`` every member's bytes); return its members.
 
     Raises :class:`ZipInvalid` for any defect, ``OSError`` when the file or its disk cannot be read.
     """
-    ticker = _Ticker(progress)
+    run = _Stream(progress, cancel, chunk_size)
     with open(path, "rb") as f:
         member = None
         try:
@@ -174,12 +151,10 @@ def verify_zip(
                 found = _check_directory(infos, entries)
                 if expected is not None:
                     _compare(found, expected)
-                if deep:
-                    crc32 = _crc32()
-                    for info in infos:
-                        member = info.filename
-                        _check_member(zf, info, crc32, chunk_size, cancel, ticker)
-                        ticker.file_done()
+                for info in infos if deep else ():  # by ZipInfo, never by name (duplicates hide members)
+                    member = info.filename
+                    _check_member(zf, info, run)
+                    run.file_done()
         except (ZipInvalid, Cancelled):
             raise
         except Exception as exc:
@@ -203,7 +178,7 @@ def safe_member_name(name: str) -> bool:
     """True when ``name`` is a relative path that cannot escape the folder it is extracted into."""
     if not name or name.startswith("/") or "\\" in name or any(ord(c) < 0x20 for c in name):
         return False
-    if len(name) >= 2 and name[1] == ":" and name[0] in string.ascii_letters:
+    if len(name) >= 2 and name[1] == ":" and name[0].isascii() and name[0].isalpha():
         return False  # "C:..." is absolute, or drive-relative, on Windows
     parts = name.split("/")
     if parts[-1] == "":  # a directory entry, "series/"
@@ -223,46 +198,42 @@ def needs_deflate(path: Path) -> bool:
         return False
     try:
         return not UID(ts).is_compressed
-    except ValueError:  # a private or unknown transfer syntax
-        return True
+    except ValueError:  # unknown to this pydicom: 2.4 (Python 3.9) predates HTJ2K, for one
+        return not ts.startswith(_COMPRESSED_TS_PREFIX)  # every standard .4.x syntax is compressed
 
 
-class _Ticker:
-    """Calls ``progress(files_done, bytes_done)`` per member and every 64 MiB inside one."""
+class _Stream:
+    """One build or verify pass: chunk size, checksum, cancel checks and ``progress(files, bytes)`` calls."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.files, self.bytes, self.next_report = progress, 0, 0, _PROGRESS_STEP
+    def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int) -> None:
+        self.progress, self.cancel, self.chunk_size = progress, cancel, chunk_size
+        self.crc32 = _isal.crc32 if USE_ISAL and _isal is not None else zlib.crc32
+        self.files, self.bytes, self.next_report = 0, 0, _PROGRESS_STEP
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled")
 
     def add(self, nbytes: int) -> None:
         self.bytes += nbytes
-        if self.progress and self.bytes >= self.next_report:
+        if self.progress and self.bytes >= self.next_report:  # at least every 64 MiB in a big member
             self.next_report = self.bytes + _PROGRESS_STEP
             self.progress(self.files, self.bytes)
 
     def file_done(self) -> None:
-        self.files += 1
-        self.next_report = self.bytes + _PROGRESS_STEP
+        self.files, self.next_report = self.files + 1, self.bytes + _PROGRESS_STEP
         if self.progress:
             self.progress(self.files, self.bytes)
 
 
-def _crc32() -> Callable[[bytes, int], int]:
-    return _isal.crc32 if USE_ISAL and _isal is not None else zlib.crc32
-
-
-def _check_cancel(cancel: Optional[threading.Event]) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("cancelled")
-
-
-def _write_zip(out, members, level, comment, ticker, cancel, chunk_size) -> List[BuiltMember]:
+def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: _Stream) -> List[BuiltMember]:
     zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
-    crc32, built = _crc32(), []
+    built = []
     try:
         for member in members:
-            _check_cancel(cancel)
-            built.append(_write_member(zf, member, level, crc32, chunk_size, cancel, ticker))
-            ticker.file_done()
+            run.check_cancel()
+            built.append(_write_member(zf, member, level, run))
+            run.file_done()
         zf.comment = comment
         zf.close()  # writes the central directory; `out` stays open (a passed file object)
     except BaseException:
@@ -273,32 +244,28 @@ def _write_zip(out, members, level, comment, ticker, cancel, chunk_size) -> List
     return built
 
 
-def _write_member(zf, member: Member, level, crc32, chunk_size, cancel, ticker) -> BuiltMember:
+def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: _Stream) -> BuiltMember:
     src = _open_source(member.source)
     with src:
         zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(os.fstat(src.fileno()).st_mtime))
         zinfo.compress_type = zipfile.ZIP_DEFLATED if member.compress else zipfile.ZIP_STORED
         zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
         zinfo.file_size = member.size  # zipfile decides ZIP64 from this before writing the header
-        try:
-            zinfo.compress_level = level  # Python 3.13+
-        except AttributeError:
-            zinfo._compresslevel = level  # Python 3.7-3.12
+        # The stdlib compressor's level: ZipInfo.compress_level from Python 3.13, _compresslevel before.
+        setattr(zinfo, "compress_level" if hasattr(zinfo, "compress_level") else "_compresslevel", level)
         writer = zf.open(zinfo, "w")
         try:
             if member.compress:
                 _install_fast_compressor(writer, level)
             crc, remaining = 0, member.size
             while remaining > 0:
-                _check_cancel(cancel)
-                chunk = _read(src, member.source, min(chunk_size, remaining))
+                run.check_cancel()
+                chunk = _read(src, member.source, min(run.chunk_size, remaining))
                 if not chunk:
-                    done = member.size - remaining
-                    raise SourceReadError(member.source, None, f"shrank while reading ({done} of {member.size} bytes)")
-                crc = crc32(chunk, crc)
+                    raise SourceReadError(member.source, None, f"changed while reading (shrank below {member.size} bytes)")
+                crc, remaining = run.crc32(chunk, crc), remaining - len(chunk)
                 writer.write(chunk)
-                remaining -= len(chunk)
-                ticker.add(len(chunk))
+                run.add(len(chunk))
             if _read(src, member.source, 1):
                 raise SourceReadError(member.source, None, f"changed while reading (grew past {member.size} bytes)")
         except BaseException:
@@ -334,6 +301,7 @@ def _open_source(path: Path) -> IO[bytes]:
 
 
 def _read(src: IO[bytes], path: Path, n: int) -> bytes:
+    """Read from a source; its I/O errors are the study's problem, not the run's."""
     try:
         return src.read(n)
     except OSError as exc:
@@ -359,7 +327,7 @@ def _discard(out: IO[bytes], out_path: Path) -> None:
         os.unlink(out_path)
     except FileNotFoundError:
         pass
-    except OSError as exc:  # left for durable.remove_stale_temps on the next run
+    except OSError as exc:  # the next run's durable.remove_stale_temps deletes it
         log.warning("could not remove failed ZIP %s: %s", out_path, exc)
 
 
@@ -379,8 +347,7 @@ def _check_end(f: IO[bytes]) -> int:
         if fields and pos + 22 + fields[-1] == len(tail):
             break
     _, disk, cd_disk, disk_entries, entries, cd_size, cd_offset, _ = fields
-    eocd = size - tail_len + pos
-    end_of_cd = eocd
+    eocd = end_of_cd = size - tail_len + pos
     f.seek(max(eocd - 20, 0))
     locator = f.read(20) if eocd >= 20 else b""
     if locator[:4] == b"PK\x06\x07":  # ZIP64: the real counts and offsets are in the ZIP64 record
@@ -428,17 +395,15 @@ def _compare(found: List[BuiltMember], expected: Sequence[BuiltMember]) -> None:
             raise ZipInvalid(f"size/CRC {got.size}/{got.crc:08x}, expected {want.size}/{want.crc:08x}", want.name)
 
 
-def _check_member(zf, info: zipfile.ZipInfo, crc32, chunk_size, cancel, ticker) -> None:
-    crc, size = 0, 0
-    with zf.open(info) as member:  # by ZipInfo, never by name: a duplicate name would hide a member
-        while True:
-            _check_cancel(cancel)
-            chunk = member.read(chunk_size)
-            if not chunk:
-                break
-            crc = crc32(chunk, crc)
-            size += len(chunk)
-            ticker.add(len(chunk))
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, run: _Stream) -> None:
+    crc = size = 0
+    with zf.open(info) as member:
+        chunk = b"-"
+        while chunk:
+            run.check_cancel()
+            chunk = member.read(run.chunk_size)
+            crc, size = run.crc32(chunk, crc), size + len(chunk)
+            run.add(len(chunk))
     if (size, crc) != (info.file_size, info.CRC):
         raise ZipInvalid(f"content {size} bytes/CRC {crc:08x}, directory says {info.file_size}/{info.CRC:08x}",
                          info.filename)

@@ -7,8 +7,11 @@ as well as pydicom 3, whose write and compress APIs differ.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
+import shutil
+import struct
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -18,6 +21,7 @@ from pydicom import config as _pd_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
@@ -154,12 +158,55 @@ def add_pixels(ds: Dataset, frames: np.ndarray, modality: str, rle: bool) -> Non
     if not rle:
         _put(ds, "PixelData", frames.astype("<u2").tobytes())
         return
-    # Force pydicom's own encoder (another installed plugin would give different bytes), and stop
-    # pydicom 3 from replacing the SOP Instance UID, which would break the match with the database.
-    kwargs: Dict[str, Any] = {"encoding_plugin": "pydicom"}
-    if PYDICOM3:
-        kwargs["generate_instance_uid"] = False
-    ds.compress(RLELossless, frames, **kwargs)
+    stack = frames.reshape((-1,) + frames.shape[-2:])
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.add(DataElement(0x7FE00010, "OB", encapsulate([rle_frame(f) for f in stack]), is_undefined_length=True))
+
+
+def rle_frame(pixels: np.ndarray) -> bytes:
+    """One 16-bit frame as a DICOM RLE Lossless frame (PS3.5 Annex G): header, MSB and LSB segments."""
+    # pydicom's own encoder (``ds.compress``) is pure Python and takes ~0.1 s per 512x512 slice, which
+    # made the benchmark library slow to build; this one is vectorised and decoded by any reader.
+    # (``ds.compress`` under pydicom 3 would also replace the SOP Instance UID unless told not to.)
+    words = pixels.astype("<u2")
+    segments = [_packbits((words >> 8).astype(np.uint8)), _packbits((words & 0xFF).astype(np.uint8))]
+    offsets = [64, 64 + len(segments[0])] + [0] * 13
+    return struct.pack("<16L", len(segments), *offsets) + b"".join(segments)
+
+
+def _packbits(plane: np.ndarray) -> bytes:
+    """PackBits-encode each row of a 2-D byte array separately, as an even-length RLE segment."""
+    cols = plane.shape[1]
+    flat = plane.ravel()
+    begins = np.ones(flat.size, bool)
+    begins[1:] = flat[1:] != flat[:-1]
+    begins[::cols] = True  # runs never cross a row boundary (PS3.5 G.3.1)
+    starts = np.flatnonzero(begins)
+    lengths = np.diff(np.append(starts, flat.size))
+    rep = lengths >= 3  # shorter runs are cheaper inside a literal
+    # A token starts at every replicate run, and at a literal stretch's first run (after a replicate
+    # run or at a row start); consecutive short runs merge into one literal token.
+    after_rep = np.concatenate(([True], rep[:-1]))
+    first = np.flatnonzero(rep | after_rep | (starts % cols == 0))
+    tok_start, tok_len, tok_rep = starts[first], np.add.reduceat(lengths, first), rep[first]
+    # Split tokens into chunks of at most 128 bytes, the longest run PackBits can express.
+    chunks = (tok_len + 127) // 128
+    tok = np.repeat(np.arange(first.size), chunks)
+    k = np.arange(tok.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    c_start, c_len = tok_start[tok] + 128 * k, np.minimum(128, tok_len[tok] - 128 * k)
+    c_rep = tok_rep[tok] & (c_len >= 2)
+    out_len = np.where(c_rep, 2, c_len + 1)
+    off = np.cumsum(out_len) - out_len
+    out = np.empty(int(out_len.sum()), np.uint8)
+    out[off] = np.where(c_rep, 257 - c_len, c_len - 1).astype(np.uint8)  # -(n-1) repeats, n-1 literal
+    r = np.flatnonzero(c_rep)
+    out[off[r] + 1] = flat[c_start[r]]
+    lit = np.flatnonzero(~c_rep)
+    n = c_len[lit]
+    src = np.repeat(c_start[lit], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    out[src + np.repeat(off[lit] + 1 - c_start[lit], n)] = flat[src]
+    data = out.tobytes()
+    return data + b"\x00" * (len(data) % 2)
 
 
 def sr_dataset(sop_uid: str, header: Dict[str, Any], text: str) -> Dataset:
@@ -178,6 +225,20 @@ def sr_dataset(sop_uid: str, header: Dict[str, Any], text: str) -> Dataset:
     _put(ds, "VerificationFlag", "UNVERIFIED")
     ds.ContentSequence = Sequence([item])
     return ds
+
+
+def write_instance(path: Path, modality: str, sop_uid: str, header: Dict[str, Any], phantom: Optional[Phantom],
+                   index: int, frames: int, rle: bool, location: float) -> None:
+    """Write one image file (``frames`` > 1: multi-frame) from ``phantom``, or a small SR when it is None."""
+    if phantom is None:
+        write(sr_dataset(sop_uid, header, f"ROI summary, instance {index + 1}"), path)
+        return
+    header = dict(header, SliceLocation=location, SliceThickness=2.5, ImagePositionPatient=[0, 0, location],
+                  ImageOrientationPatient=[1, 0, 0, 0, 1, 0], PixelSpacing=[0.7, 0.7])
+    ds = base_dataset(modality, sop_uid, header)
+    slices = [phantom.slice(index * frames + f) for f in range(frames)]
+    add_pixels(ds, np.stack(slices) if frames > 1 else slices[0], modality, rle)
+    write(ds, path)
 
 
 def write(ds: Dataset, path: Path) -> int:
@@ -208,17 +269,28 @@ def sample_file(name: str) -> Path:
     return Path(str(found))
 
 
-def read_header(path: Path) -> Dataset:
-    """Read a DICOM header without pixel data."""
-    return pydicom.dcmread(str(path), stop_before_pixels=True)
+def copy_sample(name: str, dest: Path) -> Dataset:
+    """Copy pydicom's bundled test file ``name`` to ``dest`` (mode 0o644); return its header."""
+    src = sample_file(name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o644)
+    return pydicom.dcmread(str(dest), stop_before_pixels=True)
 
 
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?")
 
 
-def split_time(value: str) -> Optional[tuple]:
-    """DICOM TM text to (hour, minute, second), fractions dropped; None when empty or invalid."""
-    m = _TIME.match((value or "").strip())
-    if not m:
-        return None
-    return tuple(int(g) if g else 0 for g in m.groups())
+def horos_wall_time(header: Any) -> Optional[dt.datetime]:
+    """The naive local date-time Horos files an image under (horos-database.md §5), or None.
+
+    ``header`` is a Dataset or a keyword dict. The first non-empty of Acquisition, Content, Series and
+    Study Date wins, with its own Time; a missing time means 12:00.
+    """
+    for what in ("Acquisition", "Content", "Series", "Study"):
+        day = str(header.get(what + "Date") or "").strip()
+        if len(day) == 8 and day.isdigit():
+            m = _TIME.match(str(header.get(what + "Time") or "").strip())
+            hms = tuple(int(g) if g else 0 for g in m.groups()) if m else (12, 0, 0)
+            return dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]), *hms)
+    return None

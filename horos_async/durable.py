@@ -29,22 +29,10 @@ DIR_MODE = 0o750
 
 # Errors meaning "this filesystem has no hard links" (exFAT and FAT on macOS, some network mounts).
 _NO_LINKS = frozenset(
-    e
-    for e in (
-        errno.EPERM,
-        getattr(errno, "ENOTSUP", None),
-        errno.EOPNOTSUPP,
-        errno.EXDEV,
-        errno.EMLINK,
-        errno.ENOSYS,
-    )
+    e for e in (errno.EPERM, getattr(errno, "ENOTSUP", None), errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS)
     if e
 )
 _NAME_MAX = 255  # bytes in one path component, on APFS, HFS+, exFAT and ext4 alike
-
-
-sync_dir = platform.sync_dir
-"""Sync a directory (re-exported so callers need only this module for durable writes)."""
 
 
 class AlreadyExists(FileExistsError):
@@ -63,6 +51,11 @@ def temp_path_for(final: Path, tag: str) -> Path:
         stem = os.fsencode(final.name)[: -excess - 1].decode("utf-8", "ignore")
         name = f".{stem}~.{tag}{TEMP_SUFFIX}"
     return final.with_name(name)
+
+
+def sync_dir(path: Path) -> None:
+    """Sync a directory (re-exported from ``platform`` so callers need only this module)."""
+    platform.sync_dir(path)
 
 
 def is_temp_name(name: str) -> bool:
@@ -100,9 +93,7 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> List[Path]:
     return created
 
 
-def publish(
-    tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None
-) -> None:
+def publish(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None) -> None:
     """Move the already-synced ``tmp`` to ``final`` without replacing anything, then sync directories.
 
     Raises :class:`AlreadyExists` when ``final`` exists; ``tmp`` is then left in place for the
@@ -129,14 +120,8 @@ def publish(
     _sync_dirs(final, created_dirs, trace)
 
 
-def write_atomic(
-    final: Path,
-    data: bytes,
-    *,
-    mode: int = FILE_MODE,
-    overwrite: bool = False,
-    trace: Trace = None,
-) -> None:
+def write_atomic(final: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = False,
+                 trace: Trace = None) -> None:
     """Durably write a small file (marker, plist, status JSON) in one step.
 
     ``overwrite=False`` refuses to replace an existing ``final`` (raises :class:`AlreadyExists`);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -93,6 +94,7 @@ class Engine:
         self.fatal: Optional[BaseException] = None
         self.started = time.monotonic()
         self.shares_horos_disk = False
+        self.attempted: set = set()
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -181,7 +183,8 @@ class Engine:
                 limit = cfg.batch_size * (LOOKAHEAD_BATCHES if self.until_done or self.max_studies else 1)
                 if self.max_studies:
                     limit = min(limit, max(0, self.max_studies - processed))
-                candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit))
+                candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
+                                                        frozenset(self.attempted))
                 self._publish_totals(totals)
                 r.eligible, r.pending = totals.eligible, totals.pending
                 if not candidates:
@@ -194,6 +197,7 @@ class Engine:
                     self.live.batch_index += 1
                     plans = await planner.plan_batch(reader, batch, cfg, index, self._offload)
                     processed += len(batch)
+                    self.attempted.update(c.key for c in batch)
                     await self._run_batch(plans, index)
                     if not (self.until_done or self.max_studies or self.max_minutes):
                         break
@@ -374,7 +378,7 @@ class Engine:
                     _unlink(tmp)
                     raise _run_level(exc, final) from None
                 try:
-                    await self._offload(durable.publish, tmp, final, created)
+                    await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
                 except durable.AlreadyExists:
                     _unlink(tmp)
                     return fail("ZIP_FAIL", f"{rel} appeared while this study was being written; will retry")

@@ -9,6 +9,8 @@ corrupt the engine refuses to run rather than overwrite it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -81,6 +83,19 @@ class Ledger:
         self.db: Optional[aiosqlite.Connection] = None
         self.run_id: Optional[int] = None
         self.created = False
+        self._lock = asyncio.Lock()  # concurrent jobs share one connection: one transaction at a time
+
+    @contextlib.asynccontextmanager
+    async def _txn(self):
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), serialised across tasks."""
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
 
     async def open(self) -> "Ledger":
         """Open (creating if absent) and check integrity; raise LedgerError if corrupt."""
@@ -152,14 +167,16 @@ class Ledger:
     # -- writes ------------------------------------------------------------------------------------
     async def begin_run(self) -> int:
         """Record the start of a run and return its id."""
-        cur = await self.db.execute("INSERT INTO runs (started, pid) VALUES (?, ?)", (time.time(), os.getpid()))
+        async with self._lock:
+            cur = await self.db.execute("INSERT INTO runs (started, pid) VALUES (?, ?)", (time.time(), os.getpid()))
         self.run_id = cur.lastrowid
         return self.run_id
 
     async def end_run(self, outcome: str, exit_code: int, done: int, failed: int, bytes_in: int,
                       bytes_out: int, message: str = "") -> None:
         """Record how the run ended."""
-        await self.db.execute(
+        async with self._lock:
+            await self.db.execute(
             "UPDATE runs SET ended=?, outcome=?, exit_code=?, studies_done=?, studies_failed=?, bytes_in=?, "
             "bytes_out=?, message=? WHERE id=?",
             (time.time(), outcome, exit_code, done, failed, bytes_in, bytes_out, message, self.run_id))
@@ -169,8 +186,7 @@ class Ledger:
         """Commit a verified, published ZIP and mark its study done (or partial), in one transaction."""
         now = time.time() if now is None else now
         s = plan.study
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._txn():
             await self.db.execute(
                 "INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
                 (zip_path, s.key, plan.version, len(plan.files), plan.total_bytes, zip_size, members_digest,
@@ -191,10 +207,6 @@ class Ledger:
                  s.date_added, plan.month, len(plan.files), plan.total_bytes, zip_size, now, code, detail,
                  s.patient_name, s.birth_date.isoformat() if s.birth_date else None,
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
                         members_digest: str, now: Optional[float] = None) -> None:
@@ -202,8 +214,7 @@ class Ledger:
         now = time.time() if now is None else now
         key = ident["key"]
         version = int(ident.get("version", 1))
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._txn():
             await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
                                    ident.get("exported_at", now), now))
@@ -221,10 +232,6 @@ class Ledger:
                      zip_path.split("/", 1)[0], files, bytes_in, zip_size, ident.get("exported_at", now),
                      "" if state == DONE else ident.get("code", ""), "", ident.get("patient_name"),
                      ident.get("birth_date"), ident.get("study_date"), ident.get("modalities")))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def record_failure(self, plan_or_key, outcome: Outcome, backoff_minutes: float,
                              now: Optional[float] = None, keep_done: bool = False) -> bool:
@@ -236,31 +243,33 @@ class Ledger:
         now = time.time() if now is None else now
         plan = plan_or_key if isinstance(plan_or_key, StudyPlan) else None
         key = plan.study.key if plan else str(plan_or_key)
-        async with self.db.execute("SELECT state, attempts, code, detail FROM studies WHERE key=?", (key,)) as cur:
-            row = await cur.fetchone()
-        attempts = (row[1] if row else 0) + 1
-        delay = min(MAX_BACKOFF, backoff_minutes * 60.0 * (2 ** min(attempts - 1, 16)))
-        new_event = row is None or row[2] != outcome.code or row[3] != outcome.detail
-        if row is None:
-            s = plan.study
-            await self.db.execute(
-                "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, date_added, month, "
-                "attempts, code, detail, next_attempt, patient_name, birth_date, study_date, modalities) "
-                "VALUES (?,?,?,?,?,0,?,?,?,?,?,?,?,?,?,?)",
-                (key, s.uid, s.patient_uid, s.pk, FAILED, s.date_added, plan.month, attempts, outcome.code,
-                 outcome.detail, now + delay, s.patient_name,
-                 s.birth_date.isoformat() if s.birth_date else None,
-                 s.study_date.isoformat() if s.study_date else None, s.modalities))
-        else:
-            state = row[0] if (keep_done and row[0] == DONE) else FAILED
-            await self.db.execute(
-                "UPDATE studies SET state=?, attempts=?, code=?, detail=?, next_attempt=? WHERE key=?",
-                (state, attempts, outcome.code, outcome.detail, now + delay, key))
-        return new_event
+        async with self._txn():
+            async with self.db.execute("SELECT state, attempts, code, detail FROM studies WHERE key=?", (key,)) as cur:
+                row = await cur.fetchone()
+            attempts = (row[1] if row else 0) + 1
+            delay = min(MAX_BACKOFF, backoff_minutes * 60.0 * (2 ** min(attempts - 1, 16)))
+            new_event = row is None or row[2] != outcome.code or row[3] != outcome.detail
+            if row is None:
+                s = plan.study
+                await self.db.execute(
+                    "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, date_added, month, "
+                    "attempts, code, detail, next_attempt, patient_name, birth_date, study_date, modalities) "
+                    "VALUES (?,?,?,?,?,0,?,?,?,?,?,?,?,?,?,?)",
+                    (key, s.uid, s.patient_uid, s.pk, FAILED, s.date_added, plan.month, attempts, outcome.code,
+                     outcome.detail, now + delay, s.patient_name,
+                     s.birth_date.isoformat() if s.birth_date else None,
+                     s.study_date.isoformat() if s.study_date else None, s.modalities))
+            else:
+                state = row[0] if (keep_done and row[0] == DONE) else FAILED
+                await self.db.execute(
+                    "UPDATE studies SET state=?, attempts=?, code=?, detail=?, next_attempt=? WHERE key=?",
+                    (state, attempts, outcome.code, outcome.detail, now + delay, key))
+            return new_event
 
     async def touch_unchanged(self, key: str, date_added: Optional[float]) -> None:
         """The study's date changed but its files did not: remember the new date, export nothing."""
-        await self.db.execute("UPDATE studies SET date_added=? WHERE key=?", (date_added, key))
+        async with self._lock:
+            await self.db.execute("UPDATE studies SET date_added=? WHERE key=?", (date_added, key))
 
     async def mark_zip_bad(self, zip_path: str, status: str, code: str, detail: str) -> Optional[str]:
         """A recorded ZIP is missing or invalid: flag it and requeue its study. Returns the study key."""
@@ -269,35 +278,36 @@ class Ledger:
         if row is None:
             return None
         key = row[0]
-        await self.db.execute("BEGIN IMMEDIATE")
-        await self.db.execute("UPDATE zips SET status=? WHERE zip_path=?", (status, zip_path))
-        # Requeue only if this was the study's current ZIP; an older version going bad is just reported.
-        await self.db.execute(
-            "UPDATE studies SET state='pending', code=?, detail=?, next_attempt=NULL, fingerprint='' "
-            "WHERE key=? AND zip_path=?", (code, detail, key, zip_path))
-        await self.db.execute("COMMIT")
+        async with self._txn():
+            await self.db.execute("UPDATE zips SET status=? WHERE zip_path=?", (status, zip_path))
+            # Requeue only if this was the study's current ZIP; an older version going bad is just reported.
+            await self.db.execute(
+                "UPDATE studies SET state='pending', code=?, detail=?, next_attempt=NULL, fingerprint='' "
+                "WHERE key=? AND zip_path=?", (code, detail, key, zip_path))
         return key
 
     async def issue(self, code: str, detail: str, key: str = "", uid: str = "", zip_path: str = "",
                     now: Optional[float] = None) -> None:
         """Append one issue to the ledger and to issues.csv."""
         now = time.time() if now is None else now
-        await self.db.execute(
-            "INSERT INTO issues (ts, code, key, uid, zip_path, detail, run_id) VALUES (?,?,?,?,?,?,?)",
-            (now, code, key, uid, zip_path, detail, self.run_id))
+        async with self._lock:
+            await self.db.execute(
+                "INSERT INTO issues (ts, code, key, uid, zip_path, detail, run_id) VALUES (?,?,?,?,?,?,?)",
+                (now, code, key, uid, zip_path, detail, self.run_id))
         if self.issues_csv is not None:
             append_issue_csv(self.issues_csv, [_iso(now), code, uid, zip_path, detail])
 
     async def condition(self, code: str, active: bool, detail: str = "") -> bool:
         """Track an ongoing condition (e.g. INCOMING over limit); True only when it starts."""
-        async with self.db.execute("SELECT 1 FROM conditions WHERE code=?", (code,)) as cur:
-            exists = await cur.fetchone() is not None
-        if active and not exists:
-            await self.db.execute("INSERT INTO conditions VALUES (?,?,?)", (code, time.time(), detail))
-            return True
-        if not active and exists:
-            await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
-        return False
+        async with self._txn():
+            async with self.db.execute("SELECT 1 FROM conditions WHERE code=?", (code,)) as cur:
+                exists = await cur.fetchone() is not None
+            if active and not exists:
+                await self.db.execute("INSERT INTO conditions VALUES (?,?,?)", (code, time.time(), detail))
+                return True
+            if not active and exists:
+                await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
+            return False
 
     async def counts(self) -> Dict[str, int]:
         """Studies per state."""

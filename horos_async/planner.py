@@ -87,8 +87,11 @@ def classify(entry: Optional[Entry], s: StudyRow, cfg: Config, now: float) -> st
 
 
 async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: float,
-               limit: int) -> Tuple[List[Candidate], Totals]:
-    """Count the archive and return the first ``limit`` due studies in export order."""
+               limit: int, attempted: frozenset = frozenset()) -> Tuple[List[Candidate], Totals]:
+    """Count the archive and return the first ``limit`` due studies in export order.
+
+    ``attempted`` holds the keys already tried in this run: they are never offered twice in one run.
+    """
     totals = Totals()
     seen = set()
     due: List[Candidate] = []
@@ -107,6 +110,8 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
         elif state == "waiting":
             totals.waiting += 1
         elif state == "backoff":
+            totals.backoff += 1
+        elif s.key in attempted:
             totals.backoff += 1
         else:
             totals.due += 1

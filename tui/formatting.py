@@ -54,6 +54,11 @@ def count(n: Optional[int]) -> str:
     return DASH if n is None else f"{n:,}"
 
 
+def rate(value: float) -> str:
+    """``4.2`` below 100, ``5,670`` from 100 on (three significant figures are plenty for a rate)."""
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
 def percent(part: float, whole: Optional[float]) -> Optional[float]:
     """``part / whole`` as 0..100, or None when ``whole`` is unknown or zero."""
     if not whole:

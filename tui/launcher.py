@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import List, Optional
 
 from horos_async.config import Config
+from horos_async.status import LAUNCHD_LABEL
 
-LABEL = "org.horos-backup.agent"
-"""launchd job label; must match the LaunchAgent the ``install`` command writes."""
+LABEL = LAUNCHD_LABEL
+"""launchd job label of the LaunchAgent (the engine package owns the name)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,12 @@ def plan_launch(cfg: Config, *, platform: str = sys.platform, home: Optional[Pat
 def start(launch: Launch, timeout: float = 15.0) -> str:
     """Start the run; returns a line for the operator or raises OSError/RuntimeError saying why not."""
     if launch.via_launchd:
-        done = subprocess.run(launch.argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout)
+        try:
+            done = subprocess.run(launch.argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"launchctl did not answer within {timeout:.0f}s; try again, or run "
+                               f"`{' '.join(launch.argv)}` yourself") from None
         if done.returncode != 0:
             why = (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
             raise RuntimeError(f"launchctl could not start {LABEL}: {why}; "

@@ -81,3 +81,11 @@ def unreadable(why: str, now: float, previous: Optional[Snapshot] = None) -> Sna
     """A Snapshot saying the status could not be read; keeps the host name of the last good read."""
     host = previous.host if previous is not None else ""
     return Snapshot(taken=now, engine="unreadable", detail=why, host=host)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what could not be read and why (``Permission denied: /Volumes/...``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,69 @@
+"""Shared test helpers: a config for a demo library, one engine run, reading the backup back."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Dict, List
+
+from horos_async import config as config_mod
+from horos_async.engine import Engine, RunResult
+
+
+def make_config(lib, backup: Path, **over) -> config_mod.Config:
+    """A config for a demo library: no sentinel, no pauses, short busy timeout."""
+    data = {"horos_data": str(lib.horos_data), "backup_dir": str(backup), "sentinel": "",
+            "timezone": lib.timezone, "sleep_between_studies": 0, "stability_minutes": 30,
+            "db_busy_seconds": 1.0, "min_free_gb": 0.0, "horos_free_gb": 0.0, "retry_backoff_minutes": 0.0}
+    data.update(over)
+    return config_mod.from_mapping(data, source=backup.parent / "cfg.toml")
+
+
+def run(cfg, **kw) -> RunResult:
+    """One engine run, as ``horos-backup run`` does it."""
+    return asyncio.run(Engine(cfg, **kw).run())
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def zips(backup: Path) -> List[Path]:
+    """Every final ZIP in the month folders."""
+    return sorted(p for p in backup.glob("*/*.zip") if not p.parent.name.startswith("."))
+
+
+def zips_by_key(backup: Path) -> Dict[str, List[Path]]:
+    out: Dict[str, List[Path]] = {}
+    for p in zips(backup):
+        with zipfile.ZipFile(p) as zf:
+            ident = json.loads(zf.comment.decode())
+        out.setdefault(ident["key"], []).append(p)
+    return out
+
+
+def member_hashes(zip_path: Path) -> List[str]:
+    with zipfile.ZipFile(zip_path) as zf:
+        return sorted(hashlib.sha256(zf.read(i)).hexdigest() for i in zf.infolist())
+
+
+def key_of(study) -> str:
+    return f"{study.uid}|{study.patient_uid}"
+
+
+def exportable(lib) -> list:
+    """Demo studies that a run with the default config must back up completely."""
+    return [s for s in lib.studies if s.due and not s.missing and s.note != "arriving"]
+
+
+def assert_backup_complete(lib, backup: Path) -> None:
+    """The invariant: every exportable study in exactly one ZIP, byte-identical to its sources."""
+    by_key = zips_by_key(backup)
+    for s in exportable(lib):
+        found = by_key.get(key_of(s), [])
+        assert len(found) == 1, f"{s.note}: {len(found)} ZIPs"
+        assert member_hashes(found[0]) == sorted(sha(p) for p in set(s.files)), s.note
+    assert not list(backup.rglob("*.partial")), "temp files left behind"

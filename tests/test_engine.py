@@ -1,0 +1,358 @@
+"""The export engine end to end on a real demo library: ZIPs read back and compared with the sources."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import sqlite3
+import stat
+import zipfile
+
+import pytest
+
+from horos_async import archive, demo, engine as engine_mod, ledger as ledger_mod
+from horos_async.errors import (DatabaseUnavailable, DiskFull, LedgerError, LockHeld, SentinelMissing,
+                                VolumeError)
+from horos_async.guards import RunLock
+
+from helpers import (assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips,
+                     zips_by_key)
+
+
+@pytest.fixture
+def lib(tmp_path):
+    return demo.build_demo(tmp_path / "lib", studies=2)
+
+
+@pytest.fixture
+def backup(tmp_path):
+    return tmp_path / "Backup"
+
+
+def issues_rows(backup):
+    with open(backup / "issues.csv", encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def ledger_state(backup, key):
+    con = sqlite3.connect(backup / "export_state.sqlite")
+    try:
+        return con.execute("SELECT state, code, version, zip_path FROM studies WHERE key=?", (key,)).fetchone()
+    finally:
+        con.close()
+
+
+def test_full_run_backs_up_every_due_study_exactly_once(lib, backup):
+    cfg = make_config(lib, backup, concurrency=2)
+    result = run(cfg, until_done=True)
+    assert result.exit_code == 0
+    assert_backup_complete(lib, backup)
+    by_key = zips_by_key(backup)
+    # not due: PET only, SR only; not stable yet: arriving; incomplete: missing files
+    for note in ("pet-only", "sr-only", "arriving", "missing-file", "no-files"):
+        assert key_of(lib.study(note)) not in by_key, note
+    # the PET/CT ZIP holds its PT series too; the MR study its SR
+    for note in ("pet-ct", "mr-with-sr"):
+        s = lib.study(note)
+        assert len(member_hashes(by_key[key_of(s)][0])) == len(set(s.files))
+    # two ZSTUDY rows sharing a UID are two studies, two ZIPs
+    a, b = lib.study("duplicate-uid-a"), lib.study("duplicate-uid-b")
+    assert a.uid == b.uid and by_key[key_of(a)] != by_key[key_of(b)]
+    # month folder from the local date: 22:30 on 31 March in São Paulo is March
+    assert by_key[key_of(lib.study("month-boundary"))][0].parent.name == "2024_03"
+    assert by_key[key_of(lib.study("undated"))][0].parent.name == "undated"
+    # partial studies are never done, and they are explained in issues.csv
+    state = ledger_state(backup, key_of(lib.study("missing-file")))
+    assert state[0] == "failed" and state[1] == "MISSING_FILES"
+    assert ledger_state(backup, key_of(lib.study("no-files")))[1] == "NO_FILES"
+    codes = [r["code"] for r in issues_rows(backup)]
+    assert codes.count("MISSING_FILES") == 1 and codes.count("NO_FILES") == 1
+    # not world-readable
+    for p in zips(backup) + [backup / "export_state.sqlite", backup / "issues.csv"]:
+        assert not stat.S_IMODE(p.stat().st_mode) & 0o007, p
+    # every ZIP passes a full verification
+    for p in zips(backup):
+        archive.verify_zip(p, None, deep=True)
+
+
+def test_rerun_does_nothing_and_failures_are_not_repeated(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    before = {p: p.stat().st_mtime_ns for p in zips(backup)}
+    rows_before = len(issues_rows(backup))
+    result = run(cfg, until_done=True)
+    assert result.exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in zips(backup)} == before
+    assert len(issues_rows(backup)) == rows_before  # same problem, same study: no new row
+
+
+def test_default_run_is_one_batch(lib, backup):
+    cfg = make_config(lib, backup, batch_size=3)
+    result = run(cfg)
+    assert result.done + result.failed == 3
+    assert len(zips(backup)) <= 3
+
+
+def test_partial_export_when_allowed_is_recorded_partial(lib, backup):
+    cfg = make_config(lib, backup, allow_partial=True)
+    run(cfg, until_done=True)
+    s = lib.study("missing-file")
+    (zip_path,) = zips_by_key(backup)[key_of(s)]
+    assert len(member_hashes(zip_path)) == len(set(s.files)) - len(s.missing)
+    assert ledger_state(backup, key_of(s))[0] == "partial"
+
+
+def test_study_that_grows_gets_a_new_version_and_keeps_the_old(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    s = lib.study("accented")
+    (v1,) = zips_by_key(backup)[key_of(s)]
+    v1_bytes = v1.read_bytes()
+    grown = demo.add_images(lib, s, 2, now=(s.study_date_local.timestamp() if s.study_date_local else None))
+    result = run(make_config(lib, backup, stability_minutes=0), until_done=True)
+    assert result.exit_code == 0
+    found = sorted(zips_by_key(backup)[key_of(s)])
+    assert len(found) == 2 and v1 in found and v1.read_bytes() == v1_bytes
+    v2 = [p for p in found if p != v1][0]
+    assert "_v2" in v2.name
+    assert member_hashes(v2) == sorted(sha(p) for p in set(grown.files))
+    assert ledger_state(backup, key_of(s))[2] == 2
+
+
+def _month(s):
+    return s.study_date_local.strftime("%Y_%m") if s.study_date_local else "undated"
+
+
+def test_month_marker_means_every_eligible_study_is_done(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    blocked = {_month(s) for s in lib.studies if s.due and (s.missing or s.note == "arriving")}
+    marked = {p.parent.name for p in backup.glob("*/" + engine_mod.MONTH_MARKER)}
+    exported = {_month(s) for s in exportable(lib)}
+    assert marked == exported - blocked and marked
+    month_study = next(s for s in exportable(lib) if _month(s) in marked)
+    month = _month(month_study)
+    marker = backup / month / engine_mod.MONTH_MARKER
+    # a new study of that month appears (still arriving): the month is no longer complete
+    new = demo.add_study(lib, modality="MR", images=2, study_date=month_study.study_date_local)
+    run(cfg)
+    assert not marker.exists()
+    # once it is exported, the marker comes back
+    run(make_config(lib, backup, stability_minutes=0), until_done=True)
+    assert key_of(new) in zips_by_key(backup) and marker.exists()
+
+
+def test_sentinel_missing_writes_nothing(lib, tmp_path):
+    backup = tmp_path / "Backup"
+    cfg = make_config(lib, backup, sentinel=str(tmp_path / ".pacs_sentinel"))
+    with pytest.raises(SentinelMissing, match="sentinel"):
+        run(cfg)
+    assert not backup.exists()
+
+
+def test_unmounted_backup_volume_is_refused(lib, tmp_path):
+    cfg = make_config(lib, tmp_path / "Volumes" / "PACS" / "Backup")
+    with pytest.raises(VolumeError, match="mounted"):
+        run(cfg)
+    assert not (tmp_path / "Volumes").exists()
+
+
+def test_second_run_exits_when_lock_is_held(lib, backup):
+    cfg = make_config(lib, backup)
+    (backup / ".tmp").mkdir(parents=True)
+    with RunLock(backup / ".tmp" / "run.lock"):
+        with pytest.raises(LockHeld):
+            run(cfg)
+    assert not zips(backup)
+    assert run(cfg).exit_code == 0  # released lock (as after a dead process) never blocks
+
+
+def test_incoming_over_limit_pauses_and_reports_once(lib, backup):
+    incoming = lib.horos_data / "INCOMING.noindex"
+    for i in range(6):
+        (incoming / f"{i}.dcm").write_bytes(b"x")
+    (incoming / ".hidden").write_bytes(b"x")
+    cfg = make_config(lib, backup, incoming_max_files=5)
+    for _ in range(2):
+        result = run(cfg)
+        assert result.exit_code == 0 and result.outcome == "paused"
+    assert not zips(backup)
+    assert [r["code"] for r in issues_rows(backup)] == ["INCOMING_OVER_LIMIT"]
+    for p in incoming.iterdir():
+        p.unlink()
+    assert run(cfg).done > 0
+
+
+def test_locked_database_is_unavailable_not_empty(lib, backup):
+    holder = sqlite3.connect(lib.database, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="retry"):
+            run(make_config(lib, backup, db_busy_seconds=0.5))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not zips(backup)
+    con = sqlite3.connect(backup / "export_state.sqlite")
+    assert con.execute("SELECT outcome, exit_code FROM runs").fetchall() == [("DatabaseUnavailable", 5)]
+    con.close()
+
+
+def test_disk_full_mid_zip_loses_nothing_and_resumes(lib, backup, monkeypatch):
+    real = archive.build_zip
+    written = {"n": 0}
+
+    class Full:
+        def __init__(self, path):
+            self.f = open(path, "xb")
+
+        def write(self, data):
+            written["n"] += len(data)
+            if written["n"] > 200_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def full_build(out_path, members, **kw):
+        return real(out_path, members, opener=Full, **kw)
+
+    monkeypatch.setattr(archive, "build_zip", full_build)
+    cfg = make_config(lib, backup)
+    with pytest.raises(DiskFull):
+        run(cfg, until_done=True)
+    assert not list(backup.rglob("*.partial"))
+    done_before = {p: sha(p) for p in zips(backup)}
+    monkeypatch.setattr(archive, "build_zip", real)
+    assert run(cfg, until_done=True).exit_code == 0
+    assert_backup_complete(lib, backup)
+    assert all(sha(p) == h for p, h in done_before.items())
+
+
+def test_free_space_floor_stops_before_starting(lib, backup):
+    cfg = make_config(lib, backup, min_free_gb=10 ** 6)
+    with pytest.raises(DiskFull, match="free"):
+        run(cfg)
+    assert not zips(backup)
+    assert "DISK_LOW" in [r["code"] for r in issues_rows(backup)]
+
+
+def test_source_vanishing_between_plan_and_zip(lib, backup, monkeypatch):
+    from horos_async import planner
+
+    real = planner.plan_batch
+    victim = lib.study("accented")
+
+    async def plan_then_delete(*a, **kw):
+        plans = await real(*a, **kw)
+        for p in plans:
+            if p.study.key == key_of(victim):
+                p.files[0].source.path.unlink()
+        return plans
+
+    monkeypatch.setattr(planner, "plan_batch", plan_then_delete)
+    run(make_config(lib, backup), until_done=True)
+    assert key_of(victim) not in zips_by_key(backup)
+    assert ledger_state(backup, key_of(victim))[1] == "MISSING_FILES"
+    others = [s for s in exportable(lib) if s.note != "accented"]
+    assert all(key_of(s) in zips_by_key(backup) for s in others)
+
+
+def test_crash_between_rename_and_commit_adopts_instead_of_duplicating(lib, backup, monkeypatch):
+    calls = {"n": 0}
+    real = ledger_mod.Ledger.record_zip
+
+    async def crash(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the process dies after the rename, before the commit
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(ledger_mod.Ledger, "record_zip", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_config(lib, backup, concurrency=1), until_done=True)
+    monkeypatch.setattr(ledger_mod.Ledger, "record_zip", real)
+    on_disk = {p: p.stat().st_mtime_ns for p in zips(backup)}
+    assert len(on_disk) == 2
+    run(make_config(lib, backup), until_done=True)
+    assert_backup_complete(lib, backup)
+    assert all(p.stat().st_mtime_ns == m for p, m in on_disk.items())
+
+
+def test_lost_ledger_is_rebuilt_without_reexporting(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    mtimes = {p: p.stat().st_mtime_ns for p in zips(backup)}
+    for suffix in ("", "-wal", "-shm"):
+        p = backup / f"export_state.sqlite{suffix}"
+        if p.exists():
+            p.unlink()
+    result = run(cfg, until_done=True)
+    assert result.done == 0
+    assert {p: p.stat().st_mtime_ns for p in zips(backup)} == mtimes
+    assert_backup_complete(lib, backup)
+
+
+def test_corrupt_ledger_is_refused_and_left_alone(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg)
+    for suffix in ("-wal", "-shm"):
+        p = backup / f"export_state.sqlite{suffix}"
+        if p.exists():
+            p.unlink()
+    path = backup / "export_state.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match="rebuild-ledger"):
+        run(cfg)
+    assert path.read_bytes() == before
+
+
+def test_missing_recorded_zip_is_reported_and_requeued(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    victim = zips(backup)[0]
+    victim.unlink()
+    run(cfg, until_done=True)
+    assert "ZIP_MISSING" in [r["code"] for r in issues_rows(backup)]
+    assert_backup_complete(lib, backup)
+
+
+def test_truncated_recorded_zip_is_quarantined_and_reexported(lib, backup):
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    victim = zips(backup)[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    run(cfg, until_done=True)
+    assert "ZIP_INVALID" in [r["code"] for r in issues_rows(backup)]
+    assert list((backup / ".quarantine").rglob("*.zip"))
+    assert_backup_complete(lib, backup)
+
+
+def test_durable_order_fsync_rename_dirsync_then_commit(lib, backup, monkeypatch):
+    from horos_async import durable, platform
+
+    events = []
+    real_fsync, real_sync_dir, real_link = platform.full_fsync, platform.sync_dir, os.link
+    real_commit = ledger_mod.Ledger.record_zip
+
+    monkeypatch.setattr(platform, "full_fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(platform, "sync_dir", lambda p: (events.append("dirsync"), real_sync_dir(p))[1])
+    monkeypatch.setattr(os, "link", lambda a, b, **kw: (events.append("link"), real_link(a, b, **kw))[1])
+
+    async def commit(self, *a, **kw):
+        events.append("commit")
+        return await real_commit(self, *a, **kw)
+
+    monkeypatch.setattr(ledger_mod.Ledger, "record_zip", commit)
+    run(make_config(lib, backup, concurrency=1, batch_size=1))
+    seq = [e for e in events if e in ("fsync", "link", "dirsync", "commit")]
+    i = seq.index("commit")
+    before = seq[:i]
+    # the file is synced, then linked into place, then its directory synced; only then the commit
+    assert "link" in before, seq
+    li = len(before) - 1 - before[::-1].index("link")
+    assert "fsync" in before[:li] and "dirsync" in before[li:], seq

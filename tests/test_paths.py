@@ -1,0 +1,48 @@
+"""File resolution exactly as Horos does it (horos-database.md §4.2 worked example)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from horos_async.horos_db import ImageRef, bucket_folder, resolve_image_path
+
+ROOT = Path("/data/Horos Data")
+
+
+def img(number=None, string=None, in_db=None):
+    return ImageRef(series_pk=1, series_number=1, series_description="", modality="CT", instance_number=1,
+                    path_number=number, path_string=string, in_database_folder=in_db)
+
+
+@pytest.mark.parametrize("number, string, expected", [
+    (12345, None, "DATABASE.noindex/20000/12345.dcm"),
+    (9999, None, "DATABASE.noindex/10000/9999.dcm"),
+    (10000, None, "DATABASE.noindex/20000/10000.dcm"),
+    (0, None, "DATABASE.noindex/10000/0.dcm"),
+    (None, "150432.tif", "DATABASE.noindex/160000/150432.tif"),
+    (None, "20001.dcm", "DATABASE.noindex/30000/20001.dcm"),
+])
+def test_worked_example(number, string, expected):
+    path, linked = resolve_image_path(img(number, string), ROOT, 10000)
+    assert path == ROOT / expected and linked is False
+
+
+def test_linked_absolute_path_is_used_as_is_and_mapped():
+    path, linked = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001", 0), ROOT, 10000)
+    assert path == Path("/Volumes/CD/DICOM/IM0001") and linked
+    mapped, _ = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001", 0), ROOT, 10000,
+                                   (("/Volumes/CD/DICOM", "/mnt/dicom"), ("/Volumes/CD", "/mnt/cd")))
+    assert mapped == Path("/mnt/dicom/IM0001")
+    # a prefix only matches whole path components
+    other, _ = resolve_image_path(img(None, "/Volumes/CDROM/x", 0), ROOT, 10000, (("/Volumes/CD", "/mnt/cd"),))
+    assert other == Path("/Volumes/CDROM/x")
+
+
+def test_folder_size_is_configurable_and_empty_rows_name_nothing():
+    assert bucket_folder(250, 100) == 300
+    path, _ = resolve_image_path(img(250), ROOT, 100)
+    assert path == ROOT / "DATABASE.noindex/300/250.dcm"
+    assert resolve_image_path(img(None, None), ROOT, 10000) == (None, False)
+    assert resolve_image_path(img(None, "  "), ROOT, 10000) == (None, False)
