@@ -86,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = COMMANDS.get(args.command) or args.func  # operations commands set func themselves
+        return handler(args)
     except HorosBackupError as exc:
         print(f"horos-backup: {exc}", file=sys.stderr)
         logging.getLogger("horos_async").error("%s: %s", type(exc).__name__, exc)

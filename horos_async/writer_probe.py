@@ -1,0 +1,36 @@
+"""A stand-in for Horos committing to its store, to prove the backup never stalls it.
+
+``python -m horos_async.writer_probe DB SECONDS [INTERVAL]`` commits a tiny change every INTERVAL
+seconds (default 0.05) in rollback-journal mode, as current Horos does, and prints one JSON line:
+commits made and the worst and median time a commit waited. Used by tests and scripts/bench_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import sys
+import time
+
+
+def probe(db: str, seconds: float, interval: float = 0.05) -> dict:
+    """Commit every ``interval`` s for ``seconds``; return latency figures in milliseconds."""
+    con = sqlite3.connect(db, isolation_level=None, timeout=30)
+    waits = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("UPDATE ZSTUDY SET ZDATEOPENED = ? WHERE Z_PK = (SELECT MIN(Z_PK) FROM ZSTUDY)",
+                    (time.time() - 978307200,))
+        con.execute("COMMIT")
+        waits.append((time.monotonic() - t0) * 1000.0)
+        time.sleep(interval)
+    con.close()
+    return {"commits": len(waits), "max_ms": round(max(waits), 1), "median_ms": round(statistics.median(waits), 2)}
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    print(json.dumps(probe(args[0], float(args[1]), float(args[2]) if len(args) > 2 else 0.05)), flush=True)
