@@ -22,7 +22,7 @@ import aiosqlite
 from horos_async.config import Config
 from horos_async.errors import DatabaseUnavailable, SchemaError
 from horos_async.models import StudyRow
-from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone
+from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone, system_zone
 
 log = logging.getLogger("horos_async.horos_db")
 
@@ -99,12 +99,13 @@ def _is_transient(exc: BaseException) -> bool:
 class HorosReader:
     """Read-only access to ``Database.sql``; use as ``async with HorosReader(cfg) as db``."""
 
-    def __init__(self, cfg: Config, *, busy_seconds: Optional[float] = None, page_size: int = 2000) -> None:
+    def __init__(self, cfg: Config, *, busy_seconds: Optional[float] = None, page_size: int = 500) -> None:
         self.cfg = cfg
         self.path = cfg.database
         self.busy_seconds = cfg.db_busy_seconds if busy_seconds is None else busy_seconds
         self.page_size = page_size
-        self.zone = load_zone(cfg.timezone) if cfg.timezone else None
+        # A ZoneInfo converts ~5x faster than the C library's localtime; None falls back to the latter.
+        self.zone = load_zone(cfg.timezone) if cfg.timezone else system_zone()
         self.data_root = cfg.data_root
         self.journal_mode = "unknown"
         self._db: Optional[aiosqlite.Connection] = None
@@ -212,8 +213,18 @@ class HorosReader:
 
     async def iter_studies(self, after_pk: int = 0) -> AsyncIterator[StudyRow]:
         """Every study with a series in ``cfg.modalities``, by ``Z_PK``, in short keyset pages."""
+        async for r in self._pages(STUDY_COLUMNS, after_pk):
+            yield self._study(r)
+
+    async def iter_scan_rows(self) -> AsyncIterator[Tuple[int, str, str, Optional[float], Optional[float]]]:
+        """The scan's lean view of every eligible study: (pk, uid, patient_uid, ZDATE, ZDATEADDED) raw."""
+        async for r in self._pages(("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZDATE", "ZDATEADDED")):
+            yield r
+
+    async def _pages(self, columns: Sequence[str], after_pk: int = 0) -> AsyncIterator[Sequence]:
+        """Rows of eligible studies in keyset pages of ``page_size``, each page its own short read."""
         cond, params = self._modality_filter()
-        sql = (f"SELECT {self._select('ZSTUDY', STUDY_COLUMNS, 'st')} FROM ZSTUDY st "
+        sql = (f"SELECT {self._select('ZSTUDY', columns, 'st')} FROM ZSTUDY st "
                f"WHERE st.Z_PK > ? AND {cond} ORDER BY st.Z_PK LIMIT {self.page_size}")
         last = after_pk
         while True:
@@ -223,7 +234,7 @@ class HorosReader:
 
             rows = await self._retry(page, "scan")
             for r in rows:
-                yield self._study(r)
+                yield r
             if len(rows) < self.page_size:
                 return
             last = rows[-1][0]

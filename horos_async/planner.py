@@ -19,6 +19,7 @@ from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
 from horos_async.ledger import Entry
 from horos_async.models import DONE, PlannedFile, SourceFile, StudyPlan, StudyRow
+from horos_async.timezones import cocoa_to_local, cocoa_to_unix
 
 INF = float("inf")
 
@@ -57,23 +58,18 @@ class Candidate:
     """``new``, ``retry``, ``requeued`` or ``changed``."""
 
 
-def _sort_key(cfg: Config, s: StudyRow) -> tuple:
-    if cfg.order_by == "date_added":
-        first = s.date_added if s.date_added is not None else INF
-    else:
-        first = s.study_date.timestamp() if s.study_date else INF
-    return (first, s.uid, s.pk)
+def classify(entry: Optional[Entry], date_added: Optional[float], cfg: Config, now: float) -> str:
+    """``done``, ``waiting``, ``backoff`` or a due reason (``new``, ``retry``, ``requeued``, ``changed``).
 
-
-def classify(entry: Optional[Entry], s: StudyRow, cfg: Config, now: float) -> str:
-    """``done``, ``waiting``, ``backoff`` or a due reason (``new``, ``retry``, ``requeued``, ``changed``)."""
+    ``date_added`` is Unix seconds of Horos's last import into the study (None if unknown).
+    """
     if entry is not None and entry.state == DONE:
-        if entry.date_added is None or s.date_added is None or abs(entry.date_added - s.date_added) < 0.5:
+        if entry.date_added is None or date_added is None or abs(entry.date_added - date_added) < 0.5:
             return "done"
         changed = True
     else:
         changed = False
-    if s.date_added is not None and now - s.date_added < cfg.stability_minutes * 60.0:
+    if date_added is not None and now - date_added < cfg.stability_minutes * 60.0:
         return "waiting"
     if changed:
         if entry.next_attempt and entry.next_attempt > now:
@@ -91,36 +87,58 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
     """Count the archive and return the first ``limit`` due studies in export order.
 
     ``attempted`` holds the keys already tried in this run: they are never offered twice in one run.
+    Memory stays bounded: one key per study (to merge duplicate rows) and at most a few ``limit`` due.
     """
     totals = Totals()
     seen = set()
     due: List[Candidate] = []
-    async for s in reader.iter_studies():
-        if s.key in seen:  # a second row with the same UID and patient: one study, merged later
+    by_added = cfg.order_by == "date_added"
+    for_month = {}  # month folder per 15-minute bucket: every zone offset is a multiple of 15 minutes
+    async for pk, uid, patient_uid, date, added in reader.iter_scan_rows():
+        uid = str(uid or "").strip()
+        key = f"{uid}|{patient_uid or ''}"
+        if key in seen:  # a second row with the same UID and patient: one study, merged later
             continue
-        seen.add(s.key)
-        month = naming.month_folder(s.study_date)
-        m = totals.months.setdefault(month, [0, 0])
+        seen.add(key)
+        date = _num(date)
+        added = cocoa_to_unix(added)
+        if date is None:
+            month = naming.UNDATED_FOLDER
+        else:
+            bucket = int(date // 900)
+            month = for_month.get(bucket)
+            if month is None:
+                month = for_month[bucket] = naming.month_folder(cocoa_to_local(date, reader.zone))
+        m = totals.months.get(month)
+        if m is None:
+            m = totals.months[month] = [0, 0]
         totals.eligible += 1
         m[0] += 1
-        state = classify(index.get(s.key), s, cfg, now)
+        state = classify(index.get(key), added, cfg, now)
         if state == "done":
             totals.done += 1
             m[1] += 1
         elif state == "waiting":
             totals.waiting += 1
-        elif state == "backoff":
-            totals.backoff += 1
-        elif s.key in attempted:
+        elif state == "backoff" or key in attempted:
             totals.backoff += 1
         else:
             totals.due += 1
-            due.append(Candidate(_sort_key(cfg, s), s.key, s.uid, month, state))
+            first = added if by_added else date
+            sort_key = (first if first is not None else INF, uid, pk)
+            due.append(Candidate(sort_key, key, uid, month, state))
             if len(due) > 4 * limit + 64:
                 due.sort(key=lambda c: c.sort_key)
                 del due[limit:]
     due.sort(key=lambda c: c.sort_key)
     return due[:limit], totals
+
+
+def _num(v) -> Optional[float]:
+    try:
+        return None if v is None or v == "" else float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def fingerprint(present: Sequence[Tuple[Path, int]], missing: Sequence[str]) -> str:

@@ -27,6 +27,31 @@ def load_zone(name: str) -> dt.tzinfo:
                          "(see `ls /usr/share/zoneinfo`)") from None
 
 
+def system_zone() -> Optional[dt.tzinfo]:
+    """This machine's IANA zone as a ZoneInfo (fast conversions), from $TZ or /etc/localtime; None if unknown.
+
+    macOS links /etc/localtime to /var/db/timezone/zoneinfo/<Area/City>; Linux to /usr/share/zoneinfo/...
+    """
+    import os
+
+    candidates = []
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        candidates.append(tz)
+    try:
+        target = os.path.realpath("/etc/localtime")
+    except OSError:
+        target = ""
+    if "zoneinfo/" in target:
+        candidates.append(target.split("zoneinfo/", 1)[1])
+    for name in candidates:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+    return None
+
+
 def cocoa_to_unix(value: Optional[float]) -> Optional[float]:
     """Core Data seconds-since-2001 (int or float) to Unix seconds; None stays None."""
     if value is None or value == "":
