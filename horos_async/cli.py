@@ -122,9 +122,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_sentinel(cfg)  # before logging creates anything on the volume
     check_volumes(cfg)
-    logs.setup(cfg, verbose=args.verbose)
+    progress = args.progress or sys.stdout.isatty()
+    logs.setup(cfg, verbose=args.verbose, interactive=progress)
     return run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
-                      max_minutes=args.max_minutes, progress=args.progress or sys.stdout.isatty())
+                      max_minutes=args.max_minutes, progress=progress)
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
@@ -207,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(plan_view.render(asyncio.run(plan_view.build(cfg, limit=50))))
         return EXIT_OK
     os.umask(0o027)
-    logs.setup(cfg, verbose=args.verbose)
+    logs.setup(cfg, verbose=args.verbose, interactive=True)
     code = run_engine(cfg, until_done=True, progress=True)
     print(f"\nZIPs are in {cfg.backup_dir} (one folder per month); issues in {cfg.issues_csv}.")
     print("Next: look at the archive with")

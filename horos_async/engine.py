@@ -119,7 +119,7 @@ class Engine:
         publisher = None
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
-            self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv).open()
+            self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
             self.live.run_id = await self.ledger.begin_run()
             publisher = asyncio.ensure_future(self._publish_loop())
             try:
@@ -154,17 +154,17 @@ class Engine:
         self.live.message = r.message
         self.live.jobs.clear()
         self.live.queued = []
-        self._publish()
+        await self._publish()
 
     async def _publish_loop(self) -> None:
         while True:
             self.live.sample()
-            self._publish()
+            await self._publish()
             await asyncio.sleep(0.5)
 
-    def _publish(self) -> None:
+    async def _publish(self) -> None:
         try:
-            self.live.publish()
+            await self.live.publish()
         except OSError as exc:
             log.debug("live status not written: %s", exc)
 
@@ -294,8 +294,11 @@ class Engine:
             self.live.run["studies_done"] += 1
             self.live.run["bytes_in"] += o.bytes_in
             self.live.run["bytes_out"] += o.bytes_out
-            log.info("study %s exported to %s (%d files, %.1f MB in %.1fs)", plan.study.uid, o.zip_relpath,
+            where = o.zip_relpath if self.cfg.log_patient_names else o.zip_relpath.split("/", 1)[0]
+            log.info("study %s exported to %s (%d files, %.1f MB in %.1fs)", plan.study.uid, where,
                      o.files, o.bytes_in / 1e6, o.seconds)
+            self.announce(f"[{r.done + r.failed}] exported {where}/...{plan.study.uid[-12:]}: {o.files} files, "
+                          f"{o.bytes_in / 1e6:.1f} MB in {o.seconds:.1f}s")
             if o.status == PARTIAL:
                 await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, o.zip_relpath)
             return
@@ -305,6 +308,7 @@ class Engine:
         r.failed += 1
         self.live.run["studies_failed"] += 1
         log.warning("study %s not exported: %s %s", plan.study.uid, o.code, o.detail)
+        self.announce(f"[{r.done + r.failed}] NOT exported {plan.study.uid}: {o.code} {o.detail}")
         entry_done = plan.version > 1
         if await self.ledger.record_failure(plan, o, self.cfg.retry_backoff_minutes, keep_done=entry_done):
             await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, plan.zip_relpath)

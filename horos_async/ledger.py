@@ -77,9 +77,11 @@ def _iso(ts: float) -> str:
 class Ledger:
     """Async access to the ledger for the engine (the only writer)."""
 
-    def __init__(self, path: Path, issues_csv: Optional[Path] = None) -> None:
+    def __init__(self, path: Path, issues_csv: Optional[Path] = None, names_in_csv: bool = False) -> None:
         self.path = path
         self.issues_csv = issues_csv
+        # False: issues.csv shows only the month folder of a ZIP (the ZIP's name carries the patient's name).
+        self.names_in_csv = names_in_csv
         self.db: Optional[aiosqlite.Connection] = None
         self.run_id: Optional[int] = None
         self.created = False
@@ -295,7 +297,8 @@ class Ledger:
                 "INSERT INTO issues (ts, code, key, uid, zip_path, detail, run_id) VALUES (?,?,?,?,?,?,?)",
                 (now, code, key, uid, zip_path, detail, self.run_id))
         if self.issues_csv is not None:
-            append_issue_csv(self.issues_csv, [_iso(now), code, uid, zip_path, detail])
+            shown = zip_path if self.names_in_csv else zip_path.split("/", 1)[0]
+            append_issue_csv(self.issues_csv, [_iso(now), code, uid, shown, detail])
 
     async def condition(self, code: str, active: bool, detail: str = "") -> bool:
         """Track an ongoing condition (e.g. INCOMING over limit); True only when it starts."""

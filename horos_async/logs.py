@@ -13,15 +13,18 @@ LOG_NAME = "horos-backup.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True) -> logging.Logger:
-    """Configure the ``horos_async`` logger once per process; returns it."""
+def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True, interactive: bool = False) -> logging.Logger:
+    """Configure the ``horos_async`` logger once per process; returns it.
+
+    ``interactive``: a person watches per-study progress lines, so stderr only carries errors.
+    """
     logger = logging.getLogger("horos_async")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
     err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    err.setLevel(logging.DEBUG if verbose else (logging.ERROR if interactive else logging.WARNING))
     err.setFormatter(logging.Formatter("horos-backup: %(levelname)s: %(message)s"))
     logger.addHandler(err)
     if to_file:

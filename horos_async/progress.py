@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import aiofiles
+import aiofiles.os
+
 SAMPLES_KEPT = 240
 
 
@@ -78,13 +81,13 @@ class LiveState:
             "throughput": {"samples": self.samples}, "message": self.message,
         }
 
-    def publish(self) -> None:
-        """Replace the live file atomically (temp + rename in the same folder; no fsync: not a record)."""
+    async def publish(self) -> None:
+        """Replace the live file atomically (temp + rename in the same folder; no fsync: not a record).
+
+        Through aiofiles, so a slow or sleeping USB disk never stalls the event loop that drives the jobs.
+        """
         data = json.dumps(self.to_dict(), separators=(",", ":")).encode()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        async with aiofiles.open(tmp, "wb") as f:
+            await f.write(data)
+        await aiofiles.os.replace(tmp, self.path)

@@ -356,3 +356,26 @@ def test_durable_order_fsync_rename_dirsync_then_commit(lib, backup, monkeypatch
     assert "link" in before, seq
     li = len(before) - 1 - before[::-1].index("link")
     assert "fsync" in before[:li] and "dirsync" in before[li:], seq
+
+
+def test_backup_volume_io_error_ends_the_run_and_records_nothing(lib, backup, monkeypatch):
+    real = archive.build_zip
+
+    class Vanishing:
+        def __init__(self, path):
+            self.f = open(path, "xb")
+
+        def write(self, data):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(archive, "build_zip", lambda out, members, **kw: real(out, members, opener=Vanishing, **kw))
+    with pytest.raises(VolumeError, match="mounted"):
+        run(make_config(lib, backup), until_done=True)
+    con = sqlite3.connect(backup / "export_state.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM studies WHERE state='done'").fetchone() == (0,)
+    assert con.execute("SELECT exit_code FROM runs").fetchall() == [(7,)]
+    con.close()
+    assert not zips(backup) and not list(backup.rglob("*.partial"))

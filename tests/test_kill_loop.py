@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -50,17 +51,21 @@ def done_keys(backup):
 
 
 def test_sigkill_at_random_moments_then_rerun(tmp_path):
-    lib = demo.build_demo(tmp_path / "lib", studies=6, images_per_series=6, ct_size=256, mr_size=256)
-    cfg, path = write_config(lib, tmp_path)
+    lib = demo.build_demo(tmp_path / "lib", studies=8, images_per_series=6, ct_size=256, mr_size=256)
+    cfg, path = write_config(lib, tmp_path, sleep_between_studies=0.05)
     backup = cfg.backup_dir
     rng = random.Random(7)
     killed_mid_run = 0
     for i in range(KILLS):
         proc = start(path)
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(rng.uniform(0.2, 1.6))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_mid_run += 1
+        elif proc.wait() == 0:
+            # the backup completed between kills: start over so later kills land mid-work again
+            shutil.rmtree(backup)
+            continue
         proc.wait()
         # whatever instant the kill hit: every ZIP under a final name is valid ...
         for z in zips(backup):
