@@ -13,14 +13,15 @@ from horos_async.ledger import open_readonly, read_index
 
 def _ledger_bytes(cfg: Config) -> Dict[str, int]:
     if not cfg.ledger_path.exists():
-        return {"source_bytes_done": 0, "zip_bytes": 0}
+        return {"source_bytes_done": 0, "zip_bytes": 0, "failing": 0}
     con = open_readonly(cfg.ledger_path)
     try:
         row = con.execute("SELECT COALESCE(SUM(bytes_in),0), COALESCE(SUM(zip_size),0) FROM studies "
                           "WHERE state='done'").fetchone()
+        failing = con.execute("SELECT COUNT(*) FROM studies WHERE state='failed'").fetchone()[0]
     finally:
         con.close()
-    return {"source_bytes_done": row[0], "zip_bytes": row[1]}
+    return {"source_bytes_done": row[0], "zip_bytes": row[1], "failing": failing}
 
 
 async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
@@ -84,6 +85,8 @@ def render(doc: Dict[str, Any]) -> str:
             flag = f"  ({len(s['missing'])} MISSING)" if s["missing"] else ""
             lines.append(f"  {date}  {s['modalities']:<8} {s['files']:>5} files {_mb(s['bytes']):>11}  "
                          f"{s['zip_path']}{flag}")
+    if t["failing"]:
+        lines += ["", f"{t['failing']} studies failed in earlier runs and wait for a retry: see issues.csv"]
     if doc["problems"]:
         lines += ["", "Problems (these studies will not be marked done):"]
         for p in doc["problems"]:

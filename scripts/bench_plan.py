@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +91,28 @@ def main() -> None:
     print(f"writer committing every 50 ms during {8} full scans: {figures['commits']} commits, worst wait "
           f"{figures['max_ms']} ms, median {figures['median_ms']} ms (goal: worst < 250 ms)"
           + ("" if busy.returncode == 0 else f"  [scan child failed: {busy.stderr[-300:]}]"))
+    # A whole engine run against the big store (its files do not exist: every study ends NO_FILES, which
+    # still exercises scan, batch reads and ledger commits) while the writer commits every 50 ms.
+    from horos_async import config as config_mod
+
+    backup = args.db.parent.parent / "Backup"
+    shutil.rmtree(backup, ignore_errors=True)
+    cfg = config_mod.from_mapping({"horos_data": str(args.db.parent), "backup_dir": str(backup), "sentinel": "",
+                                   "stability_minutes": 0, "sleep_between_studies": 0, "min_free_gb": 0,
+                                   "horos_free_gb": 0})
+    cfg_path = args.db.parent.parent / "bench.toml"
+    cfg_path.write_text(config_mod.render_toml(cfg), encoding="utf-8")
+    writer = subprocess.Popen([sys.executable, "-m", "horos_async.writer_probe", str(args.db), "25"],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    t0 = time.perf_counter()
+    runp = subprocess.run([sys.executable, "-m", "horos_async", "run", "--config", str(cfg_path),
+                           "--max-minutes", "0.3", "--max-studies", "100000"], capture_output=True, text=True,
+                          cwd=ROOT)
+    took = time.perf_counter() - t0
+    figures = json.loads(writer.communicate()[0])
+    print(f"writer during a {took:.0f}s engine run on the same store (exit {runp.returncode}: "
+          f"{runp.stdout.strip().splitlines()[-1] if runp.stdout.strip() else runp.stderr[-200:]}): "
+          f"{figures['commits']} commits, worst wait {figures['max_ms']} ms, median {figures['median_ms']} ms")
 
 
 if __name__ == "__main__":
