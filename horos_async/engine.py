@@ -85,7 +85,7 @@ class Engine:
         self.max_minutes = max_minutes
         self.clock = clock
         self.announce = announce or (lambda text: None)
-        self.stop = asyncio.Event()
+        self.stop: Optional[asyncio.Event] = None  # made inside run(): Python 3.9 binds it to a loop
         self.cancel = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 1, thread_name_prefix="zip")
         self.result = RunResult()
@@ -95,6 +95,7 @@ class Engine:
         self.started = time.monotonic()
         self.shares_horos_disk = False
         self.attempted: set = set()
+        self._changed: Optional[asyncio.Event] = None
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -102,15 +103,19 @@ class Engine:
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: start no new study, abort running ZIP builds (their temp files are removed)."""
-        if not self.stop.is_set():
+        if self.stop is not None and not self.stop.is_set():
             log.warning("stop requested: finishing cleanly")
-        self.stop.set()
+        if self.stop is not None:
+            self.stop.set()
         self.cancel.set()
 
     # -- run ---------------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         """Do one run; raises HorosBackupError subclasses for run-level faults."""
         cfg = self.cfg
+        self.stop = asyncio.Event()
+        if self.cancel.is_set():  # a signal arrived before the loop started
+            self.stop.set()
         guards.check_sentinel(cfg)
         guards.check_volumes(cfg)
         created = durable.ensure_dir(cfg.backup_dir)
@@ -157,10 +162,21 @@ class Engine:
         await self._publish()
 
     async def _publish_loop(self) -> None:
+        """Publish twice a second, and promptly (at most ten times a second) when a job starts or ends."""
+        self._changed = asyncio.Event()
         while True:
             self.live.sample()
             await self._publish()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
+            try:
+                await asyncio.wait_for(self._changed.wait(), 0.4)
+            except asyncio.TimeoutError:
+                pass
+            self._changed.clear()
+
+    def _poke(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     async def _publish(self) -> None:
         try:
@@ -358,6 +374,7 @@ class Engine:
         job = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
                           bytes_total=plan.total_bytes)
         self.live.jobs[s.key] = job
+        self._poke()
         plan_for_record = plan if rel == plan.zip_relpath else _with_path(plan, rel)
         try:
             created = await self._offload(durable.ensure_dir, final.parent)
@@ -396,6 +413,7 @@ class Engine:
             return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
         finally:
             self.live.jobs.pop(s.key, None)
+            self._poke()
 
     def _build_and_verify(self, tmp: Path, members, plan: StudyPlan, state: str, progress):
         """Blocking: build the temp ZIP (synced inside), then read it back fully against the sources."""

@@ -33,5 +33,4 @@ def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True, interacti
                                                   backupCount=cfg.log_backup_count, encoding="utf-8")
         fh.setFormatter(logging.Formatter(FORMAT))
         logger.addHandler(fh)
-    logger.propagate = False
     return logger
