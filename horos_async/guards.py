@@ -31,6 +31,11 @@ def check_volumes(cfg: Config) -> None:
     if not cfg.horos_data.is_dir():
         raise VolumeError(f"Horos data folder {cfg.horos_data} not found: is the Horos volume mounted? "
                           f"Check 'horos_data' in the config. Nothing was written")
+    noindex = cfg.data_root / "DATABASE.noindex"
+    if not noindex.is_dir():
+        what = "is not a folder (a Finder alias? replace it with a symbolic link)" if noindex.exists() \
+            else "does not exist (is the volume named in DBFOLDER_LOCATION mounted?)"
+        raise VolumeError(f"Horos image folder {noindex} {what}. Nothing was written")
     if not cfg.backup_dir.is_dir() and not cfg.backup_dir.parent.is_dir():
         raise VolumeError(f"backup folder {cfg.backup_dir} and its parent do not exist: is the backup volume "
                           f"mounted? Check 'backup_dir' in the config. Nothing was written")

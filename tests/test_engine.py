@@ -379,3 +379,16 @@ def test_backup_volume_io_error_ends_the_run_and_records_nothing(lib, backup, mo
     assert con.execute("SELECT exit_code FROM runs").fetchall() == [(7,)]
     con.close()
     assert not zips(backup) and not list(backup.rglob("*.partial"))
+
+
+def test_image_folder_missing_or_alias_refuses_instead_of_failing_every_study(lib, backup, tmp_path):
+    (lib.horos_data / "DBFOLDER_LOCATION").write_text(str(tmp_path / "unmounted"), encoding="utf-8")
+    with pytest.raises(VolumeError, match="DBFOLDER_LOCATION"):
+        run(make_config(lib, backup))
+    assert not backup.exists()
+    (lib.horos_data / "DBFOLDER_LOCATION").unlink()
+    noindex = lib.horos_data / "DATABASE.noindex"
+    noindex.rename(tmp_path / "real.noindex")
+    noindex.write_bytes(b"bookmark")  # what a Finder alias looks like to Python: a file
+    with pytest.raises(VolumeError, match="alias"):
+        run(make_config(lib, backup))
