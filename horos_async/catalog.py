@@ -13,7 +13,6 @@ import datetime as dt
 import io
 import sqlite3
 from dataclasses import astuple, dataclass, fields
-from pathlib import Path
 from typing import Iterable, List, Optional
 
 from horos_async import reconcile

@@ -18,7 +18,7 @@ EXIT_DATABASE = 5  # Horos database busy, locked, hot journal or unreadable: ret
 EXIT_DISK = 6  # backup disk full or below the free-space floor
 EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
 EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
-EXIT_CHECK = 9  # doctor found a FAIL, or verify found a bad ZIP
+EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: stopped cleanly
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async import archive, durable
+from horos_async import archive, durable, platform
 from horos_async.config import Config
 from horos_async.ledger import Ledger
 
@@ -72,6 +72,9 @@ def quarantine(cfg: Config, rel: str) -> Optional[Path]:
         dst = dst.with_name(f"{Path(rel).stem}.{n}.zip")
     try:
         os.rename(src, dst)
+        # Sync both folders: after a power cut the bad ZIP must not reappear beside its re-export.
+        platform.sync_dir(dst.parent)
+        platform.sync_dir(src.parent)
     except OSError as exc:
         log.error("could not move invalid ZIP %s aside: %s", src, exc)
         return None

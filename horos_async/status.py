@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from horos_async.config import Config
+from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"
@@ -143,7 +144,6 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
     return (last[idx] - first[idx]) / dt_ if dt_ > 0 else 0.0
 
 
-LAUNCHD_LABEL = "org.horos-backup.agent"
 
 
 def _pid_alive(pid: Optional[int]) -> bool:
@@ -175,6 +175,8 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
         return out
     con = open_readonly(cfg.ledger_path)
     try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='studies'").fetchone():
+            return out  # the engine is creating it right now
         for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
             if state == "done":
                 out["done"], out["bytes_done"] = n, b
@@ -195,7 +197,7 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
 
 def launchd_plist_path() -> Path:
     """Where ``horos-backup launchd install`` puts the LaunchAgent."""
-    return Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    return plist_path(Path.home())
 
 
 def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int = 50,

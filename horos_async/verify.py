@@ -165,7 +165,7 @@ class Verifier:
             raise LockHeld("a backup run is in progress" + (f" (pid {pid})" if pid else "")
                            + "; try again later") from None
         try:
-            self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv).open()
+            self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
             try:
                 await self._pass()
             except BaseException:
@@ -311,24 +311,41 @@ class Verifier:
             raise VolumeError(f"the backup volume vanished while verifying ({path} unreachable); nothing more was "
                               f"recorded; mount it and run verify again to continue")
 
+    def _label(self, z: ZipRow) -> str:
+        """How a ZIP is named in issues and messages: its name carries the patient's, so by default
+        only the month folder and the study UID (``log_patient_names`` shows the full path)."""
+        if self.cfg.log_patient_names:
+            return z.path
+        return f"the ZIP of study {z.key.split('|', 1)[0]} in {z.path.split('/', 1)[0]}/"
+
     async def _missing(self, z: ZipRow) -> None:
         self.result.missing += 1
-        detail = f"{z.path} is recorded as done but is not on disk; the study is queued for export again"
+        detail = f"{self._label(z)} is recorded as done but is not on disk; the study is queued for export again"
         await self.ledger.mark_zip_bad(z.path, "missing", "ZIP_MISSING", detail)
         await self.ledger.issue("ZIP_MISSING", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_MISSING {z.path}")
+        self._bad(f"ZIP_MISSING {self._label(z)}")
 
     async def _invalid(self, z: ZipRow, why: str) -> None:
         self.result.invalid += 1
         loop = asyncio.get_running_loop()
         # Move it aside first: if we crash before the ledger says "bad", the next run sees it missing
         # and re-exports it; the reverse order could leave a bad ZIP beside its replacement.
-        moved = await loop.run_in_executor(None, reconcile.quarantine, self.cfg, z.path)
-        where = f"moved to {moved}" if moved else "could NOT be moved aside (see the log): do not restore from it"
-        detail = f"{z.path} fails verification ({why}); {where}; the study is queued for export again"
+        moved = await loop.run_in_executor(None, self._quarantine, z.path)
+        where = (f"moved to .quarantine/{z.path.split('/', 1)[0]}/" if moved
+                 else "could NOT be moved aside (see the log): do not restore from it")
+        detail = f"{self._label(z)} fails verification ({why}); {where}; the study is queued for export again"
         await self.ledger.mark_zip_bad(z.path, "bad", "ZIP_INVALID", detail)
         await self.ledger.issue("ZIP_INVALID", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_INVALID {z.path}: {why}")
+        self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
+
+    def _quarantine(self, rel: str) -> Optional[Path]:
+        """Blocking: move the ZIP aside and sync both folders, so the move is durable before the ledger
+        says "bad" (a move lost in a power cut would leave the bad ZIP beside its re-export)."""
+        moved = reconcile.quarantine(self.cfg, rel)
+        if moved is not None:
+            durable.sync_dir(moved.parent)
+            durable.sync_dir((self.cfg.backup_dir / rel).parent)
+        return moved
 
     def _bad(self, line: str) -> None:
         self.result.problems.append(line)
