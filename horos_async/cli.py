@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from horos_async import __version__, config as config_mod
 from horos_async.config import Config
-from horos_async.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_OK, ConfigError, HorosBackupError
+from horos_async.errors import EXIT_INTERNAL, EXIT_OK, HorosBackupError
 
 log = logging.getLogger("horos_async.cli")
 

@@ -330,7 +330,7 @@ def check_lock(cfg: Config) -> Check:
     if not path.exists():
         return Check("run lock", PASS, "free (no run yet)")
     pid = guards.read_lock_pid(path)
-    if not _alive(pid):
+    if not guards.pid_alive(pid):
         # No live process with that pid: nobody can hold the flock (the kernel drops it on exit).
         return Check("run lock", PASS, "free" + (f" (last holder, pid {pid}, has exited)" if pid else ""))
     # The pid is alive, maybe reused. Ask the kernel without waiting; a shared lock held for microseconds.
@@ -347,18 +347,6 @@ def check_lock(cfg: Config) -> Check:
     finally:
         os.close(fd)  # closing releases the shared lock at once
     return Check("run lock", PASS, "free")
-
-
-def _alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_ledger(cfg: Config) -> Check:

@@ -25,8 +25,7 @@ from typing import Dict, List, Optional
 
 from horos_async import archive, durable, guards, naming, planner, platform, reconcile
 from horos_async.config import Config
-from horos_async.errors import (EXIT_INTERRUPTED, EXIT_OK, DiskFull, HorosBackupError, Interrupted,
-                                VolumeError)
+from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, DiskFull, HorosBackupError, VolumeError
 from horos_async.horos_db import HorosReader
 from horos_async.ledger import Ledger
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
@@ -96,6 +95,7 @@ class Engine:
         self.shares_horos_disk = False
         self.attempted: set = set()
         self._changed: Optional[asyncio.Event] = None
+        self._reserved: set = set()  # ZIP paths chosen by running jobs
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -118,7 +118,7 @@ class Engine:
             self.stop.set()
         guards.check_sentinel(cfg)
         guards.check_volumes(cfg)
-        created = durable.ensure_dir(cfg.backup_dir)
+        durable.ensure_dir(cfg.backup_dir)
         durable.ensure_dir(cfg.state_dir)
         lock = guards.RunLock(cfg.state_dir / "run.lock").acquire()
         publisher = None
@@ -413,6 +413,7 @@ class Engine:
             return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
         finally:
             self.live.jobs.pop(s.key, None)
+            self._reserved.discard(rel)
             self._poke()
 
     def _build_and_verify(self, tmp: Path, members, plan: StudyPlan, state: str, progress):
@@ -429,9 +430,12 @@ class Engine:
             owner = await self.ledger.zip_owner(rel)
             path = self.cfg.backup_dir / rel
             if owner is None and path.exists():
-                ident = _read_ident(path)
+                ident = reconcile.read_identity(path)
                 owner = ident.get("key") if ident else "?"
+            if rel in self._reserved:  # a concurrent job of this batch is writing that name
+                owner = "?"
             if owner is None or owner == plan.study.key and not path.exists():
+                self._reserved.add(rel)
                 return rel
             n += 1
             rel = naming.zip_relpath(plan.study, max_length=self.cfg.max_name_length, naming=self.cfg.naming,
@@ -445,14 +449,6 @@ def _deflate_flags(paths) -> List[bool]:
 def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
     from dataclasses import replace
     return replace(plan, zip_relpath=rel)
-
-
-def _read_ident(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(archive.read_comment(path).decode("ascii") or "null")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("horos_backup") else None
 
 
 def _unlink(path: Path) -> None:

@@ -86,6 +86,19 @@ def read_lock_pid(path: Path) -> Optional[int]:
         return None
 
 
+def pid_alive(pid: Optional[int]) -> bool:
+    """True when a process with this pid exists on this machine (informational: the flock is the truth)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def incoming_count(folder: Path, limit: int) -> int:
     """Files waiting in INCOMING.noindex, counting at most ``limit + 1`` (early exit); hidden files skipped."""
     count = 0

@@ -19,12 +19,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import aiosqlite
 
 from horos_async.errors import LedgerError
-from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
+from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
 
 SCHEMA_VERSION = 1

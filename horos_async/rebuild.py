@@ -7,7 +7,6 @@ from typing import Dict
 
 from horos_async import durable, guards, reconcile
 from horos_async.config import Config
-from horos_async.errors import LedgerError
 from horos_async.ledger import Ledger
 
 

@@ -8,16 +8,16 @@ than ``STALE_SECONDS`` while its process is gone is reported as stale, never as 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+from horos_async import guards
 from horos_async.config import Config
-from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path
+from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"
@@ -146,18 +146,6 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
 
 
 
-def _pid_alive(pid: Optional[int]) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
     path = cfg.state_dir / LIVE_FILE
     try:
@@ -226,7 +214,7 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     guard = live.get("guard") or {}
     batch = live.get("batch") or {}
     state = str(live.get("state", ""))
-    alive = _pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
+    alive = guards.pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
     beat = float(live.get("heartbeat") or 0)
     if state in ("running", "stopping"):
         if not alive or now - beat > STALE_SECONDS:

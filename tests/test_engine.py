@@ -7,7 +7,6 @@ import errno
 import os
 import sqlite3
 import stat
-import zipfile
 
 import pytest
 
@@ -333,7 +332,7 @@ def test_truncated_recorded_zip_is_quarantined_and_reexported(lib, backup):
 
 
 def test_durable_order_fsync_rename_dirsync_then_commit(lib, backup, monkeypatch):
-    from horos_async import durable, platform
+    from horos_async import platform
 
     events = []
     real_fsync, real_sync_dir, real_link = platform.full_fsync, platform.sync_dir, os.link
@@ -392,3 +391,18 @@ def test_image_folder_missing_or_alias_refuses_instead_of_failing_every_study(li
     noindex.write_bytes(b"bookmark")  # what a Finder alias looks like to Python: a file
     with pytest.raises(VolumeError, match="alias"):
         run(make_config(lib, backup))
+
+
+def test_two_studies_with_the_same_name_never_share_a_zip(lib, backup):
+    a, b = lib.study("duplicate-uid-a"), lib.study("duplicate-uid-b")
+    con = sqlite3.connect(lib.database)
+    con.execute("UPDATE ZSTUDY SET ZNAME='Same^Name', ZDATEOFBIRTH=0, ZDATE=(SELECT MIN(ZDATE) FROM ZSTUDY "
+                "WHERE Z_PK IN (?, ?)) WHERE Z_PK IN (?, ?)", (a.pk, b.pk, a.pk, b.pk))
+    con.commit()
+    con.close()
+    run(make_config(lib, backup, concurrency=2, batch_size=40), until_done=True)
+    by_key = zips_by_key(backup)
+    za, zb = by_key[key_of(a)], by_key[key_of(b)]
+    assert len(za) == len(zb) == 1 and za != zb
+    assert sorted(p.name.endswith("_d2.zip") for p in za + zb) == [False, True]
+    assert_backup_complete(lib, backup)

@@ -16,8 +16,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from horos_async import archive, config as config_mod, demo
 from horos_async.errors import EXIT_INTERRUPTED
 

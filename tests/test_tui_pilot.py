@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 from typing import List
-
-import pytest
 
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 
@@ -236,6 +235,25 @@ async def test_a_hung_read_is_reported_not_waited_for(tmp_path):
         gate.set()
         await settle(pilot)
         assert header.has_class("-ok")
+
+
+async def test_quit_is_not_held_up_by_a_hung_read(tmp_path):
+    gate = threading.Event()
+
+    class Hanging(ScriptedSource):
+        def read(self):
+            gate.wait(30)
+            return super().read()
+
+    app, _ = app_for(tmp_path, Hanging([sample_snapshot()]))
+    started = time.monotonic()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            await pilot.press("q")
+        assert time.monotonic() - started < 10
+    finally:
+        gate.set()
 
 
 async def test_log_pane_toggles_and_reads_the_log_only_when_open(tmp_path):

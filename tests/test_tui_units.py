@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
 
 from horos_async.config import Config
-from horos_async.status import Finished, IssueRow, Job, RunRow, Snapshot
+from horos_async.status import IssueRow, Job, Snapshot
 from tui import formatting as fmt
 from tui import launcher, source
 from tui.scripted import SAMPLE_NOW, ScriptedSource, sample_snapshot
-from tui.widgets.archive_progress import month_range, month_strip, rate_history
+from tui.widgets.archive_progress import counts_line, month_range, month_strip, rate_history, remaining
 from tui.widgets.engine_header import describe
 from tui.widgets.incoming_gauge import history_strip, incoming_state, incoming_text
 from tui.widgets.issues_table import code_counts, newest_first
@@ -140,6 +138,21 @@ def test_status_source_calls_read_snapshot_with_the_clock(tmp_path, monkeypatch)
     assert src.read_log(1) == ["b"]
 
 
+def test_read_all_never_raises():
+    class Broken:
+        def read(self):
+            raise ValueError("status.json is not JSON")
+
+        def read_log(self, lines=200):
+            raise PermissionError(13, "Permission denied", "/b/logs/horos-backup.log")
+
+    snap, lines = source.read_all(Broken(), True, lambda: 5.0)
+    assert snap.engine == "unreadable" and snap.taken == 5.0 and snap.detail == "ValueError: status.json is not JSON"
+    assert lines == ("cannot read the engine log: Permission denied: /b/logs/horos-backup.log",)
+    snap, lines = source.read_all(ScriptedSource([sample_snapshot()], log=["x"]), False, lambda: 5.0)
+    assert snap.engine == "running" and lines is None
+
+
 def test_describe_error_names_the_file():
     err = PermissionError(13, "Permission denied", "/Volumes/PACS/Backup/.tmp/status.json")
     assert source.describe_error(err) == "Permission denied: /Volumes/PACS/Backup/.tmp/status.json"
@@ -208,6 +221,12 @@ def test_archive_strip_and_rates():
     rates = rate_history(snap)
     assert len(rates) == 30 and all(9.0 <= r <= 17.0 for r in rates)
     assert month_strip(sample_snapshot(months=()), 30) == "months: none scanned yet"
+    assert counts_line(snap) == "412 / 1,250 studies · 33% · 3 failed"
+    assert counts_line(sample_snapshot(eligible=None, failed=0)) == "412 studies done · not scanned yet"
+    assert counts_line(sample_snapshot(eligible=0, done=0, failed=0)) == "0 / 0 studies · nothing eligible"
+    assert remaining(snap) == "835 to go · ETA 19h 52m"
+    assert remaining(sample_snapshot(engine="idle")) == "835 to go"  # no ETA from a finished run's rate
+    assert remaining(sample_snapshot(done=1250)) == "archive complete"
 
 
 def test_incoming_states_text_and_history():

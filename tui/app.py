@@ -3,7 +3,7 @@
 One live-data path: a timer (about once a second) starts one exclusive thread worker that calls
 ``Source.read()`` (and the log tail while the log pane is open), and posts a ``SnapshotRead``
 message; the app stores it in reactive attributes that the screens hand to their widgets. Threads
-never touch widgets. The app never runs the engine inside itself: ``r`` starts a run the way launchd
+never touch widgets. The App itself lives in ``tui.monitor``. The app never runs the engine inside itself: ``r`` starts a run the way launchd
 does (``tui.launcher``), in its own process.
 
 ``make_app`` is shared by ``entry()`` and the tests. ``entry()`` imports Textual lazily, so a missing
@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from horos_async.config import Config
 
+from tui.launcher import Launch
+from tui.source import Source
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; Textual is imported inside make_app and entry
     from textual.app import App
-
-    from tui.source import Source
 
 INSTALL_HINT = "horos-tui needs the optional 'tui' extra: pip install 'horos-backup[tui]'"
 HISTORY_POINTS = 600
@@ -33,9 +34,9 @@ HUNG_SECONDS = 10.0
 """A status read taking longer than this is shown as unreadable (volume not responding?)."""
 
 
-def make_app(config: Config, source: "Optional[Source]" = None, clock: Optional[Callable[[], float]] = None,
-             *, refresh: float = 1.0, starter: Optional[Callable[[object], str]] = None,
-             theme: Optional[str] = None) -> "App":
+def make_app(config: Config, source: Optional[Source] = None, clock: Optional[Callable[[], float]] = None,
+             *, refresh: float = 1.0, starter: Optional[Callable[[Launch], str]] = None,
+             theme: Optional[str] = None) -> App:
     """Build the monitor for ``config``; tests inject a scripted ``source``, a fixed ``clock`` and a
     fake ``starter`` (what ``r`` calls after the confirmation instead of starting a real run)."""
     from tui.monitor import HorosTui
@@ -75,7 +76,7 @@ def entry(argv: Optional[Sequence[str]] = None) -> None:
     # Animations off for SSH users unless they chose otherwise; must be set before Textual is imported.
     os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     try:
-        import textual  # noqa: F401
+        import textual  # noqa: F401 - only to learn whether the extra is installed
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
         raise SystemExit(2) from None

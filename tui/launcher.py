@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from horos_async import launchd
 from horos_async.config import Config
-from horos_async.status import LAUNCHD_LABEL
 
-LABEL = LAUNCHD_LABEL
-"""launchd job label of the LaunchAgent (the engine package owns the name)."""
+LABEL = launchd.LABEL
+"""launchd job label of the LaunchAgent (``horos-backup launchd install`` owns the name)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Launch:
 
 def plist_path(home: Optional[Path] = None) -> Path:
     """Where the LaunchAgent plist lives for this user."""
-    return (home or Path.home()) / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    return launchd.plist_path(home or Path.home())
 
 
 def plan_launch(cfg: Config, *, platform: str = sys.platform, home: Optional[Path] = None,

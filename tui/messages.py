@@ -18,7 +18,3 @@ class SnapshotRead(Message):
         """What the engine published, or a Snapshot with ``engine == "unreadable"``."""
         self.log_lines = log_lines
         """Tail of the engine log, or None when the log pane is hidden (not read then)."""
-
-
-class RunRequested(Message):
-    """The operator confirmed "start a run now"."""

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
-from typing import Callable, Deque, Optional, Tuple
+from typing import Callable, Deque, List, Optional, Tuple
 
 from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.worker import get_current_worker
 
 from horos_async.config import Config
 from horos_async.status import Snapshot
@@ -24,7 +26,7 @@ from tui.screens.confirm_run import ConfirmRunScreen
 from tui.screens.help import HelpScreen
 from tui.screens.issues import IssuesScreen
 from tui.screens.main import MainScreen
-from tui.source import LOG_LINES, Source, StatusSource, describe_error, unreadable
+from tui.source import Source, StatusSource, read_all, unreadable
 
 
 class HorosTui(App):
@@ -89,18 +91,23 @@ class HorosTui(App):
 
     @work(thread=True, exclusive=True, group="status", exit_on_error=False)
     def _read(self, want_log: bool) -> None:
-        """Worker thread: read, never touch widgets, post the result."""
-        try:
-            snapshot = self.source.read()
-        except Exception as exc:  # any failure to read is shown to the operator, never raised
-            snapshot = unreadable(describe_error(exc), self.clock())
-        lines = None
-        if want_log:
-            try:
-                lines = tuple(self.source.read_log(LOG_LINES))
-            except OSError as exc:
-                lines = (f"cannot read the engine log: {exc}",)
-        self.post_message(SnapshotRead(snapshot, lines))
+        """Worker thread: read, never touch widgets, post the result.
+
+        The read itself runs on a daemon thread this worker waits for: Textual's thread workers live on
+        asyncio's default executor, which is joined at exit, so a read stuck on a dead volume would
+        otherwise keep ``q`` from quitting. Cancelled on quit, the worker returns and leaves it behind.
+        """
+        worker = get_current_worker()
+        result: List[Tuple[Snapshot, Optional[Tuple[str, ...]]]] = []
+        reader = threading.Thread(target=lambda: result.append(read_all(self.source, want_log, self.clock)),
+                                  name="horos-tui-read", daemon=True)
+        reader.start()
+        while reader.is_alive():
+            reader.join(0.1)
+            if worker.is_cancelled:
+                return
+        if result:
+            self.post_message(SnapshotRead(*result[0]))
 
     def on_snapshot_read(self, message: SnapshotRead) -> None:
         self._reading_since = None

@@ -11,16 +11,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Protocol, Tuple
 
 from horos_async import status
 from horos_async.config import Config
 from horos_async.status import Snapshot
-
-try:  # Protocol is in typing from 3.8; the fallback keeps type checkers and 3.7 tools quiet.
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
 
 LOG_NAME = "horos-backup.log"
 LOG_LINES = 200
@@ -75,6 +70,22 @@ def tail(path: Path, lines: int = LOG_LINES, max_bytes: int = LOG_TAIL_BYTES) ->
     if start > 0 and rows:
         rows = rows[1:]  # the first line was cut in the middle
     return rows[-lines:] if lines > 0 else []
+
+
+def read_all(source: Source, want_log: bool, clock: Callable[[], float]) -> Tuple[Snapshot, Optional[Tuple[str, ...]]]:
+    """One refresh: the Snapshot (``unreadable`` on any error) and, if wanted, the log tail. Never raises:
+    the monitor must show every failure rather than die of it."""
+    try:
+        snapshot = source.read()
+    except Exception as exc:  # shown to the operator as UNREADABLE with the reason
+        snapshot = unreadable(describe_error(exc), clock())
+    lines = None
+    if want_log:
+        try:
+            lines = tuple(source.read_log(LOG_LINES))
+        except Exception as exc:  # shown in the log pane
+            lines = (f"cannot read the engine log: {describe_error(exc)}",)
+    return snapshot, lines
 
 
 def unreadable(why: str, now: float, previous: Optional[Snapshot] = None) -> Snapshot:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer
 
