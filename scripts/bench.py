@@ -17,7 +17,6 @@ Usage: python scripts/bench.py [--lib DIR] [--studies 40] [--images 40] [--big-f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -85,7 +84,6 @@ def pipeline_ceiling(sets, out: Path) -> None:
 
 
 def child_main(args) -> None:
-    from horos_async import demo  # noqa: F401 (keeps imports comparable)
     import pickle
 
     sets = pickle.loads(Path(args.sets).read_bytes())
