@@ -94,6 +94,7 @@ class Engine:
         self.started = time.monotonic()
         self.shares_horos_disk = False
         self.attempted: set = set()
+        self.processed = 0  # studies planned in this run (for --max-studies)
         self._changed: Optional[asyncio.Event] = None
         self._reserved: set = set()  # ZIP paths chosen by running jobs
 
@@ -191,33 +192,23 @@ class Engine:
         if await self._incoming_busy():
             r.outcome = "paused"
             return
-        processed = 0
+        longer = bool(self.until_done or self.max_studies or self.max_minutes)
         async with HorosReader(cfg) as reader:
-            while not self.stop.is_set():
+            while not (self._should_stop() or self._quota_reached()):
                 self.live.phase = "scan"
                 index = await self.ledger.index()
-                limit = cfg.batch_size * (LOOKAHEAD_BATCHES if self.until_done or self.max_studies else 1)
+                limit = cfg.batch_size * (LOOKAHEAD_BATCHES if longer else 1)
                 if self.max_studies:
-                    limit = min(limit, max(0, self.max_studies - processed))
+                    limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
                                                         frozenset(self.attempted))
                 self._publish_totals(totals)
                 r.eligible, r.pending = totals.eligible, totals.pending
                 if not candidates:
                     break
-                for i in range(0, len(candidates), cfg.batch_size):
-                    if self._should_stop(processed):
-                        break
-                    batch = candidates[i:i + cfg.batch_size]
-                    self.live.phase = "export"
-                    self.live.batch_index += 1
-                    plans = await planner.plan_batch(reader, batch, cfg, index, self._offload)
-                    processed += len(batch)
-                    self.attempted.update(c.key for c in batch)
-                    await self._run_batch(plans, index)
-                    if not (self.until_done or self.max_studies or self.max_minutes):
-                        break
-                if not (self.until_done or self.max_studies or self.max_minutes) or self._should_stop(processed):
+                self.live.phase = "export"
+                await self._export_all(reader, candidates, index, one_batch=not longer)
+                if not longer or r.outcome == "paused":
                     break
             if r.done or r.failed:
                 index = await self.ledger.index()
@@ -230,14 +221,17 @@ class Engine:
         if r.outcome == "ok" and not (r.done or r.failed):
             r.outcome = "nothing-to-do"
 
-    def _should_stop(self, processed: int) -> bool:
-        if self.stop.is_set():
-            return True
-        if self.max_studies is not None and processed >= self.max_studies:
+    def _should_stop(self) -> bool:
+        """No new study may start (stop asked, fatal error, guard paused, --max-minutes reached)."""
+        if self.stop.is_set() or self.fatal is not None or self.result.outcome == "paused":
             return True
         if self.max_minutes is not None and time.monotonic() - self.started > self.max_minutes * 60:
             return True
         return False
+
+    def _quota_reached(self) -> bool:
+        """--max-studies studies have been planned in this run."""
+        return self.max_studies is not None and self.processed >= self.max_studies
 
     def _publish_totals(self, totals: planner.Totals) -> None:
         self.live.totals = {"eligible": totals.eligible, "done": totals.done, "pending": totals.pending,
@@ -264,39 +258,72 @@ class Engine:
         return busy
 
     # -- a batch -----------------------------------------------------------------------------------
-    async def _run_batch(self, plans: List[StudyPlan], index) -> None:
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-        self.live.queued = [p.zip_relpath.rsplit("/", 1)[-1] for p in plans]
-        paused = asyncio.Event()
+    async def _export_all(self, reader: HorosReader, candidates, index, one_batch: bool) -> None:
+        """Plan batch after batch (one short DB read each) while ``concurrency`` workers export.
 
-        async def one(plan: StudyPlan) -> None:
-            async with sem:
-                if self.stop.is_set() or paused.is_set() or self.fatal is not None:
-                    return
-                if self.cfg.sleep_between_studies:
-                    await asyncio.sleep(self.cfg.sleep_between_studies)
-                if await self._incoming_busy():
-                    paused.set()
-                    self.result.outcome = "paused"
-                    return
-                label = plan.zip_relpath.rsplit("/", 1)[-1]
-                if label in self.live.queued:
-                    self.live.queued.remove(label)
-                try:
-                    outcome = await self._export(plan, index.get(plan.study.key))
-                except HorosBackupError as exc:
-                    if self.fatal is None:
-                        self.fatal = exc
-                    self.cancel.set()
-                    return
-                except archive.Cancelled:
-                    return
-                await self._record(plan, outcome)
+        A small queue between the two keeps every worker busy across batch boundaries; the database is
+        never read while a transaction would be held over file I/O.
+        """
+        cfg = self.cfg
+        queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, cfg.concurrency))
+        workers = cfg.concurrency
 
-        await asyncio.gather(*(one(p) for p in plans))
+        async def producer() -> None:
+            try:
+                for i in range(0, len(candidates), cfg.batch_size):
+                    if self._should_stop() or self._quota_reached():
+                        break
+                    batch = candidates[i:i + cfg.batch_size]
+                    if self.max_studies is not None:
+                        batch = batch[:max(0, self.max_studies - self.processed)]
+                    plans = await planner.plan_batch(reader, batch, cfg, index, self._offload)
+                    self.processed += len(batch)
+                    self.attempted.update(c.key for c in batch)
+                    self.live.batch_index += 1
+                    self.live.queued.extend(_label(p) for p in plans)
+                    for plan in plans:
+                        await queue.put(plan)
+                    if one_batch:
+                        break
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def worker() -> None:
+            while True:
+                plan = await queue.get()
+                if plan is None:
+                    return
+                if _label(plan) in self.live.queued:
+                    self.live.queued.remove(_label(plan))
+                if self._should_stop():
+                    continue  # drain: studies not started stay due for the next run
+                await self._one(plan, index)
+
+        await asyncio.gather(producer(), *(worker() for _ in range(workers)))
         self.live.queued = []
         if self.fatal is not None:
             raise self.fatal
+
+    async def _one(self, plan: StudyPlan, index) -> None:
+        """Guards, then export one study and record its outcome; run-level faults stop the run."""
+        if self.cfg.sleep_between_studies:
+            await asyncio.sleep(self.cfg.sleep_between_studies)
+        if self._should_stop():
+            return
+        if await self._incoming_busy():
+            self.result.outcome = "paused"
+            return
+        try:
+            outcome = await self._export(plan, index.get(plan.study.key))
+        except HorosBackupError as exc:
+            if self.fatal is None:
+                self.fatal = exc
+            self.cancel.set()
+            return
+        except archive.Cancelled:
+            return
+        await self._record(plan, outcome)
 
     async def _record(self, plan: StudyPlan, o: Outcome) -> None:
         r = self.result
@@ -364,11 +391,10 @@ class Engine:
 
         rel = await self._target_path(plan)
         final = cfg.backup_dir / rel
-        sources = [f.source.path for f in plan.files]
         if cfg.compression == "auto":
-            flags = await self._offload(_deflate_flags, sources)
+            flags = await self._offload(_deflate_flags, plan.files)
         else:
-            flags = [cfg.compression == "deflate"] * len(sources)
+            flags = [cfg.compression == "deflate"] * len(plan.files)
         members = [archive.Member(source=f.source.path, name=f.member, size=f.size, compress=fl)
                    for f, fl in zip(plan.files, flags)]
         job = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
@@ -442,8 +468,25 @@ class Engine:
                                      version=plan.version, dedup=n)
 
 
-def _deflate_flags(paths) -> List[bool]:
-    return [archive.needs_deflate(p) for p in paths]
+def _label(plan: StudyPlan) -> str:
+    return plan.zip_relpath.rsplit("/", 1)[-1]
+
+
+def _deflate_flags(files) -> List[bool]:
+    """Compression per file for ``compression = "auto"``, judged on the first file of each series.
+
+    A series shares one transfer syntax in practice; reading one header per series instead of per file
+    saves a DICOM parse per image. Were a series mixed, a file would only be stored or deflated
+    needlessly: the ZIP is correct either way.
+    """
+    by_series: Dict[int, bool] = {}
+    flags = []
+    for f in files:
+        key = f.source.series_pk
+        if key not in by_series:
+            by_series[key] = archive.needs_deflate(f.source.path)
+        flags.append(by_series[key])
+    return flags
 
 
 def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
