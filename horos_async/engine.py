@@ -397,6 +397,9 @@ class Engine:
             flags = [cfg.compression == "deflate"] * len(plan.files)
         members = [archive.Member(source=f.source.path, name=f.member, size=f.size, compress=fl)
                    for f, fl in zip(plan.files, flags)]
+        # Write in on-disk order (Horos numbers files as it imports them), not series order: reading
+        # sequentially lets the disk read ahead. Member names keep the series layout either way.
+        members.sort(key=lambda m: _disk_order(m.source))
         job = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
                           bytes_total=plan.total_bytes)
         self.live.jobs[s.key] = job
@@ -466,6 +469,12 @@ class Engine:
             n += 1
             rel = naming.zip_relpath(plan.study, max_length=self.cfg.max_name_length, naming=self.cfg.naming,
                                      version=plan.version, dedup=n)
+
+
+def _disk_order(path: Path) -> tuple:
+    """Folder, then the number in a Horos file name (``9995.dcm`` before ``10001.dcm``), then the name."""
+    stem = path.stem
+    return (str(path.parent), int(stem) if stem.isdigit() else -1, path.name)
 
 
 def _label(plan: StudyPlan) -> str:
