@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence, Tuple
 
-from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID
 
 from . import durable
 
@@ -188,6 +186,11 @@ def safe_member_name(name: str) -> bool:
 
 def needs_deflate(path: Path) -> bool:
     """False for DICOM whose transfer syntax is already compressed; True otherwise (safe default)."""
+    # Imported here: pydicom (with numpy) costs a third of a second of start-up that `store` mode,
+    # verify and restore never need.
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import UID
+
     try:
         ts = str(read_file_meta_info(path).get("TransferSyntaxUID") or "").strip("\0 ")
     except Exception:  # not DICOM, truncated, unreadable: deflating is always correct, only slower
