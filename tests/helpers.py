@@ -67,3 +67,13 @@ def assert_backup_complete(lib, backup: Path) -> None:
         assert len(found) == 1, f"{s.note}: {len(found)} ZIPs"
         assert member_hashes(found[0]) == sorted(sha(p) for p in set(s.files)), s.note
     assert not list(backup.rglob("*.partial")), "temp files left behind"
+
+
+def backed_up_library(root: Path, studies: int = 1):
+    """A demo library in ``root/lib`` with one completed backup in ``root/Backup``: (lib, cfg)."""
+    from horos_async import demo
+
+    lib = demo.build_demo(root / "lib", studies=studies)
+    cfg = make_config(lib, root / "Backup")
+    run(cfg, until_done=True)
+    return lib, cfg

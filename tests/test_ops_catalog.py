@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import catalog, cli, config as config_mod, demo
+from horos_async import catalog, cli, config as config_mod
 
-from helpers import exportable, make_config, run, zips
+from helpers import backed_up_library, exportable, make_config, zips
 
 QUERIES = Path(__file__).resolve().parent.parent / "docs" / "queries.sql"
 
 
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory):
-    root = tmp_path_factory.mktemp("catalog")
-    lib = demo.build_demo(root / "lib", studies=2)
-    cfg = make_config(lib, root / "Backup")
-    run(cfg, until_done=True)
+    lib, cfg = backed_up_library(tmp_path_factory.mktemp("catalog"), studies=2)
     cfg.source.write_text(config_mod.render_toml(cfg), encoding="utf-8")
     return lib, cfg
 

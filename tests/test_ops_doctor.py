@@ -14,7 +14,7 @@ from horos_async import cli, demo, doctor, launchd
 from horos_async.doctor import FAIL, INFO, PASS, WARN
 from horos_async.guards import RunLock
 
-from helpers import make_config, run
+from helpers import backed_up_library, make_config
 
 JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
 
@@ -22,10 +22,7 @@ JOURNAL_MAGIC = b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory):
     """A demo library with one completed backup (shared: the checks only read it)."""
-    root = tmp_path_factory.mktemp("doctor")
-    lib = demo.build_demo(root / "lib", studies=1)
-    cfg = make_config(lib, root / "Backup")
-    run(cfg, until_done=True)
+    lib, cfg = backed_up_library(tmp_path_factory.mktemp("doctor"), studies=1)
     return lib, cfg
 
 

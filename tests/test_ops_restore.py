@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import cli, config as config_mod, demo, durable, restore
+from horos_async import cli, config as config_mod, durable, restore
 
-from helpers import make_config, run, zips, zips_by_key, key_of
+from helpers import backed_up_library, zips, zips_by_key, key_of
 
 
 @pytest.fixture(scope="module")
 def backed_up(tmp_path_factory):
-    root = tmp_path_factory.mktemp("restore")
-    lib = demo.build_demo(root / "lib", studies=1)
-    cfg = make_config(lib, root / "Backup")
-    run(cfg, until_done=True)
+    lib, cfg = backed_up_library(tmp_path_factory.mktemp("restore"), studies=1)
     return lib, cfg
 
 
