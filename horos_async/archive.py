@@ -37,6 +37,12 @@ log = logging.getLogger("horos_async")
 USE_ISAL = _isal is not None
 """Compress and checksum with ISA-L when it is installed; tests set this False to force zlib."""
 
+if _isal is not None and getattr(zipfile, "crc32", None) is zlib.crc32:
+    # zipfile checksums every byte written and read with its module-level crc32 (zlib's, ~3 GB/s);
+    # ISA-L's computes the same CRC-32 ~3.5x faster. The values are identical, so every reader of our
+    # ZIPs, and any other zipfile user in this process, sees no difference but the speed.
+    zipfile.crc32 = _isal.crc32
+
 Progress = Optional[Callable[[int, int], None]]
 _PROGRESS_STEP = 64 << 20  # report at least this often (bytes) inside a large member
 _DOS_MIN = (1980, 1, 1, 0, 0, 0)  # ZIP dates cannot say earlier: zipfile raises ValueError
