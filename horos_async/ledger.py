@@ -115,7 +115,8 @@ class Ledger:
                 result = (await cur.fetchone())[0]
             if result != "ok":
                 raise sqlite3.DatabaseError(result)
-            await self.db.executescript(SCHEMA)
+            # One transaction: a reader (status, horos-tui) never sees half the tables.
+            await self.db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
             async with self.db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
                 row = await cur.fetchone()
             if row is None:

@@ -163,8 +163,9 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
         return out
     con = open_readonly(cfg.ledger_path)
     try:
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE name='studies'").fetchone():
-            return out  # the engine is creating it right now
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"studies", "issues", "runs"} <= tables:
+            return out  # an empty ledger the engine is creating right now
         for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
             if state == "done":
                 out["done"], out["bytes_done"] = n, b
