@@ -12,12 +12,15 @@ the parents of any directory just created) so the rename itself survives a power
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
 from . import platform
+
+log = logging.getLogger("horos_async.durable")
 
 Trace = Optional[Callable[[str, Path], None]]
 
@@ -145,11 +148,19 @@ def write_atomic(final: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: 
             publish(tmp, final, created_dirs=created, trace=trace)
     except BaseException:
         # Never leave our own temp behind; `final` is untouched on every failure path.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard(tmp)
         raise
+
+
+def discard(path: Path) -> None:
+    """Remove a temp file on a failure path: a missing one is fine, any other error is logged, never
+    raised (it would hide the error being handled)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove temp file %s: %s", path, exc)
 
 
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:

@@ -416,7 +416,7 @@ class Engine:
                 except archive.ZipInvalid as exc:
                     last_error = str(exc)
                     log.warning("study %s attempt %d produced an invalid ZIP: %s", s.uid, attempt, exc)
-                    _unlink(tmp)
+                    durable.discard(tmp)
                     continue
                 except archive.SourceMissing as exc:
                     return fail("MISSING_FILES", f"a file vanished while zipping: {exc}", [str(exc)])
@@ -425,15 +425,15 @@ class Engine:
                 except archive.Cancelled:
                     raise
                 except OSError as exc:
-                    _unlink(tmp)
+                    durable.discard(tmp)
                     raise _run_level(exc, final) from None
                 try:
                     await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
                 except durable.AlreadyExists:
-                    _unlink(tmp)
+                    durable.discard(tmp)
                     return fail("ZIP_FAIL", f"{rel} appeared while this study was being written; will retry")
                 except OSError as exc:
-                    _unlink(tmp)
+                    durable.discard(tmp)
                     raise _run_level(exc, final) from None
                 size = final.stat().st_size
                 await self.ledger.record_zip(plan_for_record, rel, size, members_digest(built), state, code, detail)
@@ -501,15 +501,6 @@ def _deflate_flags(files) -> List[bool]:
 def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
     from dataclasses import replace
     return replace(plan, zip_relpath=rel)
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("could not remove temp file %s: %s", path, exc)
 
 
 def _run_level(exc: OSError, target: Path) -> HorosBackupError:

@@ -70,6 +70,11 @@ class Entry:
     code: str
 
 
+def _entry(r) -> Entry:
+    """An Entry from a row of INDEX_SQL."""
+    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "")
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
@@ -150,7 +155,7 @@ class Ledger:
         out: Dict[str, Entry] = {}
         async with self.db.execute(INDEX_SQL) as cur:
             async for r in cur:
-                out[r[0]] = Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "")
+                out[r[0]] = _entry(r)
         return out
 
     async def zip_rows(self) -> Dict[str, tuple]:
@@ -353,4 +358,4 @@ def read_index(path: Path) -> Dict[str, Entry]:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
-    return {r[0]: Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "") for r in rows}
+    return {r[0]: _entry(r) for r in rows}

@@ -97,13 +97,10 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, final: Path) -> Optiona
         os.utime(tmp, (stamp, stamp))
         durable.publish(tmp, final, created_dirs=created)
     except durable.AlreadyExists:
-        os.unlink(tmp)
+        durable.discard(tmp)
         return None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        durable.discard(tmp)
         raise
     return info.file_size
 

@@ -339,13 +339,9 @@ class Verifier:
         self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
 
     def _quarantine(self, rel: str) -> Optional[Path]:
-        """Blocking: move the ZIP aside and sync both folders, so the move is durable before the ledger
-        says "bad" (a move lost in a power cut would leave the bad ZIP beside its re-export)."""
-        moved = reconcile.quarantine(self.cfg, rel)
-        if moved is not None:
-            durable.sync_dir(moved.parent)
-            durable.sync_dir((self.cfg.backup_dir / rel).parent)
-        return moved
+        """Blocking: move the ZIP aside; ``reconcile.quarantine`` syncs both folders, so the move is
+        durable before the ledger says "bad"."""
+        return reconcile.quarantine(self.cfg, rel)
 
     def _bad(self, line: str) -> None:
         self.result.problems.append(line)
