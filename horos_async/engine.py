@@ -269,6 +269,7 @@ class Engine:
         workers = cfg.concurrency
 
         async def producer() -> None:
+            cancelled = False
             try:
                 for i in range(0, len(candidates), cfg.batch_size):
                     if self._should_stop() or self._quota_reached():
@@ -285,8 +286,11 @@ class Engine:
                         await queue.put(plan)
                     if one_batch:
                         break
+            except asyncio.CancelledError:
+                cancelled = True  # the whole gather is being cancelled: no worker is left to wake
+                raise
             finally:
-                for _ in range(workers):
+                for _ in range(0 if cancelled else workers):
                     await queue.put(None)
 
         async def worker() -> None:
@@ -419,14 +423,17 @@ class Engine:
                     durable.discard(tmp)
                     continue
                 except archive.SourceMissing as exc:
+                    durable.discard(tmp)
                     return fail("MISSING_FILES", f"a file vanished while zipping: {exc}", [str(exc)])
                 except archive.SourceReadError as exc:
+                    durable.discard(tmp)
                     return fail("READ_ERROR", f"a file could not be read: {exc}", [str(exc)])
-                except archive.Cancelled:
-                    raise
                 except OSError as exc:
                     durable.discard(tmp)
                     raise _run_level(exc, final) from None
+                except BaseException:  # Cancelled (another job hit a run-level fault), or the run is stopping
+                    durable.discard(tmp)  # a ZIP already built but cut off mid-verify must not linger
+                    raise
                 try:
                     await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
                 except durable.AlreadyExists:

@@ -230,6 +230,34 @@ def test_disk_full_mid_zip_loses_nothing_and_resumes(lib, backup, monkeypatch):
     assert all(sha(p) == h for p, h in done_before.items())
 
 
+def test_job_cut_off_mid_verify_by_another_jobs_disk_full_leaves_no_temp(lib, backup, monkeypatch):
+    """Concurrency 2: one job is verifying its built ZIP when the other hits ENOSPC and stops the run."""
+    real_build, real_verify = archive.build_zip, archive.verify_zip
+    calls = {"build": 0}
+
+    def build(out_path, members, **kw):
+        calls["build"] += 1
+        if calls["build"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_build(out_path, members, **kw)
+
+    def verify(path, expected=None, **kw):
+        assert kw["cancel"].wait(10), "the other job never stopped the run"
+        return real_verify(path, expected, **kw)
+
+    monkeypatch.setattr(archive, "build_zip", build)
+    monkeypatch.setattr(archive, "verify_zip", verify)
+    cfg = make_config(lib, backup, concurrency=2)
+    with pytest.raises(DiskFull):
+        run(cfg, until_done=True)
+    assert not list(backup.rglob("*.partial"))
+    assert not zips(backup)
+    monkeypatch.setattr(archive, "build_zip", real_build)
+    monkeypatch.setattr(archive, "verify_zip", real_verify)
+    assert run(cfg, until_done=True).exit_code == 0
+    assert_backup_complete(lib, backup)
+
+
 def test_free_space_floor_stops_before_starting(lib, backup):
     cfg = make_config(lib, backup, min_free_gb=10 ** 6)
     with pytest.raises(DiskFull, match="free"):
