@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
@@ -178,7 +179,7 @@ def stat_files(files: Sequence[SourceFile]) -> Tuple[List[Tuple[SourceFile, int]
         except OSError:
             missing.append(str(f.path))
             continue
-        if not os.path.isfile(f.path) or not os.access(f.path, os.R_OK):
+        if not stat.S_ISREG(st.st_mode) or not os.access(f.path, os.R_OK):
             missing.append(str(f.path))
         else:
             present.append((f, st.st_size))
