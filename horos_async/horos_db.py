@@ -34,6 +34,7 @@ REQUIRED = {
 }
 STUDY_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZNAME", "ZPATIENTID", "ZDATEOFBIRTH", "ZDATE",
                  "ZDATEADDED", "ZMODALITY", "ZSTUDYNAME", "ZACCESSIONNUMBER")
+SCAN_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZDATE", "ZDATEADDED")
 SERIES_COLUMNS = ("Z_PK", "ZSTUDY", "ZID", "ZNAME", "ZMODALITY")
 IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING",
                  "ZSTOREDINDATABASEFOLDER")
@@ -55,6 +56,8 @@ class ImageRef:
     path_string: Optional[str]
     in_database_folder: Optional[int]
     """``ZSTOREDINDATABASEFOLDER``: NULL means inside DATABASE.noindex, 0 a linked file."""
+    pk: int = 0
+    """``ZIMAGE.Z_PK`` (named in reports about the row)."""
 
 
 def bucket_folder(n: int, size: int) -> int:
@@ -69,27 +72,27 @@ def resolve_image_path(img: ImageRef, data_root: Path, folder_size: int,
     Returns (None, False) when the row names no file at all.
     """
     noindex = data_root / "DATABASE.noindex"
-    if img.path_number is not None and not (img.path_string and img.path_string.startswith("/")):
+    if img.path_number is not None:  # the name "<n>.dcm" (-[DicomImage path]), whatever ZPATHSTRING says
         n = int(img.path_number)
         return noindex / str(bucket_folder(n, folder_size)) / f"{n}.dcm", False
-    s = (img.path_string or "").strip()
-    if not s:
+    s = img.path_string or ""
+    if not s.strip():
         return None, False
-    if s.startswith("/"):
+    if s.startswith("/"):  # a linked file: the path as-is (no normalising: ".." may cross a symlink)
         for old, new in path_map:
             if s == old or s.startswith(old.rstrip("/") + "/"):
                 s = new.rstrip("/") + s[len(old.rstrip("/")):]
                 break
-        return Path(os.path.normpath(s)), True
-    # A relative name: the bucket comes from its leading digits (DicomImage completePathForLocalPath).
-    name = os.path.basename(s)
+        return Path(s), True
+    # A relative name: the bucket comes from its leading digits (+[DicomImage completePathForLocalPath:]).
+    s = s.strip()
     digits = ""
-    for ch in name:
+    for ch in s:
         if not ch.isdigit():
             break
         digits += ch
     n = int(digits) if digits else 0
-    return noindex / str(bucket_folder(n, folder_size)) / name, False
+    return noindex / str(bucket_folder(n, folder_size)) / s, False
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -218,7 +221,7 @@ class HorosReader:
 
     async def iter_scan_rows(self) -> AsyncIterator[Tuple[int, str, str, Optional[float], Optional[float]]]:
         """The scan's lean view of every eligible study: (pk, uid, patient_uid, ZDATE, ZDATEADDED) raw."""
-        async for r in self._pages(("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZDATE", "ZDATEADDED")):
+        async for r in self._pages(SCAN_COLUMNS):
             yield r
 
     async def _pages(self, columns: Sequence[str], after_pk: int = 0) -> AsyncIterator[Sequence]:
@@ -239,10 +242,25 @@ class HorosReader:
                 return
             last = rows[-1][0]
 
-    async def read_batch(self, uids: Sequence[str]) -> List[Tuple[StudyRow, List[ImageRef]]]:
-        """Studies with these UIDs (all rows: duplicates are told apart by the caller) and their
-        images, read in one short transaction released before returning."""
-        if not uids:
+    async def scan_rows_by_pk(self, pks: Sequence[int]) -> List[Sequence]:
+        """The scan's lean view (see :meth:`iter_scan_rows`) of these study rows only."""
+        if not pks:
+            return []
+        cond, params = self._modality_filter()
+        marks = ",".join("?" * len(pks))
+        sql = (f"SELECT {self._select('ZSTUDY', SCAN_COLUMNS, 'st')} FROM ZSTUDY st "
+               f"WHERE st.Z_PK IN ({marks}) AND {cond} ORDER BY st.Z_PK")
+
+        async def q():
+            async with self._db.execute(sql, [*pks, *params]) as cur:
+                return await cur.fetchall()
+
+        return await self._retry(q, "scan")
+
+    async def read_batch(self, wanted: Sequence[int]) -> List[Tuple[StudyRow, List[ImageRef]]]:
+        """These study rows (by ``Z_PK``, as the scan found them) and their images, read in one short
+        transaction released before returning. Rows no longer eligible are left out."""
+        if not wanted:
             return []
 
         async def txn():
@@ -250,11 +268,11 @@ class HorosReader:
             await db.execute("BEGIN")
             try:
                 cond, params = self._modality_filter()
-                marks = ",".join("?" * len(uids))
+                marks = ",".join("?" * len(wanted))
                 async with db.execute(
                         f"SELECT {self._select('ZSTUDY', STUDY_COLUMNS, 'st')} FROM ZSTUDY st "
-                        f"WHERE st.ZSTUDYINSTANCEUID IN ({marks}) AND {cond} ORDER BY st.Z_PK",
-                        [*uids, *params]) as cur:
+                        f"WHERE st.Z_PK IN ({marks}) AND {cond} ORDER BY st.Z_PK",
+                        [*wanted, *params]) as cur:
                     studies = [self._study(r) for r in await cur.fetchall()]
                 pks = [s.pk for s in studies]
                 images: Dict[int, List[ImageRef]] = {pk: [] for pk in pks}
@@ -269,7 +287,8 @@ class HorosReader:
                             images[r[0]].append(ImageRef(
                                 series_pk=int(r[5]), series_number=_int(r[1]), series_description=str(r[2] or ""),
                                 modality=str(r[3] or "OT").strip().upper(), instance_number=_int(r[6]),
-                                path_number=_int(r[8]), path_string=r[9], in_database_folder=_int(r[10])))
+                                path_number=_int(r[8]), path_string=r[9], in_database_folder=_int(r[10]),
+                                pk=int(r[4])))
             finally:
                 await db.execute("COMMIT")
             return [(s, images[s.pk]) for s in studies]

@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 
+def study_key(uid, patient_uid) -> str:
+    """The ledger key of a study from its raw ``ZSTUDYINSTANCEUID`` and ``ZPATIENTUID`` (NULL-safe).
+
+    Horos files an incoming image by both values together (horos-database.md §4.5), so rows sharing
+    them are one study; ``Z_PK`` is kept as data, as it changes when Horos rebuilds its database.
+    """
+    return f"{str(uid or '').strip()}|{patient_uid or ''}"
+
+
 @dataclass(frozen=True)
 class StudyRow:
     """One study as Horos's ``ZSTUDY`` describes it, dates already in the Mac's time zone."""
@@ -38,7 +47,7 @@ class StudyRow:
     @property
     def key(self) -> str:
         """The ledger key: Study UID plus patient UID, stable across a Horos database rebuild."""
-        return f"{self.uid}|{self.patient_uid}"
+        return study_key(self.uid, self.patient_uid)
 
 
 @dataclass(frozen=True)

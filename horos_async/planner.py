@@ -19,7 +19,7 @@ from horos_async import naming
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
 from horos_async.ledger import Entry
-from horos_async.models import DONE, PlannedFile, SourceFile, StudyPlan, StudyRow
+from horos_async.models import DONE, PlannedFile, SourceFile, StudyPlan, StudyRow, study_key
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix
 
 INF = float("inf")
@@ -57,6 +57,8 @@ class Candidate:
     month: str
     reason: str
     """``new``, ``retry``, ``requeued`` or ``changed``."""
+    pks: Tuple[int, ...] = ()
+    """``ZSTUDY.Z_PK`` of every row of the study (several when rows share the UID and patientUID)."""
 
 
 def classify(entry: Optional[Entry], date_added: Optional[float], cfg: Config, now: float) -> str:
@@ -88,51 +90,109 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
     """Count the archive and return the first ``limit`` due studies in export order.
 
     ``attempted`` holds the keys already tried in this run: they are never offered twice in one run.
-    Memory stays bounded: one key per study (to merge duplicate rows) and at most a few ``limit`` due.
+    Study rows sharing a StudyInstanceUID and patientUID are one study (Horos files them together):
+    it is judged on the newest import of all its rows, and every row's images go into its ZIP.
+    Memory stays bounded: one key and row id per study, and at most a few ``limit`` due.
     """
     totals = Totals()
-    seen = set()
+    first: Dict[str, int] = {}  # key -> Z_PK of its first row
+    more: Dict[str, List[int]] = {}  # key -> Z_PK of its other rows (duplicate rows only)
     due: List[Candidate] = []
-    by_added = cfg.order_by == "date_added"
-    for_month = {}  # month folder per 15-minute bucket: every zone offset is a multiple of 15 minutes
+    months = _MonthCache(reader)
     async for pk, uid, patient_uid, date, added in reader.iter_scan_rows():
-        uid = str(uid or "").strip()
-        key = f"{uid}|{patient_uid or ''}"
-        if key in seen:  # a second row with the same UID and patient: one study, merged later
+        key = study_key(uid, patient_uid)
+        if key in first:  # judged again below, once all its rows are known
+            more.setdefault(key, []).append(pk)
             continue
-        seen.add(key)
-        date = _num(date)
-        added = cocoa_to_unix(added)
-        if date is None:
-            month = naming.UNDATED_FOLDER
-        else:
-            bucket = int(date // 900)
-            month = for_month.get(bucket)
-            if month is None:
-                month = for_month[bucket] = naming.month_folder(cocoa_to_local(date, reader.zone))
-        m = totals.months.get(month)
-        if m is None:
-            m = totals.months[month] = [0, 0]
-        totals.eligible += 1
-        m[0] += 1
-        state = classify(index.get(key), added, cfg, now)
-        if state == "done":
-            totals.done += 1
-            m[1] += 1
-        elif state == "waiting":
-            totals.waiting += 1
-        elif state == "backoff" or key in attempted:
-            totals.backoff += 1
-        else:
-            totals.due += 1
-            first = added if by_added else date
-            sort_key = (first if first is not None else INF, uid, pk)
-            due.append(Candidate(sort_key, key, uid, month, state))
+        first[key] = pk
+        state, month = _judge(index.get(key), key, date, cocoa_to_unix(added), cfg, now, attempted, months)
+        _tally(totals, month, state, 1)
+        if state in DUE_REASONS:
+            due.append(_candidate(cfg, key, uid, month, state, date, cocoa_to_unix(added), (pk,)))
             if len(due) > 4 * limit + 64:
                 due.sort(key=lambda c: c.sort_key)
                 del due[limit:]
+    if more:
+        await _merge_duplicates(reader, first, more, index, cfg, now, attempted, months, totals, due)
     due.sort(key=lambda c: c.sort_key)
     return due[:limit], totals
+
+
+DUE_REASONS = frozenset(("new", "retry", "requeued", "changed"))
+
+
+class _MonthCache:
+    """Month folder of a Core Data date, cached per 15 minutes (every zone offset is a multiple of 15)."""
+
+    def __init__(self, reader: HorosReader) -> None:
+        self.zone, self.cache = reader.zone, {}  # type: ignore[var-annotated]
+
+    def __call__(self, date) -> str:
+        date = _num(date)
+        if date is None:
+            return naming.UNDATED_FOLDER
+        bucket = int(date // 900)
+        month = self.cache.get(bucket)
+        if month is None:
+            month = self.cache[bucket] = naming.month_folder(cocoa_to_local(date, self.zone))
+        return month
+
+
+def _judge(entry: Optional[Entry], key: str, date, added: Optional[float], cfg: Config, now: float,
+           attempted: frozenset, months: _MonthCache) -> Tuple[str, str]:
+    state = classify(entry, added, cfg, now)
+    if state in DUE_REASONS and key in attempted:
+        state = "backoff"
+    return state, months(date)
+
+
+def _tally(totals: Totals, month: str, state: str, n: int) -> None:
+    m = totals.months.get(month)
+    if m is None:
+        m = totals.months[month] = [0, 0]
+    totals.eligible += n
+    m[0] += n
+    if state == "done":
+        totals.done += n
+        m[1] += n
+    elif state == "waiting":
+        totals.waiting += n
+    elif state == "backoff":
+        totals.backoff += n
+    else:
+        totals.due += n
+
+
+def _candidate(cfg: Config, key: str, uid, month: str, state: str, date, added: Optional[float],
+               pks: Tuple[int, ...]) -> Candidate:
+    first_seen = added if cfg.order_by == "date_added" else _num(date)
+    uid = str(uid or "").strip()
+    return Candidate((first_seen if first_seen is not None else INF, uid, pks[0]), key, uid, month, state, pks)
+
+
+async def _merge_duplicates(reader: HorosReader, first: Dict[str, int], more: Dict[str, List[int]], index,
+                            cfg: Config, now: float, attempted: frozenset, months: _MonthCache,
+                            totals: Totals, due: List[Candidate]) -> None:
+    """Judge studies made of several rows again, on the newest ``ZDATEADDED`` of all their rows."""
+    keys = list(more)
+    for i in range(0, len(keys), 200):  # short reads, a few hundred rows each
+        chunk = keys[i:i + 200]
+        rows = await reader.scan_rows_by_pk([pk for k in chunk for pk in (first[k], *more[k])])
+        by_pk = {r[0]: r for r in rows}
+        for key in chunk:
+            pks = tuple(pk for pk in (first[key], *more[key]) if pk in by_pk)
+            if not pks:
+                continue
+            pk0, uid, _pu, date, added0 = by_pk[first[key]] if first[key] in by_pk else by_pk[pks[0]]
+            dates = [cocoa_to_unix(by_pk[pk][4]) for pk in pks]
+            newest = max((d for d in dates if d is not None), default=None)
+            old, month = _judge(index.get(key), key, date, cocoa_to_unix(added0), cfg, now, attempted, months)
+            new, _ = _judge(index.get(key), key, date, newest, cfg, now, attempted, months)
+            due[:] = [c for c in due if c.key != key]
+            _tally(totals, month, old, -1)
+            _tally(totals, month, new, 1)
+            if new in DUE_REASONS:
+                due.append(_candidate(cfg, key, uid, month, new, date, newest, pks))
 
 
 def _num(v) -> Optional[float]:
@@ -152,22 +212,26 @@ def fingerprint(present: Sequence[Tuple[Path, int]], missing: Sequence[str]) -> 
 
 
 def collect_files(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], cfg: Config,
-                  data_root: Path) -> Tuple[List[SourceFile], int]:
-    """Distinct files of one study (several rows of a multi-frame file are one file)."""
+                  data_root: Path) -> Tuple[List[SourceFile], int, List[str]]:
+    """Distinct files of one study (several rows of a multi-frame file are one file), the number of
+    image rows, and a description of each row that names no file at all (counted as missing: an
+    image the backup cannot hold must never let the study pass as complete)."""
     files: Dict[str, SourceFile] = {}
+    nameless: List[str] = []
     image_rows = 0
     for _study, images in rows:
         for img in images:
             image_rows += 1
             path, linked = resolve_image_path(img, data_root, cfg.db_folder_size, cfg.path_map)
             if path is None:
+                nameless.append(f"<image row {img.pk} of series {img.series_pk}: no ZPATHNUMBER or ZPATHSTRING>")
                 continue
-            k = os.path.normpath(str(path))
+            k = str(path)
             if k not in files:
-                files[k] = SourceFile(path=Path(k), series_pk=img.series_pk, series_number=img.series_number,
+                files[k] = SourceFile(path=path, series_pk=img.series_pk, series_number=img.series_number,
                                       series_description=img.series_description, modality=img.modality,
                                       instance_number=img.instance_number, linked=linked)
-    return naming.sort_files(files.values()), image_rows
+    return naming.sort_files(files.values()), image_rows, nameless
 
 
 def stat_files(files: Sequence[SourceFile]) -> Tuple[List[Tuple[SourceFile, int]], List[str]]:
@@ -214,7 +278,7 @@ async def plan_batch(reader: HorosReader, batch: Sequence[Candidate], cfg: Confi
         def offload(fn, *args):
             return loop.run_in_executor(None, fn, *args)
 
-    rows = await reader.read_batch(sorted({c.uid for c in batch}))  # database released here
+    rows = await reader.read_batch(sorted({pk for c in batch for pk in c.pks}))  # database released here
     by_key: Dict[str, List[Tuple[StudyRow, List[ImageRef]]]] = {}
     for study, images in rows:
         by_key.setdefault(study.key, []).append((study, images))
@@ -223,7 +287,8 @@ async def plan_batch(reader: HorosReader, batch: Sequence[Candidate], cfg: Confi
         group = by_key.get(c.key)
         if not group:
             continue
-        files, image_rows = collect_files(group, cfg, reader.data_root)
+        files, image_rows, nameless = collect_files(group, cfg, reader.data_root)
         present, missing = await offload(stat_files, files)
+        missing = nameless + missing
         plans.append(build_plan(group, present, missing, image_rows, cfg, index.get(c.key)))
     return plans

@@ -50,7 +50,7 @@ def child(db: Path, rounds: int) -> None:
                 t0 = time.perf_counter()
                 cands, totals = await planner.scan(r, {}, cfg, time.time(), cfg.batch_size)
                 t1 = time.perf_counter()
-                rows = await r.read_batch([c.uid for c in cands])
+                rows = await r.read_batch([pk for c in cands for pk in c.pks])
                 t2 = time.perf_counter()
                 times.append((t1 - t0, t2 - t1, totals.eligible, sum(len(i) for _, i in rows)))
         return times

@@ -46,3 +46,20 @@ def test_folder_size_is_configurable_and_empty_rows_name_nothing():
     assert path == ROOT / "DATABASE.noindex/300/250.dcm"
     assert resolve_image_path(img(None, None), ROOT, 10000) == (None, False)
     assert resolve_image_path(img(None, "  "), ROOT, 10000) == (None, False)
+
+
+def test_path_number_wins_over_any_path_string():
+    # horos-database.md §0/§4.2: a ZPATHNUMBER turns into "<n>.dcm" first, whatever ZPATHSTRING holds
+    path, linked = resolve_image_path(img(12345, "/Volumes/CD/IM1", 0), ROOT, 10000)
+    assert path == ROOT / "DATABASE.noindex/20000/12345.dcm" and not linked
+
+
+def test_absolute_path_is_not_normalised_or_trimmed():
+    # ".." may cross a symlink, and a trailing space is part of a file name: the kernel decides
+    path, _ = resolve_image_path(img(None, "/Volumes/CD/lnk/../DICOM/IM0001 ", 0), ROOT, 10000)
+    assert str(path) == "/Volumes/CD/lnk/../DICOM/IM0001 "
+
+
+def test_relative_name_with_a_folder_keeps_it_and_takes_n_from_its_start():
+    path, _ = resolve_image_path(img(None, "sub/150432.tif"), ROOT, 10000)
+    assert path == ROOT / "DATABASE.noindex/10000/sub/150432.tif"

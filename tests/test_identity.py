@@ -1,0 +1,95 @@
+"""Study identity on awkward Horos rows: duplicate study rows, odd UIDs, image rows naming no file.
+
+Each test alters a real demo Database.sql the way such rows occur (horos-database.md §4.5, §0) and
+runs the real engine: ZIPs are read back, the ledger is queried.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zipfile
+
+import pytest
+
+from horos_async import demo
+
+from helpers import make_config, run, zips, zips_by_key
+
+
+@pytest.fixture
+def lib(tmp_path):
+    return demo.build_demo(tmp_path / "lib", studies=2)
+
+
+def sql(lib, query, *args):
+    con = sqlite3.connect(str(lib.database))
+    try:
+        rows = con.execute(query, args).fetchall()
+        con.commit()
+        return rows
+    finally:
+        con.close()
+
+
+def ledger(backup, key):
+    con = sqlite3.connect(str(backup / "export_state.sqlite"))
+    try:
+        return con.execute("SELECT state, code, version FROM studies WHERE key=?", (key,)).fetchone()
+    finally:
+        con.close()
+
+
+def test_second_row_of_a_study_added_later_is_exported_with_it(lib, tmp_path):
+    """Rows sharing UID and patientUID are one study: a later row's images join a new version."""
+    backup = tmp_path / "Backup"
+    cfg = make_config(lib, backup)
+    assert run(cfg, until_done=True).exit_code == 0
+    a = lib.study("accented")
+    extra = demo.add_study(lib, modality="CT", images=4, date_added=time.time() - 7200)
+    sql(lib, "UPDATE ZSTUDY SET ZSTUDYINSTANCEUID=?, ZPATIENTUID=? WHERE Z_PK=?", a.uid, a.patient_uid, extra.pk)
+    assert run(cfg, until_done=True).exit_code == 0
+    key = f"{a.uid}|{a.patient_uid}"
+    versions = sorted(zips_by_key(backup)[key])
+    assert len(versions) == 2  # the first ZIP is kept; the new version holds both rows' files
+    with zipfile.ZipFile(max(versions, key=lambda p: p.stat().st_mtime)) as zf:
+        assert len(zf.infolist()) == len(set(a.files)) + len(set(extra.files))
+    assert ledger(backup, key)[0] == "done" and ledger(backup, key)[2] == 2
+    run(cfg, until_done=True)
+    assert sorted(zips_by_key(backup)[key]) == versions  # done now: not exported a third time
+
+
+@pytest.mark.parametrize("uid", ["  {uid}  ", None])
+def test_study_uid_with_spaces_or_null_is_still_exported(lib, tmp_path, uid):
+    backup = tmp_path / "Backup"
+    victim = lib.study("accented")
+    raw = uid.format(uid=victim.uid) if uid else None
+    sql(lib, "UPDATE ZSTUDY SET ZSTUDYINSTANCEUID=? WHERE Z_PK=?", raw, victim.pk)
+    cfg = make_config(lib, backup)
+    assert run(cfg, until_done=True).exit_code == 0
+    key = f"{(raw or '').strip()}|{victim.patient_uid}"
+    assert ledger(backup, key)[0] == "done"
+    (path,) = zips_by_key(backup)[key]
+    with zipfile.ZipFile(path) as zf:
+        assert len(zf.infolist()) == len(set(victim.files))
+    run(cfg, until_done=True)
+    assert zips_by_key(backup)[key] == [path]
+
+
+def test_image_row_naming_no_file_keeps_the_study_from_done(lib, tmp_path):
+    backup = tmp_path / "Backup"
+    victim = lib.study("accented")
+    rows = sql(lib, "SELECT im.Z_PK FROM ZIMAGE im JOIN ZSERIES se ON im.ZSERIES = se.Z_PK "
+                    "WHERE se.ZSTUDY=? ORDER BY im.Z_PK", victim.pk)
+    sql(lib, "UPDATE ZIMAGE SET ZPATHNUMBER=NULL, ZPATHSTRING=NULL WHERE Z_PK=?", rows[0][0])
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    key = f"{victim.uid}|{victim.patient_uid}"
+    assert ledger(backup, key)[:2] == ("failed", "MISSING_FILES")
+    assert key not in zips_by_key(backup)
+    issues = (backup / "issues.csv").read_text(encoding="utf-8-sig")
+    assert f"image row {rows[0][0]}" in issues
+    # with allow_partial the study is exported and recorded as partial, never as done
+    run(make_config(lib, backup, allow_partial=True), until_done=True)
+    assert ledger(backup, key)[0] == "partial"
+    assert zips(backup)
