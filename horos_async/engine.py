@@ -203,6 +203,10 @@ class Engine:
                     limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
                                                         frozenset(self.attempted))
+                for old, new in totals.renames:  # Horos recomputed these patientUIDs: same studies
+                    if await self.ledger.rekey(old, new, new.split("|", 1)[1]):
+                        log.info("study %s: Horos changed its patientUID; its backup record follows it",
+                                 new.split("|", 1)[0])
                 self._publish_totals(totals)
                 r.eligible, r.pending = totals.eligible, totals.pending
                 if not candidates:

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import aiosqlite
 
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS issues (
   detail TEXT, run_id INTEGER);
 CREATE TABLE IF NOT EXISTS conditions (code TEXT PRIMARY KEY, since REAL NOT NULL, detail TEXT);
 """
-INDEX_SQL = "SELECT key, state, version, date_added, fingerprint, next_attempt, zip_path, code FROM studies"
+INDEX_SQL = ("SELECT key, state, version, date_added, fingerprint, next_attempt, zip_path, code, horos_pk, uid "
+             "FROM studies")
 CSV_HEADER = ["timestamp", "code", "study_uid", "zip", "detail"]
 MAX_BACKOFF = 7 * 24 * 3600.0
 
@@ -68,6 +69,23 @@ class Entry:
     next_attempt: Optional[float]
     zip_path: str
     code: str
+
+
+class LedgerIndex(Dict[str, Entry]):
+    """Every study the ledger knows, by key; ``by_pk`` maps a Horos ``Z_PK`` to (uid, key).
+
+    ``by_pk`` lets the scan recognise a study whose patientUID Horos recomputed (a Horos upgrade
+    changes ``patientUIDVersion``): same row, same StudyInstanceUID, new key. A ``Z_PK`` known under
+    two keys (a Horos database rebuild renumbered them) maps to None and matches nothing.
+    """
+
+    def __init__(self, rows=()) -> None:
+        super().__init__()
+        self.by_pk: Dict[int, Optional[Tuple[str, str]]] = {}
+        for r in rows:
+            self[r[0]] = _entry(r)
+            if r[8] is not None:
+                self.by_pk[r[8]] = None if r[8] in self.by_pk else (r[9], r[0])
 
 
 def _entry(r) -> Entry:
@@ -150,13 +168,22 @@ class Ledger:
         await self.close()
 
     # -- reads -------------------------------------------------------------------------------------
-    async def index(self) -> Dict[str, Entry]:
-        """Every study the ledger knows, by key (about 150 bytes per study in memory)."""
-        out: Dict[str, Entry] = {}
+    async def index(self) -> LedgerIndex:
+        """Every study the ledger knows, by key (about 200 bytes per study in memory)."""
         async with self.db.execute(INDEX_SQL) as cur:
-            async for r in cur:
-                out[r[0]] = _entry(r)
-        return out
+            return LedgerIndex(await cur.fetchall())
+
+    async def rekey(self, old: str, new: str, patient_uid: str) -> bool:
+        """Horos gave a known study a new patientUID: move its ledger rows to the new key (one commit).
+
+        Returns False, changing nothing, when the new key is already taken."""
+        async with self._txn():
+            async with self.db.execute("SELECT 1 FROM studies WHERE key=?", (new,)) as cur:
+                if await cur.fetchone() is not None:
+                    return False
+            await self.db.execute("UPDATE studies SET key=?, patient_uid=? WHERE key=?", (new, patient_uid, old))
+            await self.db.execute("UPDATE zips SET key=? WHERE key=?", (new, old))
+        return True
 
     async def zip_rows(self) -> Dict[str, tuple]:
         """``zip_path -> (key, version, files, zip_size, status)`` for every ZIP ever recorded."""
@@ -346,10 +373,10 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return con
 
 
-def read_index(path: Path) -> Dict[str, Entry]:
+def read_index(path: Path) -> LedgerIndex:
     """The ledger index read without writing (for ``plan``); empty when there is no ledger yet."""
     if not path.exists():
-        return {}
+        return LedgerIndex()
     try:
         con = open_readonly(path)
         try:
@@ -358,4 +385,4 @@ def read_index(path: Path) -> Dict[str, Entry]:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
-    return {r[0]: _entry(r) for r in rows}
+    return LedgerIndex(rows)

@@ -40,6 +40,8 @@ class Totals:
     """Failed earlier, waiting for their retry time."""
     months: Dict[str, List[int]] = field(default_factory=dict)
     """month -> [eligible, done]."""
+    renames: List[Tuple[str, str]] = field(default_factory=list)
+    """(former key, key) of known studies whose patientUID Horos changed (see ``_moved_entry``)."""
 
     @property
     def pending(self) -> int:
@@ -99,13 +101,17 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
     more: Dict[str, List[int]] = {}  # key -> Z_PK of its other rows (duplicate rows only)
     due: List[Candidate] = []
     months = _MonthCache(reader)
+    by_pk = getattr(index, "by_pk", None)
     async for pk, uid, patient_uid, date, added in reader.iter_scan_rows():
         key = study_key(uid, patient_uid)
         if key in first:  # judged again below, once all its rows are known
             more.setdefault(key, []).append(pk)
             continue
         first[key] = pk
-        state, month = _judge(index.get(key), key, date, cocoa_to_unix(added), cfg, now, attempted, months)
+        entry = index.get(key)
+        if entry is None and by_pk:
+            entry = _moved_entry(index, by_pk, pk, uid, key, totals, first)
+        state, month = _judge(entry, key, date, cocoa_to_unix(added), cfg, now, attempted, months)
         _tally(totals, month, state, 1)
         if state in DUE_REASONS:
             due.append(_candidate(cfg, key, uid, month, state, date, cocoa_to_unix(added), (pk,)))
@@ -119,6 +125,23 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
 
 
 DUE_REASONS = frozenset(("new", "retry", "requeued", "changed"))
+
+
+def _moved_entry(index: Dict[str, Entry], by_pk, pk: int, uid, key: str, totals: Totals,
+                 live: Dict[str, int]) -> Optional[Entry]:
+    """The ledger entry of this very row under its former key, when Horos changed its patientUID.
+
+    Same ``Z_PK`` and same StudyInstanceUID: the same study row. The entry is filed under the new key
+    here (``index`` is the caller's working copy) and the move listed in ``totals.renames`` for the
+    engine to record.
+    """
+    hit = by_pk.get(pk)
+    if (not hit or hit[0] != str(uid or "").strip() or hit[1] == key or hit[1] not in index
+            or hit[1] in live):  # the former key still names a study row: not a move
+        return None
+    entry = index[key] = index.pop(hit[1])
+    totals.renames.append((hit[1], key))
+    return entry
 
 
 class _MonthCache:

@@ -93,3 +93,27 @@ def test_image_row_naming_no_file_keeps_the_study_from_done(lib, tmp_path):
     run(make_config(lib, backup, allow_partial=True), until_done=True)
     assert ledger(backup, key)[0] == "partial"
     assert zips(backup)
+
+
+def test_patient_uid_recomputed_by_horos_exports_nothing_again(lib, tmp_path):
+    """A Horos upgrade (new patientUIDVersion) rewrites every ZPATIENTUID: the same rows, same UIDs."""
+    backup = tmp_path / "Backup"
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    before = {p.name: p.stat().st_mtime_ns for p in zips(backup)}
+    sql(lib, "UPDATE ZSTUDY SET ZPATIENTUID = ZPATIENTUID || '-M'")
+    run(cfg, until_done=True)
+    assert {p.name: p.stat().st_mtime_ns for p in zips(backup)} == before  # no _d2 copies, nothing rewritten
+    a = lib.study("accented")
+    assert ledger(backup, f"{a.uid}|{a.patient_uid}-M")[0] == "done"
+    assert ledger(backup, f"{a.uid}|{a.patient_uid}") is None
+    con = sqlite3.connect(str(backup / "export_state.sqlite"))
+    try:
+        assert con.execute("SELECT COUNT(*) FROM zips WHERE key=?", (f"{a.uid}|{a.patient_uid}-M",)).fetchone()[0] == 1
+    finally:
+        con.close()
+    # the moved record still works: new images for that study make a new version, as for any study
+    extra = demo.add_study(lib, modality="CT", images=2, date_added=time.time() - 7200)
+    sql(lib, "UPDATE ZSTUDY SET ZSTUDYINSTANCEUID=?, ZPATIENTUID=? WHERE Z_PK=?", a.uid, f"{a.patient_uid}-M", extra.pk)
+    run(cfg, until_done=True)
+    assert ledger(backup, f"{a.uid}|{a.patient_uid}-M")[2] == 2
