@@ -97,6 +97,7 @@ class Engine:
         self.processed = 0  # studies planned in this run (for --max-studies)
         self._changed: Optional[asyncio.Event] = None
         self._reserved: set = set()  # ZIP paths chosen by running jobs
+        self._reader: Optional[HorosReader] = None  # the open Horos database while exporting
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -270,6 +271,7 @@ class Engine:
         never read while a transaction would be held over file I/O.
         """
         cfg = self.cfg
+        self._reader = reader
         queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, cfg.concurrency))
         workers = cfg.concurrency
 
@@ -442,6 +444,15 @@ class Engine:
                     durable.discard(tmp)  # a ZIP already built but cut off mid-verify must not linger
                     raise
                 try:
+                    now_rows = await self._image_rows(plan)
+                except BaseException:
+                    durable.discard(tmp)
+                    raise
+                if now_rows is not None and now_rows != plan.image_rows:
+                    durable.discard(tmp)
+                    return fail("STUDY_CHANGED", f"Horos changed the study while it was zipped ({plan.image_rows} "
+                                                 f"image rows planned, {now_rows} now); exported again later")
+                try:
                     await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
                 except durable.AlreadyExists:
                     durable.discard(tmp)
@@ -465,6 +476,12 @@ class Engine:
                                   comment=zip_comment(plan, state), progress=progress, cancel=self.cancel)
         archive.verify_zip(tmp, built, deep=True, cancel=self.cancel)
         return built
+
+    async def _image_rows(self, plan: StudyPlan) -> Optional[int]:
+        """The study's image rows in Horos now (horos-database.md §7: re-check before "done")."""
+        if self._reader is None or not plan.pks:
+            return None
+        return await self._reader.count_images(plan.pks)
 
     async def _compression_flags(self, plan: StudyPlan, entry) -> Optional[List[bool]]:
         """Deflate (True) or store, per file of ``plan``; None when the study will not be zipped."""

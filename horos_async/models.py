@@ -98,6 +98,8 @@ class StudyPlan:
     """Number of ``ZIMAGE`` rows (frames) behind the files."""
     version: int = 1
     """1 for the first export, 2+ when the study gained images after an earlier export."""
+    pks: Tuple[int, ...] = ()
+    """``ZSTUDY.Z_PK`` of every row of the study (to count its images again before "done")."""
 
     @property
     def total_bytes(self) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -277,6 +277,9 @@ def build_plan(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], present: List[Tu
                missing: List[str], image_rows: int, cfg: Config, entry: Optional[Entry]) -> StudyPlan:
     """Assemble the StudyPlan of one study from its rows and its stat'ed files."""
     study = rows[0][0]
+    added = [st.date_added for st, _ in rows if st.date_added is not None]
+    if len(rows) > 1 and added:  # judged, and recorded, on the newest import of all its rows
+        study = replace(study, date_added=max(added))
     sources = [f for f, _ in present]
     members = naming.member_names(sources)
     planned = tuple(PlannedFile(source=f, member=m, size=n) for (f, n), m in zip(present, members))
@@ -286,7 +289,7 @@ def build_plan(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], present: List[Tu
     rel = naming.zip_relpath(study, max_length=cfg.max_name_length, naming=cfg.naming, version=version)
     fp = fingerprint([(f.path, n) for f, n in present], missing)
     return StudyPlan(study=study, files=planned, missing=tuple(missing), zip_relpath=rel, fingerprint=fp,
-                     image_rows=image_rows, version=version)
+                     image_rows=image_rows, version=version, pks=tuple(st.pk for st, _ in rows))
 
 
 Offload = Callable[..., Awaitable]

@@ -117,3 +117,35 @@ def test_patient_uid_recomputed_by_horos_exports_nothing_again(lib, tmp_path):
     sql(lib, "UPDATE ZSTUDY SET ZSTUDYINSTANCEUID=?, ZPATIENTUID=? WHERE Z_PK=?", a.uid, f"{a.patient_uid}-M", extra.pk)
     run(cfg, until_done=True)
     assert ledger(backup, f"{a.uid}|{a.patient_uid}-M")[2] == 2
+
+
+def test_images_added_while_zipping_keep_the_study_from_done(lib, tmp_path, monkeypatch):
+    """horos-database.md §7: the image count is checked again just before "done"."""
+    from horos_async import archive
+
+    backup = tmp_path / "Backup"
+    real = archive.build_zip
+    changed = {}
+
+    def build_while_horos_imports(out_path, members, **kw):
+        built = real(out_path, members, **kw)
+        if not changed:  # Horos files one more row into this study while its ZIP is being written
+            n = int(members[0].source.stem)
+            (pk, series), = sql(lib, "SELECT Z_PK, ZSERIES FROM ZIMAGE WHERE ZPATHNUMBER=?", n)
+            (top,), = sql(lib, "SELECT MAX(Z_PK) FROM ZIMAGE")
+            sql(lib, "INSERT INTO ZIMAGE (Z_PK, Z_ENT, Z_OPT, ZSERIES, ZPATHNUMBER, ZFRAMEID) VALUES (?, "
+                     "(SELECT Z_ENT FROM ZIMAGE WHERE Z_PK=?), 1, ?, ?, 1)", top + 1, pk, series, n)
+            changed["series"] = series
+        return built
+
+    monkeypatch.setattr(archive, "build_zip", build_while_horos_imports)
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    (study_pk,), = sql(lib, "SELECT ZSTUDY FROM ZSERIES WHERE Z_PK=?", changed["series"])
+    study = next(s for s in lib.studies if s.pk == study_pk)
+    key = f"{study.uid}|{study.patient_uid}"
+    assert ledger(backup, key)[:2] == ("failed", "STUDY_CHANGED")
+    assert key not in zips_by_key(backup)
+    assert not list(backup.rglob("*.partial"))
+    run(cfg, until_done=True)  # the next run sees the new count and exports the study
+    assert ledger(backup, key)[0] == "done"
