@@ -561,6 +561,17 @@ def update_month_markers(cfg: Config, months: Dict[str, List[int]]) -> None:
             body = json.dumps({"month": month, "eligible": eligible, "done": done,
                                "marked_at": time.time()}).encode()
             durable.write_atomic(marker, body, overwrite=True)
-        elif not complete and marker.exists():
-            marker.unlink()
-            platform.sync_dir(folder)
+        elif not complete:
+            withdraw_month_marker(cfg, month)
+
+
+def withdraw_month_marker(cfg: Config, month: str) -> bool:
+    """Remove ``month``'s ``.month_done`` (durably) because one of its studies is no longer safely
+    backed up; True when there was one. The next run puts it back once the month is whole again."""
+    folder = cfg.backup_dir / month
+    try:
+        (folder / MONTH_MARKER).unlink()
+    except FileNotFoundError:
+        return False
+    platform.sync_dir(folder)
+    return True

@@ -28,6 +28,7 @@ from horos_async import archive, durable, guards, reconcile
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
 from horos_async.ledger import Ledger
+from horos_async.engine import withdraw_month_marker
 
 STATE_NAME = "verify_state.json"
 STATE_VERSION = 1
@@ -320,6 +321,7 @@ class Verifier:
 
     async def _missing(self, z: ZipRow) -> None:
         self.result.missing += 1
+        await self._month_incomplete(z)
         detail = f"{self._label(z)} is recorded as done but is not on disk; the study is queued for export again"
         await self.ledger.mark_zip_bad(z.path, "missing", "ZIP_MISSING", detail)
         await self.ledger.issue("ZIP_MISSING", detail, z.key, z.key.split("|", 1)[0], z.path)
@@ -331,12 +333,19 @@ class Verifier:
         # Move it aside first: if we crash before the ledger says "bad", the next run sees it missing
         # and re-exports it; the reverse order could leave a bad ZIP beside its replacement.
         moved = await loop.run_in_executor(None, self._quarantine, z.path)
+        await self._month_incomplete(z)
         where = (f"moved to .quarantine/{z.path.split('/', 1)[0]}/" if moved
                  else "could NOT be moved aside (see the log): do not restore from it")
         detail = f"{self._label(z)} fails verification ({why}); {where}; the study is queued for export again"
         await self.ledger.mark_zip_bad(z.path, "bad", "ZIP_INVALID", detail)
         await self.ledger.issue("ZIP_INVALID", detail, z.key, z.key.split("|", 1)[0], z.path)
         self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
+
+    async def _month_incomplete(self, z: ZipRow) -> None:
+        """The month lost a verified ZIP: its ``.month_done`` must not claim otherwise."""
+        month = z.path.split("/", 1)[0] if "/" in z.path else ""
+        if month:
+            await asyncio.get_running_loop().run_in_executor(None, withdraw_month_marker, self.cfg, month)
 
     def _quarantine(self, rel: str) -> Optional[Path]:
         """Blocking: move the ZIP aside; ``reconcile.quarantine`` syncs both folders, so the move is

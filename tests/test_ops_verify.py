@@ -184,3 +184,24 @@ def test_cli_exit_codes(backed_up, capsys):
     assert "ZIP_MISSING" in captured.err and "1 missing" in captured.out
     cfg.ledger_path.unlink()
     assert cli.main(["verify", "--config", str(cfg.source)]) == 8
+
+
+def test_month_marker_withdrawn_when_verify_finds_a_bad_or_missing_zip(backed_up):
+    _, cfg = backed_up
+    by_month = {}
+    for p in zips(cfg.backup_dir):
+        by_month.setdefault(p.parent, []).append(p)
+    marked = [m for m in by_month if (m / ".month_done").exists()]
+    assert len(marked) >= 2
+    damaged, emptied = marked[0], marked[1]
+    z = by_month[damaged][0]
+    z.write_bytes(z.read_bytes()[: z.stat().st_size // 2])
+    for p in by_month[emptied]:
+        p.unlink()
+    result = do_verify(cfg)
+    assert result.invalid == 1 and result.missing == len(by_month[emptied])
+    assert not (damaged / ".month_done").exists()
+    assert not (emptied / ".month_done").exists()
+    assert all((m / ".month_done").exists() for m in marked[2:])
+    run(cfg, until_done=True)  # the studies are exported again and the months are whole again
+    assert (damaged / ".month_done").exists() and (emptied / ".month_done").exists()
