@@ -34,6 +34,9 @@ from horos_async.progress import JobProgress, LiveState
 log = logging.getLogger("horos_async.engine")
 MONTH_MARKER = ".month_done"
 LOOKAHEAD_BATCHES = 20
+ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
+ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
+SPACE_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Engine:
         self._changed: Optional[asyncio.Event] = None
         self._reserved: set = set()  # ZIP paths chosen by running jobs
         self._reader: Optional[HorosReader] = None  # the open Horos database while exporting
+        self._claims: Dict[str, int] = {}  # backup-volume bytes each running job will write at most
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -393,16 +397,7 @@ class Engine:
             if not cfg.allow_partial:
                 return fail("MISSING_FILES", detail, plan.missing[:5])
             state, code = PARTIAL, "PARTIAL"
-        need = guards.space_needed(cfg, plan.total_bytes, self.shares_horos_disk)
-        free = await self._offload(guards.free_bytes, cfg.backup_dir)
-        if free < need:
-            msg = (f"only {free / 1e9:.1f} GB free on the backup volume, {need / 1e9:.1f} GB needed for the "
-                   f"next study plus the floor (min_free_gb/horos_free_gb); free space and run again")
-            if await self.ledger.condition("DISK_LOW", True, msg):
-                await self.ledger.issue("DISK_LOW", msg)
-            self.live.guard_code, self.live.guard_detail = "DISK_LOW", msg
-            raise DiskFull(msg)
-        await self.ledger.condition("DISK_LOW", False)
+        await self._claim_space(plan)
 
         rel = await self._target_path(plan)
         final = cfg.backup_dir / rel
@@ -467,6 +462,7 @@ class Engine:
             return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
         finally:
             self.live.jobs.pop(s.key, None)
+            self._claims.pop(s.key, None)
             self._reserved.discard(rel)
             self._poke()
 
@@ -476,6 +472,36 @@ class Engine:
                                   comment=zip_comment(plan, state), progress=progress, cancel=self.cancel)
         archive.verify_zip(tmp, built, deep=True, cancel=self.cancel)
         return built
+
+    async def _claim_space(self, plan: StudyPlan) -> None:
+        """Wait until the backup volume has room for this ZIP, the floor, and what the ZIPs being written
+        still need; with no other job left to finish, stop the run with DISK_LOW instead.
+
+        Two jobs that each fit alone must not start together on a nearly full disk: the second would
+        hit ENOSPC and stop the run, every run, and neither study would ever finish.
+        """
+        cfg, key = self.cfg, plan.study.key
+        own = plan.total_bytes + ZIP_OVERHEAD_PER_FILE * len(plan.files) + ZIP_OVERHEAD
+        while True:
+            others = {k: max(0, n - (self.live.jobs[k].bytes_done if k in self.live.jobs else 0))
+                      for k, n in self._claims.items() if k != key}
+            need = guards.space_needed(cfg, own + sum(others.values()), self.shares_horos_disk)
+            free = await self._offload(guards.free_bytes, cfg.backup_dir)
+            if free >= need:
+                break
+            if not others:
+                msg = (f"only {guards.human_bytes(free)} free on the backup volume, {guards.human_bytes(need)} "
+                       f"needed for the next study plus the floor (min_free_gb/horos_free_gb); free space and "
+                       f"run again")
+                if await self.ledger.condition("DISK_LOW", True, msg):
+                    await self.ledger.issue("DISK_LOW", msg)
+                self.live.guard_code, self.live.guard_detail = "DISK_LOW", msg
+                raise DiskFull(msg)
+            if self._should_stop():
+                raise archive.Cancelled("stopping")
+            await asyncio.sleep(SPACE_POLL_SECONDS)  # a running job finishes or fails, freeing its claim
+        self._claims[key] = own
+        await self.ledger.condition("DISK_LOW", False)
 
     async def _image_rows(self, plan: StudyPlan) -> Optional[int]:
         """The study's image rows in Horos now (horos-database.md §7: re-check before "done")."""

@@ -140,3 +140,12 @@ def space_needed(cfg: Config, study_bytes: int, shares_horos_disk: bool) -> int:
     if shares_horos_disk:
         floor = max(floor, cfg.horos_free_gb * GB)
     return int(study_bytes + floor)
+
+
+def human_bytes(n: float) -> str:
+    """Sizes for people: "850 MB", "1.4 GB", "2.1 TB" (decimal units, as Finder and df -H show)."""
+    if abs(n) >= 1e12:
+        return f"{n / 1e12:.1f} TB"
+    if abs(n) >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.0f} MB"

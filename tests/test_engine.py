@@ -434,3 +434,32 @@ def test_two_studies_with_the_same_name_never_share_a_zip(lib, backup):
     assert len(za) == len(zb) == 1 and za != zb
     assert sorted(p.name.endswith("_d2.zip") for p in za + zb) == [False, True]
     assert_backup_complete(lib, backup)
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A real 34 MB filesystem (tmpfs) for the backup; skipped where this process may not mount."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    import subprocess
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=34m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_two_jobs_never_start_together_when_only_one_fits(tmp_path, small_volume):
+    """Real ENOSPC territory: each big study fits alone, not both. Without space claims the second job
+    hit ENOSPC and stopped the run every time, and neither study was ever exported."""
+    lib = demo.build_demo(tmp_path / "lib", studies=0)
+    big = [demo.add_study(lib, modality="CT", images=40, size=512, date_added=1e9) for _ in range(2)]
+    cfg = make_config(lib, small_volume / "Backup", concurrency=2, compression="store")
+    with pytest.raises(DiskFull, match="free on the backup volume"):
+        run(cfg, until_done=True)
+    assert not list(small_volume.rglob("*.partial"))
+    done = zips_by_key(small_volume / "Backup")
+    assert sum(key_of(s) in done for s in big) == 1  # one exported; the other waits for space
+    assert all(key_of(s) in done for s in exportable(lib) if s not in big)
+    rows = issues_rows(small_volume / "Backup")
+    assert [r["code"] for r in rows].count("DISK_LOW") == 1
