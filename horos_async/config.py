@@ -9,6 +9,7 @@ raise ``ConfigError`` naming the file, the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -185,6 +186,8 @@ def _convert(source: str, key: str, value: Any, base: Path) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(source, key, value, "expected a number")
+        if not math.isfinite(value):
+            raise _fail(source, key, value, "expected a finite number (inf and nan are not allowed)")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):

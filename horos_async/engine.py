@@ -326,8 +326,11 @@ class Engine:
 
     async def _one(self, plan: StudyPlan, index, flags: Optional[List[bool]] = None) -> None:
         """Guards, then export one study and record its outcome; run-level faults stop the run."""
-        if self.cfg.sleep_between_studies:
-            await asyncio.sleep(self.cfg.sleep_between_studies)
+        if self.cfg.sleep_between_studies and self.stop is not None:  # the throttle; a stop request ends it
+            try:
+                await asyncio.wait_for(self.stop.wait(), self.cfg.sleep_between_studies)
+            except asyncio.TimeoutError:
+                pass
         if self._should_stop():
             return
         if await self._incoming_busy():

@@ -47,6 +47,9 @@ def test_file_values_relative_paths_and_env(tmp_path):
     ("allow_partial = 1", "allow_partial"),
     ('run_window = "25:00-06:00"', "run_window"),
     ('compression = "zstd"', "compression"),
+    ("sleep_between_studies = inf", "sleep_between_studies"),
+    ("min_free_gb = nan", "min_free_gb"),
+    ("retry_backoff_minutes = inf", "retry_backoff_minutes"),
 ])
 def test_bad_values_name_file_key_and_value(tmp_path, text, key):
     p = write(tmp_path, text + "\n")

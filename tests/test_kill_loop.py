@@ -95,3 +95,20 @@ def test_sigterm_stops_cleanly_and_resumes(tmp_path):
     proc.communicate(timeout=300)
     assert proc.returncode == 0
     assert_backup_complete(lib, cfg.backup_dir)
+
+
+def test_sigterm_ends_the_pause_between_studies_at_once(tmp_path):
+    """launchd sends SIGTERM and waits ExitTimeOut (60 s): a long throttle must not hold the exit."""
+    lib = demo.build_demo(tmp_path / "lib", studies=1)
+    cfg, path = write_config(lib, tmp_path, sleep_between_studies=600)
+    proc = start(path)
+    deadline = time.time() + 30
+    while time.time() < deadline and not (cfg.backup_dir / ".tmp" / "status.json").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the first pause now
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err.decode()
+    assert time.time() - t0 < 10
+    assert not list(cfg.backup_dir.rglob("*.partial"))
