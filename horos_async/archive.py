@@ -26,6 +26,7 @@ from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 
 from . import durable
+from .naming import redact_zip_path
 
 try:  # ISA-L writes the same raw deflate stream as zlib, 5-20x faster at low levels.
     from isal import isal_zlib as _isal
@@ -174,7 +175,7 @@ def read_comment(path: Path) -> bytes:
         with zipfile.ZipFile(path) as zf:
             return zf.comment
     except Exception as exc:  # any failure means "no identity": the caller then treats it as unknown
-        log.debug("no readable comment in %s: %s", path, exc)
+        log.debug("no readable comment in %s: %s", redact_zip_path(Path(path).name), exc)
         return b""
 
 
@@ -371,13 +372,13 @@ def _discard(out: IO[bytes], out_path: Path) -> None:
     try:
         out.close()
     except (OSError, ValueError) as exc:  # a full disk fails the final flush too
-        log.debug("closing failed ZIP %s: %s", out_path, exc)
+        log.debug("closing failed ZIP %s: %s", redact_zip_path(out_path.name), exc)
     try:
         os.unlink(out_path)
     except FileNotFoundError:
         pass
     except OSError as exc:  # the next run's durable.remove_stale_temps deletes it
-        log.warning("could not remove failed ZIP %s: %s", out_path, exc)
+        log.warning("could not remove failed ZIP %s in %s: %s", redact_zip_path(out_path.name), out_path.parent, exc)
 
 
 def _check_end(f: IO[bytes]) -> int:

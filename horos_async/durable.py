@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
-from . import platform
+from . import naming, platform
 
 log = logging.getLogger("horos_async.durable")
 
@@ -160,7 +160,9 @@ def discard(path: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("could not remove temp file %s: %s", path, exc)
+        # Named without the patient part: this module does not know `log_patient_names`, so it never
+        # shows names (the Study UID in the name still identifies the study).
+        log.warning("could not remove temp file %s: %s", naming.redact_zip_path(str(path)), exc.strerror or exc)
 
 
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:

@@ -29,6 +29,7 @@ from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, DiskFull, HorosBackupE
 from horos_async.horos_db import HorosReader
 from horos_async.ledger import Ledger
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
+from horos_async.naming import redact_zip_path
 from horos_async.progress import JobProgress, LiveState
 
 log = logging.getLogger("horos_async.engine")
@@ -102,6 +103,7 @@ class Engine:
         self._reserved: set = set()  # ZIP paths chosen by running jobs
         self._reader: Optional[HorosReader] = None  # the open Horos database while exporting
         self._claims: Dict[str, int] = {}  # backup-volume bytes each running job will write at most
+        self._space_ok_recorded = False  # DISK_FULL condition cleared in the ledger in this run
 
     # -- the one place blocking work leaves the event loop -----------------------------------------
     def _offload(self, fn, *args):
@@ -437,7 +439,7 @@ class Engine:
                     return fail("READ_ERROR", f"a file could not be read: {exc}", [str(exc)])
                 except OSError as exc:
                     durable.discard(tmp)
-                    raise _run_level(exc, final) from None
+                    raise await self._backup_fault(exc, plan, rel) from None
                 except BaseException:  # Cancelled (another job hit a run-level fault), or the run is stopping
                     durable.discard(tmp)  # a ZIP already built but cut off mid-verify must not linger
                     raise
@@ -454,12 +456,16 @@ class Engine:
                     await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
                 except durable.AlreadyExists:
                     durable.discard(tmp)
-                    return fail("ZIP_FAIL", f"{rel} appeared while this study was being written; will retry")
+                    return fail("ZIP_FAIL", f"{redact_zip_path(rel, cfg.log_patient_names)} appeared while this "
+                                            f"study was being written; will retry")
                 except OSError as exc:
                     durable.discard(tmp)
-                    raise _run_level(exc, final) from None
+                    raise await self._backup_fault(exc, plan, rel) from None
                 size = final.stat().st_size
                 await self.ledger.record_zip(plan_for_record, rel, size, members_digest(built), state, code, detail)
+                if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
+                    self._space_ok_recorded = True
+                    await self.ledger.condition("DISK_FULL", False)
                 return Outcome(s.key, state, code, detail, rel, len(built), plan.total_bytes, size,
                                time.monotonic() - t0)
             return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
@@ -505,6 +511,19 @@ class Engine:
             await asyncio.sleep(SPACE_POLL_SECONDS)  # a running job finishes or fails, freeing its claim
         self._claims[key] = own
         await self.ledger.condition("DISK_LOW", False)
+
+    async def _backup_fault(self, exc: OSError, plan: StudyPlan, rel: str) -> HorosBackupError:
+        """The run-level error an OSError on the backup volume means; a full disk is also recorded
+        (``DISK_FULL``, once per episode) in issues.csv."""
+        err = _run_level(exc, redact_zip_path(rel, self.cfg.log_patient_names))
+        if isinstance(err, DiskFull):
+            self.live.guard_code, self.live.guard_detail = "DISK_FULL", str(err)
+            try:
+                if await self.ledger.condition("DISK_FULL", True, str(err)):
+                    await self.ledger.issue("DISK_FULL", str(err), plan.study.key, plan.study.uid, rel)
+            except Exception as record_exc:  # the ledger is on the full disk too: the exit code still says it
+                log.warning("could not record DISK_FULL in the ledger: %s", record_exc)
+        return err
 
     async def _image_rows(self, plan: StudyPlan) -> Optional[int]:
         """The study's image rows in Horos now (horos-database.md §7: re-check before "done")."""
@@ -571,12 +590,13 @@ def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
     return replace(plan, zip_relpath=rel)
 
 
-def _run_level(exc: OSError, target: Path) -> HorosBackupError:
-    """Map an OSError on the backup side to the run-level error it means."""
+def _run_level(exc: OSError, shown: str) -> HorosBackupError:
+    """Map an OSError on the backup side to the run-level error it means (``shown``: the ZIP, as logs
+    may name it)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"backup volume full while writing {target.name} ({exc.strerror}); the partial file was "
+        return DiskFull(f"backup volume full while writing {shown} ({exc.strerror}); the partial file was "
                         f"removed and nothing was recorded; free space and run again")
-    return VolumeError(f"backup volume failed while writing {target} ({exc.strerror or exc}); is the disk still "
+    return VolumeError(f"backup volume failed while writing {shown} ({exc.strerror or exc}); is the disk still "
                        f"mounted? Nothing unfinished was recorded as done")
 
 

@@ -15,6 +15,7 @@ import csv
 import datetime as dt
 import io
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import aiosqlite
 
+from horos_async import naming
 from horos_async.errors import LedgerError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
@@ -325,6 +327,9 @@ class Ledger:
                     now: Optional[float] = None) -> None:
         """Append one issue to the ledger and to issues.csv."""
         now = time.time() if now is None else now
+        if not self.names_in_csv:
+            # `status` and horos-tui show this detail too: redacted in the table as in issues.csv.
+            detail = redact_zip_names(detail)
         async with self._lock:
             await self.db.execute(
                 "INSERT INTO issues (ts, code, key, uid, zip_path, detail, run_id) VALUES (?,?,?,?,?,?,?)",
@@ -349,6 +354,21 @@ class Ledger:
         """Studies per state."""
         async with self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state") as cur:
             return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+_TOKEN = re.compile(r"[^\s/'\"(),;:]+")
+
+
+def redact_zip_names(text: str) -> str:
+    """``text`` with every ZIP or temp file name in it redacted by :func:`naming.redact_zip_path`
+    (ZIP names carry the patient's name and birth date; ``log_patient_names = false`` hides them)."""
+    def one(m: "re.Match[str]") -> str:
+        token = m.group()
+        core = token.rstrip(".")  # a sentence's full stop is not part of the name
+        if core.endswith((".zip", ".partial")):
+            return naming.redact_zip_path(core) + token[len(core):]
+        return token
+    return _TOKEN.sub(one, text)
 
 
 def append_issue_csv(path: Path, row: Sequence[str]) -> None:

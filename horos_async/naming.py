@@ -97,6 +97,38 @@ def parse_zip_name(name: str) -> Optional[Tuple[str, int]]:
     return m.group("uid"), int(m.group("v") or 1)
 
 
+# Our ZIP names end ``_<DOB|NODOB>_<date|NODATE>_<UID>[_vN][_dN].zip`` (classic) or start
+# ``P<hash>_<date|NODATE>_`` (pseudonymous); ``…_`` is a name already redacted. The greedy ``.*`` finds
+# the last date pair, so a patient part with digits in it never counts as the UID.
+_REDACT = re.compile(r"^\.?(?:…|P[0-9a-f]{12}_(?:\d{8}|NODATE)|.*_(?:\d{8}|NODOB)_(?:\d{8}|NODATE))"
+                     r"_(?P<uid>[0-9A-Za-z._-]+?)(?P<sfx>(?:_v\d+)?(?:_d\d+)?)\.zip(?P<tail>\.[^/]*\.partial)?$")
+
+
+def redact_zip_path(path: str, keep_names: bool = False) -> str:
+    """A ZIP path fit for logs and ``issues.csv``: the patient's name and birth date are dropped.
+
+    ``2024_03/Souza_Vitoria_19900101_20240305_1.2.3_v2.zip`` → ``2024_03/…_1.2.3_v2.zip``; the folder,
+    the Study UID, ``_vN``/``_dN`` and a temp file's tail (``.zip.<tag>.partial``, with its leading dot)
+    are kept. Any other ``.zip`` name, or a ZIP's shortened temp name (``.<stem>~.<tag>.partial``), may
+    carry a name too and becomes ``<folder>/<hidden>.zip`` (``.partial``); names that are neither (a
+    ``.month_done``, ``status.json``'s temp) are returned as given. With ``keep_names``
+    (``log_patient_names = true``) the path is returned as given.
+    """
+    path = str(path)
+    if keep_names:
+        return path
+    folder, slash, name = path.rpartition("/")
+    m = _REDACT.match(name)
+    if m:
+        dot = "." if name.startswith(".") else ""
+        shown = f"{dot}…_{m.group('uid')}{m.group('sfx')}.zip{m.group('tail') or ''}"
+    elif name.endswith(".zip") or ".zip." in name or "~." in name:
+        shown = "<hidden>" + (".zip" if name.endswith(".zip") else PurePosixPath(name).suffix)
+    else:
+        shown = name
+    return f"{folder}{slash}{shown}"
+
+
 def series_folder(source: SourceFile) -> str:
     """``S0003_CT_Abdomen_contrast``: series number, modality, description (shortened)."""
     number = source.series_number if source.series_number is not None and source.series_number >= 0 else 0

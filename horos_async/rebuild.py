@@ -21,7 +21,7 @@ async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None
         def offload(fn, *args):
             return loop.run_in_executor(None, fn, *args)
 
-        async with Ledger(cfg.ledger_path, cfg.issues_csv) as ledger:
+        async with Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names) as ledger:
             limit = 10 ** 9 if deep else 0
             stats = await reconcile.reconcile(cfg, ledger, offload, announce, deep_limit=limit)
             if stats["adopted"]:

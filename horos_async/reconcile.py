@@ -4,7 +4,13 @@
 - a ZIP of ours on disk that the ledger does not know (crash between rename and commit, or a lost
   ledger) is verified and adopted, never written twice;
 - a recorded ZIP that is missing, or whose size changed and no longer verifies, is reported and its
-  study queued again; an invalid file is moved to ``.quarantine/``, never deleted.
+  study queued again; an invalid file is moved to ``.quarantine/``, never deleted;
+- an unknown ``.zip`` that is not a valid ZIP (truncated, garbage, CRC error; a ZIP of ours whose end
+  and comment were cut off looks like this) is moved to ``.quarantine/`` and reported ``ZIP_INVALID``,
+  so its study is exported under its normal name; a *valid* ZIP without our identity comment is
+  someone else's file: left alone, reported once (``FOREIGN_FILE``), its name never reused.
+
+Log lines and issue details name a ZIP by :func:`naming.redact_zip_path` unless ``log_patient_names``.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ import json
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async import archive, durable, platform
+from horos_async import archive, durable, naming, platform
 from horos_async.config import Config
 from horos_async.ledger import Ledger
 
 log = logging.getLogger("horos_async.reconcile")
 MONTH_DIR = re.compile(r"^(\d{4}_\d{2}|undated)$")
+_READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 DEEP_ADOPT_LIMIT = 50
 """Adopting more unknown ZIPs than this (a rebuild) checks central directories only; ``verify --deep``
 re-reads every byte later."""
@@ -61,6 +69,11 @@ def check_zip(path: Path, deep: bool) -> Tuple[Optional[List[archive.BuiltMember
         return None, f"unreadable: {exc.strerror or exc}"
 
 
+def shown(cfg: Config, rel) -> str:
+    """How a ZIP (or temp file) path appears in the log and issues: redacted unless ``log_patient_names``."""
+    return naming.redact_zip_path(str(rel), keep_names=cfg.log_patient_names)
+
+
 def quarantine(cfg: Config, rel: str) -> Optional[Path]:
     """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted)."""
     src = cfg.backup_dir / rel
@@ -76,9 +89,31 @@ def quarantine(cfg: Config, rel: str) -> Optional[Path]:
         platform.sync_dir(dst.parent)
         platform.sync_dir(src.parent)
     except OSError as exc:
-        log.error("could not move invalid ZIP %s aside: %s", src, exc)
+        log.error("could not move invalid ZIP %s aside: %s", shown(cfg, src), exc.strerror or exc)
         return None
     return dst
+
+
+def readable_zip(path: Path, deep: bool) -> str:
+    """"" when ``path`` reads as a ZIP (with ``deep``, every member's CRC too), else the reason.
+
+    Lenient on purpose, for files not written by us: a password-protected member, or one in a method
+    Python cannot decompress, is someone else's choice, not damage. Our own ZIPs get
+    :func:`check_zip`, which is strict.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist() if deep else ():
+                if info.flag_bits & 0x1 or info.compress_type not in _READABLE_METHODS:
+                    continue
+                with zf.open(info) as member:  # zipfile checks the CRC when the member is read to its end
+                    while member.read(1 << 20):
+                        pass
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError...: every failure means "not a valid ZIP"
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
@@ -86,11 +121,11 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
     """Bring ledger and disk into agreement; returns counts of what was done."""
     from horos_async.engine import members_digest
 
-    stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0}
+    stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)
     stats["temps_removed"] = len(removed)
     for p in removed:
-        log.info("removed temp file left by an interrupted run: %s", p)
+        log.info("removed temp file left by an interrupted run: %s", shown(cfg, _relative(cfg, p)))
     disk = await offload(zips_on_disk, cfg.backup_dir)
     known = await ledger.zip_rows()
     unknown = [rel for rel in sorted(disk) if rel not in known]
@@ -102,33 +137,91 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
         path = cfg.backup_dir / rel
         ident = await offload(read_identity, path)
         if ident is None:
-            log.warning("ZIP %s was not written by horos-backup (no identity comment); left alone", rel)
+            await _no_identity(cfg, ledger, offload, rel, stats)
             continue
         members, why = await offload(check_zip, path, deep)
         if members is None:
             stats["invalid"] += 1
             moved = await offload(quarantine, cfg, rel)
-            await ledger.issue("ZIP_INVALID", f"unrecorded ZIP failed verification ({why}); moved to {moved}; "
-                               f"the study will be exported again", ident.get("key", ""), ident.get("uid", ""), rel)
+            await ledger.issue("ZIP_INVALID", f"unrecorded ZIP {shown(cfg, rel)} failed verification ({why}); "
+                               f"{_where(cfg, moved)}; the study will be exported again",
+                               ident.get("key", ""), ident.get("uid", ""), rel)
             continue
         await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members),
                                members_digest(members))
         stats["adopted"] += 1
-        log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", rel)
+        log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
     for rel, (key, _version, _files, size, status) in known.items():
         if status != "ok":
             continue
         if rel not in disk:
             stats["missing"] += 1
-            await ledger.mark_zip_bad(rel, "missing", "ZIP_MISSING", f"{rel} is recorded but not on disk")
-            await ledger.issue("ZIP_MISSING", f"{rel} is recorded as done but is not on disk; the study is "
-                               f"queued for export again", key, key.split("|", 1)[0], rel)
+            await ledger.mark_zip_bad(rel, "missing", "ZIP_MISSING", f"{shown(cfg, rel)} is recorded but not on disk")
+            await ledger.issue("ZIP_MISSING", f"{shown(cfg, rel)} is recorded as done but is not on disk; the study "
+                               f"is queued for export again", key, key.split("|", 1)[0], rel)
         elif disk[rel] != size:
             members, why = await offload(check_zip, cfg.backup_dir / rel, True)
             if members is None:
                 stats["invalid"] += 1
                 moved = await offload(quarantine, cfg, rel)
                 await ledger.mark_zip_bad(rel, "bad", "ZIP_INVALID", why)
-                await ledger.issue("ZIP_INVALID", f"{rel} changed size on disk and fails verification ({why}); "
-                                   f"moved to {moved}; the study is queued again", key, key.split("|", 1)[0], rel)
+                await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed size on disk and fails verification "
+                                   f"({why}); {_where(cfg, moved)}; the study is queued again",
+                                   key, key.split("|", 1)[0], rel)
     return stats
+
+
+async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Dict[str, int]) -> None:
+    """A ``.zip`` in a month folder without our identity comment: quarantine it if it is not a valid ZIP,
+    otherwise it is someone else's file: report it once and leave it (the engine never reuses its name).
+
+    A ZIP of ours cut short (lost end, lost comment) lands here too; left in place it would make the
+    engine write its study as ``_d2`` beside it, and ``verify`` (which checks recorded ZIPs) never see it.
+    """
+    path = cfg.backup_dir / rel
+    why = await offload(readable_zip, path, False)  # central directory only: cheap, on every run
+    condition = f"FOREIGN_FILE {rel}"  # one condition per file: reported once, not every run
+    if not why:
+        detail = (f"{shown(cfg, rel)} is a valid ZIP not written by horos-backup (no identity comment); left "
+                  f"alone, and its name is never used for a backup; move it out of the month folder if it "
+                  f"does not belong there")
+        if not await ledger.condition(condition, True, detail):
+            log.debug("foreign ZIP %s already reported", shown(cfg, rel))
+            return
+        # First sight: read every byte once, so a damaged file is not mistaken for someone else's.
+        why = await offload(readable_zip, path, True)
+        if not why:
+            stats["foreign"] += 1
+            log.warning("%s", detail)
+            await ledger.issue("FOREIGN_FILE", detail, "", _uid_of(rel), rel)
+            return
+    await ledger.condition(condition, False)
+    stats["invalid"] += 1
+    moved = await offload(quarantine, cfg, rel)
+    detail = (f"{shown(cfg, rel)} is not a valid ZIP ({why}); {_where(cfg, moved)}; its study, if any, "
+              f"is exported again under its normal name")
+    log.warning("%s", detail)
+    await ledger.issue("ZIP_INVALID", detail, "", _uid_of(rel), rel)
+
+
+def _uid_of(rel: str) -> str:
+    """The Study UID a ZIP name carries, or "" when the name is not one of ours (a foreign name's last
+    part may be a patient's, so it is taken only from a name the redaction recognises)."""
+    redacted = naming.redact_zip_path(rel.rsplit("/", 1)[-1])
+    parsed = naming.parse_zip_name(redacted) if redacted.startswith("…_") else None
+    return parsed[0] if parsed else ""
+
+
+def _where(cfg: Config, moved: Optional[Path]) -> str:
+    """Where a quarantined file went, for an issue detail."""
+    if moved is None:
+        return "could NOT be moved aside (see the log): do not restore from it"
+    return f"moved to {shown(cfg, _relative(cfg, moved))}"
+
+
+def _relative(cfg: Config, path: Path) -> str:
+    """``path`` relative to ``backup_dir`` when it lies inside it (log lines stay short)."""
+    try:
+        return Path(path).relative_to(cfg.backup_dir).as_posix()
+    except ValueError:
+        return str(path)

@@ -305,3 +305,17 @@ def test_sync_dir_closes_its_descriptor(tmp_path):
         platform.sync_dir(tmp_path)
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_temp_file_that_cannot_be_removed_is_logged_without_the_patient_name(tmp_path, caplog, monkeypatch):
+    final = tmp_path / "2024_03" / "Souza_Vitoria_19900101_20240305_1.2.3.zip"
+    tmp = durable.temp_path_for(final, "1-1")
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(durable.os, "unlink", refuse)
+    with caplog.at_level(logging.WARNING, logger="horos_async"):
+        durable.discard(tmp)
+    assert "…_1.2.3.zip.1-1.partial" in caplog.text
+    assert "Souza" not in caplog.text

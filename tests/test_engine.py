@@ -220,9 +220,14 @@ def test_disk_full_mid_zip_loses_nothing_and_resumes(lib, backup, monkeypatch):
 
     monkeypatch.setattr(archive, "build_zip", full_build)
     cfg = make_config(lib, backup)
-    with pytest.raises(DiskFull):
+    with pytest.raises(DiskFull) as err:
         run(cfg, until_done=True)
     assert not list(backup.rglob("*.partial"))
+    assert "…_1." in str(err.value)  # the ZIP is named by its Study UID only: no patient name in logs
+    assert [r["code"] for r in issues_rows(backup)].count("DISK_FULL") == 1
+    with pytest.raises(DiskFull):
+        run(cfg, until_done=True)  # the same episode: not written again
+    assert [r["code"] for r in issues_rows(backup)].count("DISK_FULL") == 1
     done_before = {p: sha(p) for p in zips(backup)}
     monkeypatch.setattr(archive, "build_zip", real)
     assert run(cfg, until_done=True).exit_code == 0

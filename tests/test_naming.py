@@ -89,3 +89,31 @@ def test_member_names_grouped_by_series_unique_and_portable():
                      "S0002_CT_Abdomen_c_contraste/IM00002.dcm", "S0002_CT_Abdomen_c_contraste_2/IM00001.dcm"]
     assert files[1].path.name == "10001.dcm"  # instance order inside a series
     assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("path, shown", [
+    (f"2024_03/Souza_Vitoria_19900101_20240305_{UID}.zip", f"2024_03/…_{UID}.zip"),
+    (f"2024_03/Souza_Vitoria_19900101_20240305_{UID}_v2_d2.zip", f"2024_03/…_{UID}_v2_d2.zip"),
+    (f"undated/UNKNOWN_NODOB_NODATE_{UID}.zip", f"undated/…_{UID}.zip"),
+    (f"2024_03/P0123456789ab_20240305_{UID}.zip", f"2024_03/…_{UID}.zip"),
+    (f"2024_01/.Almeida_Natalia_19920416_20240101_{UID}.zip.4242-1.partial",
+     f"2024_01/.…_{UID}.zip.4242-1.partial"),
+    (f"/B/.quarantine/2024_03/Souza_Vitoria_19900101_20240305_{UID}.2.zip", f"/B/.quarantine/2024_03/…_{UID}.2.zip"),
+    (f"2024_03/Ana_12345678_19900101_20240305_{UID}.zip", f"2024_03/…_{UID}.zip"),  # digits in the name
+    (f"2024_03/…_{UID}_v2.zip", f"2024_03/…_{UID}_v2.zip"),  # already redacted: unchanged
+    ("2024_03/Maria_Silva.zip", "2024_03/<hidden>.zip"),  # not ours: nothing of it shown
+    ("2024_03/My scan.zip", "2024_03/<hidden>.zip"),
+    ("2024_03/.Very_long_name~.4242-1.partial", "2024_03/<hidden>.partial"),
+    ("2024_03/.Maria_Silva.zip.4242-1.partial", "2024_03/<hidden>.partial"),
+    (".tmp/.status.json.4242-ab12.partial", ".tmp/.status.json.4242-ab12.partial"),  # no name in it
+    ("2024_03/.month_done", "2024_03/.month_done"),
+])
+def test_redact_zip_path_keeps_folder_and_uid_only(path, shown):
+    assert naming.redact_zip_path(path) == shown
+    assert naming.redact_zip_path(path, keep_names=True) == path
+
+
+def test_redacted_name_of_every_naming_keeps_the_uid():
+    for kind in ("classic", "pseudonymous"):
+        rel = naming.zip_relpath(study(), naming=kind, version=2, dedup=3)
+        assert naming.redact_zip_path(rel) == f"2024_03/…_{UID}_v2_d3.zip"

@@ -1,0 +1,246 @@
+"""Resume and rebuild: what a run or ``rebuild-ledger`` does with every file in the month folders.
+
+Real demo library, real ZIPs, real ledger. The cases a lost ledger exposes: a damaged ZIP of ours
+(which no longer carries its identity), garbage at a future ZIP name, and someone else's valid ZIP.
+Also the privacy of what reconcile writes: log lines and issue details name studies by UID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from horos_async import durable, engine as engine_mod, rebuild
+
+from helpers import assert_backup_complete, backed_up_library, make_config, run, sha, zips
+
+NAME = re.compile(r"^(?P<patient>.+)_(?:\d{8}|NODOB)_(?:\d{8}|NODATE)_(?P<uid>[0-9.]+)(?:_v\d+)?(?:_d\d+)?\.zip$")
+
+
+@pytest.fixture
+def backed_up(tmp_path):
+    """(lib, cfg) with a complete backup of a small demo library."""
+    return backed_up_library(tmp_path, studies=2)
+
+
+def rels(cfg):
+    return {p.relative_to(cfg.backup_dir).as_posix() for p in zips(cfg.backup_dir)}
+
+
+def lose_ledger(cfg) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        p = cfg.backup_dir / f"export_state.sqlite{suffix}"
+        if p.exists():
+            p.unlink()
+
+
+def issues(cfg, code=None):
+    if not cfg.issues_csv.exists():
+        return []
+    with open(cfg.issues_csv, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if code is None or r["code"] == code]
+
+
+def named_zips(cfg):
+    """ZIPs of ours whose classic name carries a patient's name, largest first."""
+    found = [p for p in zips(cfg.backup_dir) if NAME.match(p.name) and NAME.match(p.name)["patient"] != "UNKNOWN"]
+    return sorted(found, key=lambda p: (-p.stat().st_size, p.name))
+
+
+def big_zip(cfg) -> Path:
+    return named_zips(cfg)[0]
+
+
+def cut(path: Path) -> int:
+    """Truncate to half (end of central directory and identity comment gone); return the new size."""
+    size = path.stat().st_size // 2
+    os.truncate(path, size)
+    return size
+
+
+def uid_of(path: Path) -> str:
+    return NAME.match(path.name)["uid"]
+
+
+def foreign_zip(path: Path, comment: bytes = b"") -> bytes:
+    """Write a valid ZIP without our identity comment (someone else's file); return its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("notes/readme.txt", b"not a horos-backup file\n" * 200)
+        zf.comment = comment
+    return path.read_bytes()
+
+
+# -- a damaged ZIP of ours found by a lost-ledger rebuild ------------------------------------------
+def test_rebuild_ledger_quarantines_a_damaged_zip_and_the_study_keeps_its_name(backed_up):
+    lib, cfg = backed_up
+    before = rels(cfg)
+    victim = big_zip(cfg)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    lose_ledger(cfg)
+    size = cut(victim)
+
+    stats = asyncio.run(rebuild.rebuild(cfg))
+    assert (stats["adopted"], stats["invalid"]) == (len(before) - 1, 1)
+    assert not victim.exists()
+    assert (cfg.backup_dir / ".quarantine" / rel).stat().st_size == size  # moved, never deleted
+    assert [r["study_uid"] for r in issues(cfg, "ZIP_INVALID")] == [uid_of(victim)]
+
+    result = run(cfg, until_done=True)
+    assert result.done == 1
+    assert rels(cfg) == before  # exported again under its normal name, no _d2
+    assert_backup_complete(lib, cfg.backup_dir)
+
+
+def test_run_on_a_lost_ledger_quarantines_a_damaged_zip_and_reexports_it(backed_up):
+    lib, cfg = backed_up
+    before = {p: sha(p) for p in zips(cfg.backup_dir)}
+    victim = big_zip(cfg)
+    lose_ledger(cfg)
+    cut(victim)
+
+    result = run(cfg, until_done=True)
+    assert result.done == 1
+    assert set(zips(cfg.backup_dir)) == set(before)
+    assert all(sha(p) == h for p, h in before.items() if p != victim)  # the good ones adopted, not rewritten
+    assert list((cfg.backup_dir / ".quarantine").rglob("*.zip"))
+    assert [r["study_uid"] for r in issues(cfg, "ZIP_INVALID")] == [uid_of(victim)]
+    assert_backup_complete(lib, cfg.backup_dir)
+    assert run(cfg, until_done=True).done == 0
+    assert len(issues(cfg, "ZIP_INVALID")) == 1
+
+
+def test_crc_damage_without_identity_is_quarantined(backed_up):
+    """A file that opens as a ZIP but fails its CRC is not "someone else's": it is damage."""
+    lib, cfg = backed_up
+    before = rels(cfg)
+    victim = big_zip(cfg)
+    lose_ledger(cfg)
+    data = bytearray(foreign_zip(victim))
+    data[200] ^= 0xFF  # inside the stored member's data
+    victim.write_bytes(bytes(data))
+
+    run(cfg, until_done=True)
+    assert rels(cfg) == before
+    assert [r["study_uid"] for r in issues(cfg, "ZIP_INVALID")] == [uid_of(victim)]
+    assert not issues(cfg, "FOREIGN_FILE")
+    assert_backup_complete(lib, cfg.backup_dir)
+
+
+# -- files at a future ZIP name on an empty backup -------------------------------------------------
+def test_garbage_at_a_future_zip_name_is_quarantined(backed_up):
+    lib, cfg = backed_up
+    before = rels(cfg)
+    victim = big_zip(cfg)
+    shutil.rmtree(cfg.backup_dir)
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"garbage, not a ZIP\n" * 1000)
+
+    result = run(cfg, until_done=True)
+    assert result.done == len(before)
+    assert rels(cfg) == before
+    quarantined = list((cfg.backup_dir / ".quarantine").rglob("*.zip"))
+    assert [p.read_bytes()[:7] for p in quarantined] == [b"garbage"]
+    assert [r["study_uid"] for r in issues(cfg, "ZIP_INVALID")] == [uid_of(victim)]
+    assert_backup_complete(lib, cfg.backup_dir)
+
+
+def test_someone_elses_valid_zip_is_left_alone_reported_once_and_never_overwritten(backed_up):
+    lib, cfg = backed_up
+    before = rels(cfg)
+    victim = big_zip(cfg)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    shutil.rmtree(cfg.backup_dir)
+    theirs = foreign_zip(victim, comment=b"made by someone else")
+
+    run(cfg, until_done=True)
+    assert victim.read_bytes() == theirs
+    assert not (cfg.backup_dir / ".quarantine").exists()
+    d2 = rel[:-len(".zip")] + "_d2.zip"  # its name is taken: our copy goes beside it
+    assert rels(cfg) == before | {d2}
+    assert [r["study_uid"] for r in issues(cfg, "FOREIGN_FILE")] == [uid_of(victim)]
+    assert not issues(cfg, "ZIP_INVALID")
+
+    assert run(cfg, until_done=True).done == 0
+    assert victim.read_bytes() == theirs
+    assert len(issues(cfg, "FOREIGN_FILE")) == 1  # once, not every run
+    victim.unlink()  # (assert_backup_complete reads every ZIP's identity)
+    assert_backup_complete(lib, cfg.backup_dir)
+
+
+def test_publish_never_overwrites_a_foreign_zip_even_when_the_name_is_chosen(backed_up, monkeypatch):
+    """Last line of defence: were the name check skipped, the no-overwrite publish still refuses."""
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    shutil.rmtree(cfg.backup_dir)
+    theirs = foreign_zip(victim)
+
+    async def planned_name(self, plan):
+        return plan.zip_relpath
+
+    monkeypatch.setattr(engine_mod.Engine, "_target_path", planned_name)
+    run(cfg, until_done=True)
+    assert victim.read_bytes() == theirs
+    fails = issues(cfg, "ZIP_FAIL")
+    assert [r["study_uid"] for r in fails] == [uid_of(victim)]
+    assert not list(cfg.backup_dir.rglob("*.partial"))
+    # the engine's detail names the ZIP; issues.csv shows it without the patient's name
+    assert f"…_{uid_of(victim)}.zip" in fails[0]["detail"]
+    assert NAME.match(victim.name)["patient"] not in fails[0]["detail"]
+
+
+# -- privacy: log lines and issue details ----------------------------------------------------------
+def patient_parts(cfg):
+    """The patient part of every classic ZIP name (what must not reach logs and issues)."""
+    return {NAME.match(p.name)["patient"] for p in named_zips(cfg)}
+
+
+def test_reconcile_names_studies_by_uid_in_logs_and_issues(backed_up, caplog):
+    lib, cfg = backed_up
+    names = patient_parts(cfg)
+    assert names
+    missing, shrunk, lost, other = named_zips(cfg)[:4]
+    # a temp file left by a kill, a recorded ZIP gone, a recorded ZIP damaged, someone else's ZIP
+    durable.temp_path_for(other, "4242-1").write_bytes(b"partial")
+    missing.unlink()
+    cut(shrunk)
+    foreign_zip(other.with_name(NAME.match(other.name)["patient"] + "_copy.zip"))
+    with caplog.at_level(logging.INFO, logger="horos_async"):  # what the log file gets without --verbose
+        run(cfg, until_done=True)
+        lose_ledger(cfg)  # then a lost ledger with a damaged ZIP: rebuild-ledger and a run
+        cut(lost)
+        asyncio.run(rebuild.rebuild(cfg))
+        run(cfg, until_done=True)
+
+    codes = {r["code"] for r in issues(cfg)}
+    assert {"ZIP_MISSING", "ZIP_INVALID", "FOREIGN_FILE"} <= codes
+    assert "removed temp file" in caplog.text
+    text = caplog.text + cfg.issues_csv.read_text(encoding="utf-8-sig")
+    con = sqlite3.connect(cfg.ledger_path)
+    try:
+        text += "\n".join(d or "" for (d,) in con.execute("SELECT detail FROM issues"))  # status, horos-tui
+    finally:
+        con.close()
+    leaked = sorted(n for n in names if n in text)
+    assert not leaked, leaked
+    assert f"…_{uid_of(missing)}.zip" in text  # the study stays identifiable
+
+
+def test_log_patient_names_true_shows_the_full_name(backed_up):
+    lib, cfg = backed_up
+    cfg = make_config(lib, cfg.backup_dir, log_patient_names=True)
+    victim = big_zip(cfg)
+    victim.unlink()
+    run(cfg, until_done=True)
+    assert any(victim.name in r["detail"] for r in issues(cfg, "ZIP_MISSING"))
+
