@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from horos_async import __version__, config as config_mod
+from horos_async import __version__, config as config_mod, logs
 from horos_async.config import Config
-from horos_async.errors import EXIT_INTERNAL, EXIT_OK, HorosBackupError
+from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_OK, HorosBackupError
 
 log = logging.getLogger("horos_async.cli")
 
@@ -85,23 +85,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run one command; returns the process exit code (README "Exit codes")."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = logging.getLogger("horos_async")
     try:
         handler = COMMANDS.get(args.command) or args.func  # operations commands set func themselves
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader that went away (``| head``) shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader of our output closed the pipe (``status | head -1``): nothing is wrong, say nothing.
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except HorosBackupError as exc:
         print(f"horos-backup: {exc}", file=sys.stderr)
-        logging.getLogger("horos_async").error("%s: %s", type(exc).__name__, exc)
+        if logger.handlers:  # for the log file; the line above already told the person at the terminal
+            logger.error("%s: %s", type(exc).__name__, exc, extra=logs.FILE_ONLY)
         return exc.exit_code
     except KeyboardInterrupt:
         print("horos-backup: interrupted", file=sys.stderr)
         return 130
     except Exception:  # a bug: keep the traceback for the log and the user
-        logging.getLogger("horos_async").exception("unexpected error")
+        if logger.handlers:
+            logger.exception("unexpected error", extra=logs.FILE_ONLY)
         import traceback
 
         traceback.print_exc()
         print("horos-backup: unexpected error (a bug); please report it with the lines above", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the flush at interpreter exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by a test harness: nothing to silence
+        pass
 
 
 def entry() -> None:
@@ -111,17 +131,18 @@ def entry() -> None:
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from horos_async import logs, schedule
+    from horos_async import schedule
 
     cfg = load_config(args)
     os.umask(0o027)  # ZIPs, ledger, logs: not world-readable (RELIABILITY §5)
     if not args.now and not schedule.in_window(dt.datetime.now(), cfg.run_window):
         print(f"horos-backup: outside run_window {cfg.run_window}; nothing done (use --now to override)")
         return EXIT_OK
-    from horos_async.guards import check_sentinel, check_volumes
+    from horos_async.guards import check_backup_writable, check_sentinel, check_volumes
 
     check_sentinel(cfg)  # before logging creates anything on the volume
     check_volumes(cfg)
+    check_backup_writable(cfg)  # a read-only volume: one clear message (exit 7), not a traceback from the log
     progress = args.progress or sys.stdout.isatty()
     logs.setup(cfg, verbose=args.verbose, interactive=progress)
     return run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
@@ -133,7 +154,7 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
     """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
     from horos_async.engine import Engine
 
-    announce = (lambda text: print(text, flush=True)) if progress else (lambda text: None)
+    announce = _say if progress else (lambda text: None)
     engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
                     announce=announce)
 
@@ -150,19 +171,30 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
                f"{took:.1f}s; archive: {result.eligible - result.pending}/{result.eligible} studies backed up")
     logging.getLogger("horos_async").info("run ended (%s): %s", result.outcome, summary)
     if result.outcome == "paused":
-        print(f"horos-backup: paused: {result.message}")
+        _say(f"horos-backup: paused: {result.message}")
     elif result.outcome == "interrupted":
         print(f"horos-backup: {result.message}", file=sys.stderr)
-    print(f"horos-backup: {summary}")
+    _say(f"horos-backup: {summary}")
     if result.failed:
-        print(f"horos-backup: see {cfg.issues_csv} for why studies were not exported")
+        _say(f"horos-backup: see {cfg.issues_csv} for why studies were not exported")
     return result.exit_code
 
 
+def _say(text: str) -> None:
+    """One progress or summary line of a run. A reader that went away (``run --progress | head``) must not
+    stop the backup or change its exit code: the rest of the output goes to /dev/null."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    from horos_async import plan_view
+    from horos_async import guards, plan_view
 
     cfg = load_config(args)
+    guards.check_sentinel(cfg)  # the same guards as 'run': the same exit codes for an unmounted volume
+    guards.check_volumes(cfg)
     doc = asyncio.run(plan_view.build(cfg, limit=args.limit or cfg.batch_size))
     if args.json:
         json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
@@ -177,15 +209,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     snap = status.read_snapshot(cfg)
-    if args.json:
+    if args.json:  # also when unreadable: scripts get "engine": "unreadable" and the reason
         print(json.dumps(status.to_json(snap), indent=2, ensure_ascii=False))
-    else:
+    elif not snap.exit_code:
         print(status.render(snap))
-    return EXIT_OK
+    if snap.exit_code:  # the state could not be read: an error with its exit code, never "0 backed up"
+        sys.stdout.flush()
+        print(f"horos-backup: status unknown: {snap.detail}", file=sys.stderr)
+    return snap.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from horos_async import demo, logs
+    from horos_async import demo
 
     root = args.dir.expanduser().absolute()
     cfg_path = root / "horos-backup.toml"
@@ -212,16 +247,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = run_engine(cfg, until_done=True, progress=True)
     print(f"\nZIPs are in {cfg.backup_dir} (one folder per month); issues in {cfg.issues_csv}.")
     print("Next: look at the archive with")
-    print(f"  horos-backup status --config '{cfg_path}'")
-    print(f"  horos-tui --config '{cfg_path}'")
-    print(f"  horos-backup verify --deep --config '{cfg_path}'")
+    backup, tui = program("horos-backup"), program("horos-tui")
+    print(f"  {backup} status --config '{cfg_path}'")
+    print(f"  {tui} --config '{cfg_path}'")
+    print(f"  {backup} verify --deep --config '{cfg_path}'")
     return code
 
 
+def program(name: str) -> str:
+    """How to type ``name`` in a shell: the bare name when it is on PATH, else its path beside this Python.
+
+    ``make demo`` installs into ``.venv/bin``, which is usually not on PATH: a bare "horos-backup" there
+    would answer "command not found".
+    """
+    import shlex
+    import shutil
+
+    here = Path(sys.argv[0]).absolute().parent if Path(sys.argv[0]).name.startswith("horos-") else None
+    for folder in (here, Path(sys.executable).parent):
+        if folder is not None and (folder / name).is_file():
+            beside = folder / name
+            break
+    else:
+        return name
+    on_path = shutil.which(name)
+    if on_path and Path(on_path).resolve() == beside.resolve():
+        return name
+    return shlex.quote(str(beside))
+
+
 def cmd_rebuild_ledger(args: argparse.Namespace) -> int:
-    from horos_async import rebuild
+    from horos_async import guards, rebuild
 
     cfg = load_config(args)
+    guards.check_backup_writable(cfg)
     stats = asyncio.run(rebuild.rebuild(cfg, deep=args.deep, announce=print))
     print(f"horos-backup: ledger rebuilt: {stats['adopted']} ZIPs adopted, {stats['invalid']} invalid moved to "
           f".quarantine, {stats['temps_removed']} temp files removed")

@@ -217,10 +217,11 @@ def check_backup(cfg: Config, *, volumes_root: Path, mounts: Optional[Mounts]) -
     if same:
         floor = max(floor, cfg.horos_free_gb * GB)
     if free < floor:
-        out.append(Check("free space", WARN, f"{free / GB:.1f} GB free, below the {floor / GB:.1f} GB floor: "
-                         "runs stop with DISK_LOW", "free space or use a larger disk"))
+        out.append(Check("free space", WARN, f"{guards.human_bytes(free)} free, below the "
+                         f"{guards.human_bytes(floor)} floor: runs stop with DISK_LOW",
+                         "free space or use a larger disk"))
     else:
-        out.append(Check("free space", PASS, f"{free / GB:.1f} GB free (floor {floor / GB:.1f} GB)"))
+        out.append(Check("free space", PASS, f"{guards.human_bytes(free)} free (floor {guards.human_bytes(floor)})"))
     out.append(check_filesystem(target, read_mounts() if mounts is None else mounts))
     return out
 

@@ -20,6 +20,7 @@ EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
 EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
 EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: stopped cleanly
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as shells report it
 
 
 class HorosBackupError(Exception):

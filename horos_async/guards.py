@@ -28,17 +28,65 @@ def check_sentinel(cfg: Config) -> None:
 
 def check_volumes(cfg: Config) -> None:
     """The Horos data folder must exist and the backup folder's parent must be mounted."""
-    if not cfg.horos_data.is_dir():
-        raise VolumeError(f"Horos data folder {cfg.horos_data} not found: is the Horos volume mounted? "
-                          f"Check 'horos_data' in the config. Nothing was written")
+    check_horos_data(cfg)
     noindex = cfg.data_root / "DATABASE.noindex"
     if not noindex.is_dir():
         what = "is not a folder (a Finder alias? replace it with a symbolic link)" if noindex.exists() \
             else "does not exist (is the volume named in DBFOLDER_LOCATION mounted?)"
         raise VolumeError(f"Horos image folder {noindex} {what}. Nothing was written")
-    if not cfg.backup_dir.is_dir() and not cfg.backup_dir.parent.is_dir():
-        raise VolumeError(f"backup folder {cfg.backup_dir} and its parent do not exist: is the backup volume "
-                          f"mounted? Check 'backup_dir' in the config. Nothing was written")
+    problem = backup_dir_missing(cfg)
+    if problem:
+        raise VolumeError(f"{problem}. Nothing was written")
+
+
+def check_horos_data(cfg: Config) -> None:
+    """The Horos data folder must exist (the Horos volume is mounted)."""
+    if not cfg.horos_data.is_dir():
+        raise VolumeError(f"Horos data folder {cfg.horos_data} not found: is the Horos volume mounted? "
+                          f"Check 'horos_data' in the config. Nothing was written")
+
+
+def backup_dir_missing(cfg: Config) -> str:
+    """Why the backup folder cannot be there (its volume is not mounted), or "" when it is or can be created.
+
+    A missing ``backup_dir`` whose parent exists is a first install (the run creates it), except directly
+    under ``/Volumes``: there the parent always exists and the missing folder is an unmounted disk.
+    """
+    folder = cfg.backup_dir
+    if folder.is_dir():
+        return ""
+    if folder.exists():
+        return f"backup folder {folder} is not a folder; check 'backup_dir' in the config"
+    if not folder.parent.is_dir() or folder.parent == Path("/Volumes"):
+        return (f"backup folder {folder} does not exist: is the backup volume mounted? "
+                f"Check 'backup_dir' in the config")
+    return ""
+
+
+def check_backup_writable(cfg: Config) -> None:
+    """The backup folder (or, before the first run, its parent) must be writable: raise VolumeError if not.
+
+    Checked before anything is written (the log, the run lock), so a read-only or locked-down volume stops
+    the run with one clear message instead of a traceback from whichever write came first.
+    """
+    folder = cfg.backup_dir if cfg.backup_dir.is_dir() else cfg.backup_dir.parent
+    why = not_writable(folder)
+    if why:
+        raise VolumeError(f"cannot write in the backup folder {folder}: {why}. Nothing was written")
+
+
+def not_writable(folder: Path) -> str:
+    """Why ``folder`` cannot be written to (read-only volume, no permission), or "" when it can."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return ("the volume is mounted read-only (macOS mounts NTFS disks read-only, and may mount a disk "
+                    "with errors so: run First Aid in Disk Utility, or reformat it as APFS)")
+    except OSError as exc:
+        return f"{exc.strerror or exc}; is the backup volume still mounted?"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"this user (uid {os.getuid()}) has no write permission; check the folder's owner and "
+                f"permissions (ls -ld '{folder}')")
+    return ""
 
 
 class RunLock:
@@ -50,7 +98,11 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock or raise LockHeld at once."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:  # read-only volume, no permission, volume gone: not a bug
+            why = not_writable(self.path.parent) or exc.strerror or str(exc)
+            raise VolumeError(f"cannot create the run lock {self.path}: {why}. Nothing was written") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -148,4 +200,6 @@ def human_bytes(n: float) -> str:
         return f"{n / 1e12:.1f} TB"
     if abs(n) >= 1e9:
         return f"{n / 1e9:.1f} GB"
-    return f"{n / 1e6:.0f} MB"
+    if abs(n) >= 10e6:
+        return f"{n / 1e6:.0f} MB"
+    return f"{n / 1e6:.1f} MB"  # never "0 MB" for a nearly full disk

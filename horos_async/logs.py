@@ -1,4 +1,8 @@
-"""Logging set-up: a rotating file in ``backup_dir/logs/`` plus warnings on stderr (launchd keeps it)."""
+"""Logging set-up: a rotating file in ``backup_dir/logs/`` plus warnings on stderr (launchd keeps it).
+
+A record logged with ``extra=FILE_ONLY`` goes to the file only: ``cli.main`` prints its own one-line
+error on stderr and logs the same error for the file, and the person at the terminal should read it once.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,12 @@ from horos_async.config import Config
 
 LOG_NAME = "horos-backup.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_ONLY = {"console": False}
+"""``extra=`` for a record already shown on stderr by other means (kept out of the stderr handler)."""
+
+
+def _for_console(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", True)
 
 
 def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True, interactive: bool = False) -> logging.Logger:
@@ -26,11 +36,21 @@ def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True, interacti
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.DEBUG if verbose else (logging.ERROR if interactive else logging.WARNING))
     err.setFormatter(logging.Formatter("horos-backup: %(levelname)s: %(message)s"))
+    err.addFilter(_for_console)
     logger.addHandler(err)
     if to_file:
-        os.makedirs(cfg.log_dir, mode=0o750, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(cfg.log_dir / LOG_NAME, maxBytes=cfg.log_max_bytes,
-                                                  backupCount=cfg.log_backup_count, encoding="utf-8")
-        fh.setFormatter(logging.Formatter(FORMAT))
-        logger.addHandler(fh)
+        try:
+            os.makedirs(cfg.log_dir, mode=0o750, exist_ok=True)
+            fh = logging.handlers.RotatingFileHandler(cfg.log_dir / LOG_NAME, maxBytes=cfg.log_max_bytes,
+                                                      backupCount=cfg.log_backup_count, encoding="utf-8")
+        except OSError as exc:
+            # Callers check the backup folder is writable first (guards.check_backup_writable); a log folder
+            # that still cannot be written must not cost the backup itself: say so, log to stderr only.
+            # Printed, not logged: stderr shows only errors while a person watches progress lines.
+            print(f"horos-backup: warning: cannot write the log in {cfg.log_dir} ({exc.strerror or exc}): "
+                  f"logging to stderr only; check the folder's permissions (ls -ld '{cfg.log_dir}')",
+                  file=sys.stderr, flush=True)
+        else:
+            fh.setFormatter(logging.Formatter(FORMAT))
+            logger.addHandler(fh)
     return logger

@@ -184,9 +184,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # -- verify -------------------------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    from horos_async import verify
+    from horos_async import guards, verify
 
     cfg = _config(args)
+    guards.check_sentinel(cfg)
+    guards.check_volumes(cfg)
+    if cfg.ledger_path.exists():  # (no ledger: verify says so itself, with what to do)
+        guards.check_backup_writable(cfg)  # verify records its findings: a read-only volume is exit 7
     os.umask(0o027)
     verifier = verify.Verifier(cfg, deep=args.deep, since=args.since, month=args.month, restart=args.restart,
                                max_mb_per_s=args.max_mb_per_s, max_zips=args.max_zips,

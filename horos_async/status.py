@@ -3,11 +3,17 @@
 Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
 replaces about twice a second, and the ledger opened ``mode=ro``. A live file whose heartbeat is older
 than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
+
+State that cannot be read (backup volume not mounted, ledger damaged or unreadable) is ``unreadable``
+with the reason and the exit code ``status`` returns, never "0 studies backed up". The archive counts
+agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` the last scan's, and
+``pending`` is the difference.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -17,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from horos_async import guards
 from horos_async.config import Config
+from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
 
 STALE_SECONDS = 10.0
@@ -115,6 +122,9 @@ class Snapshot:
     """When launchd should start the next run (estimate), if known."""
     launchd_installed: bool = False
     host: str = ""
+    exit_code: int = EXIT_OK
+    """What ``horos-backup status`` exits with: 0, or for ``unreadable`` 7 (backup folder missing or
+    unreadable) or 8 (ledger damaged)."""
 
     @property
     def mb_per_s(self) -> float:
@@ -152,20 +162,70 @@ def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid JSON: {exc}"
+        raise VolumeError(f"cannot read the engine's live state {path} ({why})") from None
     return data if isinstance(data, dict) else None
 
 
-def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
+def _open_ledger(path: Path) -> sqlite3.Connection:
+    """The ledger read-only, also on a read-only volume.
+
+    The ledger is in WAL mode: SQLite wants to create ``-shm`` even to read, which a read-only volume
+    refuses ("unable to open database file"). Nothing can write a read-only volume, so when no WAL
+    content is waiting the file is opened ``immutable`` (no locks, no ``-shm``) and reads the same.
+    """
     from horos_async.ledger import open_readonly
 
+    con = open_readonly(path)
+    try:
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError:
+        con.close()
+        if not _on_readonly_volume(path):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise VolumeError(f"the ledger {path} is on a read-only volume with changes still in {wal.name} that "
+                          f"only a writable mount can read; remount the volume read-write, then run status again")
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+    con.execute("PRAGMA query_only=1")
+    return con
+
+
+def _on_readonly_volume(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
+    """Counts, months, issues and runs from the ledger; LedgerError when damaged, VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {}}
-    if not cfg.ledger_path.exists():
+    path = cfg.ledger_path
+    if not path.exists():
         return out
-    con = open_readonly(cfg.ledger_path)
+    try:
+        return _query_ledger(_open_ledger(path), out, issues_limit, runs_limit)
+    except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
+        raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
+                          f"readable by this user?") from None
+    except sqlite3.DatabaseError as exc:  # "malformed", "not a database": what 'run' refuses (exit 8)
+        raise LedgerError(
+            f"ledger {path} is damaged ({exc}); 'horos-backup run' refuses it too. Move it aside "
+            f"(mv '{path}' '{path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild it from the "
+            f"ZIPs on disk") from None
+
+
+def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: int,
+                  runs_limit: int) -> Dict[str, Any]:
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"studies", "issues", "runs"} <= tables:
             return out  # an empty ledger the engine is creating right now
+        out["read"] = True
         for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
             if state == "done":
                 out["done"], out["bytes_done"] = n, b
@@ -193,11 +253,20 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
                   runs_limit: int = 10) -> Snapshot:
     """Read the engine's live file and the ledger (both read-only) into one Snapshot."""
     now = time.time() if now is None else now
+    missing = guards.backup_dir_missing(cfg)
+    if missing:
+        return Snapshot(taken=now, engine="unreadable", detail=missing, exit_code=EXIT_VOLUME,
+                        host=socket.gethostname())
     try:
         live = _read_live(cfg)
         led = _ledger_part(cfg, issues_limit, runs_limit)
-    except (OSError, ValueError, sqlite3.Error) as exc:
-        return Snapshot(taken=now, engine="unreadable", detail=f"cannot read the engine's state: {exc}")
+    except (LedgerError, VolumeError) as exc:
+        return Snapshot(taken=now, engine="unreadable", detail=str(exc), exit_code=exc.exit_code,
+                        host=socket.gethostname())
+    except OSError as exc:
+        return Snapshot(taken=now, engine="unreadable", exit_code=EXIT_VOLUME, host=socket.gethostname(),
+                        detail=f"cannot read the engine's state in {cfg.backup_dir} ({exc.strerror or exc}): "
+                               f"is the backup volume still mounted, and readable by this user?")
     installed = launchd_plist_path().exists()
     runs = led["runs"]
     last_end = next((r.ended for r in runs if r.ended), None)
@@ -229,7 +298,11 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     else:
         engine, detail = "idle", live.get("message") or "last run finished"
     eligible = totals.get("eligible")
-    pending = totals.get("pending")
+    # "done" is the ledger's, read now; "eligible" is from the last scan, which may be minutes old in a
+    # long batch or a killed run: pending derived from both, so the three numbers always add up.
+    pending = max(0, int(eligible) - led["done"]) if eligible is not None else None
+    if led.get("read"):  # per month too: done from the ledger, eligible from the scan
+        months = tuple((m, e, led["months"].get(m, 0)) for m, e, _ in months)
     return Snapshot(
         engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
         phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
@@ -241,8 +314,7 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
         queued=tuple(batch.get("queued") or ()),
         finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
                                 float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
-        batch_index=int(batch.get("index") or 0), eligible=eligible,
-        pending=pending if pending is not None else None, months=months,
+        batch_index=int(batch.get("index") or 0), eligible=eligible, pending=pending, months=months,
         throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
         **base)
 
@@ -265,6 +337,9 @@ def _when(ts: Optional[float]) -> str:
 def render(snap: Snapshot) -> str:
     """Human-readable status."""
     lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
+    if snap.engine == "unreadable":
+        lines.append("Archive: unknown (the backup state could not be read; see above)")
+        return "\n".join(lines)
     if snap.eligible is not None:
         lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")

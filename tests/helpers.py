@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import zipfile
@@ -77,3 +78,31 @@ def backed_up_library(root: Path, studies: int = 1):
     cfg = make_config(lib, root / "Backup")
     run(cfg, until_done=True)
     return lib, cfg
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` made read-only for real: a read-only bind mount as root (EROFS, what a volume mounted
+    read-only gives), else mode 0555 (EACCES, a folder this user may not write). Yields "volume" or
+    "permission"; restores the folder after."""
+    import os
+    import subprocess
+
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
+            import pytest
+            pytest.skip("cannot bind-mount here (no mount namespace privileges)")
+        try:
+            if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode:
+                import pytest
+                pytest.skip("cannot remount read-only here")
+            yield "volume"
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        return
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    try:
+        yield "permission"
+    finally:
+        folder.chmod(mode)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from horos_async import cli, config as config_mod
-from horos_async.errors import EXIT_CONFIG, EXIT_SENTINEL
+from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_CONFIG, EXIT_LOCKED, EXIT_SENTINEL, EXIT_VOLUME
+from horos_async.guards import RunLock
 
-from helpers import key_of, make_config, zips
+from helpers import exportable, key_of, make_config, read_only, zips
 
 
 @pytest.fixture
@@ -94,3 +99,99 @@ def test_demo_command_builds_and_backs_up(tmp_path, capsys):
     # a second call reuses the library and finds nothing to do
     assert cli.main(["demo", "--dir", str(tmp_path / "d")]) == 0
     assert "0 exported" in capsys.readouterr().out
+
+
+# -- a read-only backup volume, the run lock, pipes, unmounted volumes ----------------------------------
+def _clean_close(cfg) -> None:
+    """The ledger as a clean close leaves it on macOS: no -wal/-shm beside it (the case that needs
+    SQLite's immutable mode to be read on a read-only volume)."""
+    wal = cfg.ledger_path.with_name(cfg.ledger_path.name + "-wal")
+    if wal.exists():
+        assert wal.stat().st_size == 0, "the test wants a checkpointed ledger"
+        wal.unlink()
+    cfg.ledger_path.with_name(cfg.ledger_path.name + "-shm").unlink(missing_ok=True)
+
+
+def test_readonly_backup_volume_exits_7_naming_the_folder_and_status_still_reads(setup, capsys):
+    lib, cfg, path = setup
+    assert cli.main(["run", "--config", str(path), "--until-done"]) == 0
+    done = len(zips(cfg.backup_dir))
+    _clean_close(cfg)
+    capsys.readouterr()
+    with read_only(cfg.backup_dir) as why:
+        for argv in (["run"], ["verify"], ["rebuild-ledger"]):
+            assert cli.main(argv + ["--config", str(path)]) == EXIT_VOLUME, argv
+            err = capsys.readouterr().err
+            assert str(cfg.backup_dir) in err and "Traceback" not in err and "a bug" not in err, err
+            assert ("read-only" if why == "volume" else "permission") in err, err
+        assert cli.main(["status", "--config", str(path), "--json"]) == 0
+        snap = json.loads(capsys.readouterr().out)
+        assert snap["engine"] == "idle" and snap["done"] == done > 0
+
+
+def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
+    lib, cfg, path = setup
+    cfg.log_dir.mkdir(parents=True)
+    with read_only(cfg.log_dir):
+        assert cli.main(["run", "--config", str(path), "--until-done"]) == 0
+    err = capsys.readouterr().err
+    assert f"cannot write the log in {cfg.log_dir}" in err and "Traceback" not in err
+    assert zips(cfg.backup_dir)
+
+
+def test_lock_held_is_reported_once(setup, capsys):
+    lib, cfg, path = setup
+    cfg.state_dir.mkdir(parents=True)
+    with RunLock(cfg.state_dir / "run.lock"):
+        assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
+    err = capsys.readouterr().err
+    assert err.count("holds") == 1, err
+    assert "LockHeld" in (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8")  # still in the log
+
+
+def _to_closed_pipe(argv, path) -> subprocess.CompletedProcess:
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write: every write gets EPIPE
+    try:
+        return subprocess.run([sys.executable, "-m", "horos_async", *argv, "--config", str(path)], stdout=w,
+                              stderr=subprocess.PIPE, env=dict(os.environ, HOROS_BACKUP_CONFIG=""), timeout=120)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["verify"]])
+def test_a_closed_pipe_is_a_quiet_exit(setup, argv):
+    """``horos-backup status | head -1``: the reader went away; no traceback, no "a bug"."""
+    lib, cfg, path = setup
+    assert cli.main(["run", "--config", str(path), "--until-done"]) == 0
+    proc = _to_closed_pipe(argv, path)
+    err = proc.stderr.decode()
+    assert proc.returncode == EXIT_BROKEN_PIPE and "Traceback" not in err and "Broken pipe" not in err, err
+
+
+def test_a_closed_pipe_does_not_stop_a_backup(setup):
+    """``run --progress | head -3``: the run still backs everything up and exits with its own code."""
+    lib, cfg, path = setup
+    proc = _to_closed_pipe(["run", "--progress", "--until-done"], path)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode()
+    assert len(zips(cfg.backup_dir)) == len(exportable(lib))
+
+
+def test_plan_with_a_missing_horos_folder_exits_like_run(setup, tmp_path, capsys):
+    lib, cfg, path = setup
+    gone = tmp_path / "Unmounted" / "Horos Data"
+    for cmd in ("plan", "run"):
+        assert cli.main([cmd, "--config", str(path), "--horos-data", str(gone)]) == EXIT_VOLUME, cmd
+        assert f"Horos data folder {gone} not found" in capsys.readouterr().err
+
+
+def test_demo_prints_commands_that_work_without_the_venv_on_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as after 'make demo': .venv/bin is not on PATH
+    assert cli.main(["demo", "--dir", str(tmp_path / "d"), "--studies", "1"]) == 0
+    out = capsys.readouterr().out
+    nxt = [line.split()[0] for line in out.splitlines() if line.startswith("  ") and "--config" in line]
+    assert len(nxt) == 3
+    for prog in nxt:
+        assert os.path.isabs(prog) and os.access(prog, os.X_OK), prog
+    monkeypatch.setenv("PATH", f"{Path(nxt[0]).parent}:/usr/bin:/bin")
+    assert cli.program("horos-backup") == "horos-backup"  # on PATH: the short form

@@ -7,6 +7,7 @@ runs the real engine: ZIPs are read back, the ledger is queried.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 import zipfile
 
@@ -127,9 +128,11 @@ def test_images_added_while_zipping_keep_the_study_from_done(lib, tmp_path, monk
     real = archive.build_zip
     changed = {}
 
+    first = threading.Lock()
+
     def build_while_horos_imports(out_path, members, **kw):
         built = real(out_path, members, **kw)
-        if not changed:  # Horos files one more row into this study while its ZIP is being written
+        if first.acquire(blocking=False):  # Horos files one more row into this study while it is zipped
             n = int(members[0].source.stem)
             (pk, series), = sql(lib, "SELECT Z_PK, ZSERIES FROM ZIMAGE WHERE ZPATHNUMBER=?", n)
             (top,), = sql(lib, "SELECT MAX(Z_PK) FROM ZIMAGE")

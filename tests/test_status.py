@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
-from horos_async import status
+import pytest
 
-from helpers import make_config, run
+from horos_async import cli, config as config_mod, status
+from horos_async.errors import EXIT_CHECK, EXIT_LEDGER, EXIT_VOLUME, LedgerError
+
+from helpers import backed_up_library, make_config, read_only, run, zips
+
+
+def write_config(cfg) -> "os.PathLike":
+    """``cfg`` as a TOML file beside the Horos library (the backup folder may be "unmounted"), for the CLI."""
+    path = cfg.horos_data.parent / "cfg.toml"
+    path.write_text(config_mod.render_toml(cfg), encoding="utf-8")
+    return path
 
 
 def test_snapshot_follows_a_real_run(demo_lib_factory, tmp_path):
@@ -51,3 +63,92 @@ def test_unreadable_state_is_reported(tmp_path, demo_lib):
     cfg.state_dir.mkdir(parents=True)
     (cfg.state_dir / "status.json").write_text("{not json", encoding="utf-8")
     assert status.read_snapshot(cfg).engine == "unreadable"
+
+
+# -- state that cannot be read is an error with an exit code, never "0 backed up" --------------------------
+def test_ledger_on_a_readonly_volume_is_read(tmp_path):
+    lib, cfg = backed_up_library(tmp_path, studies=2)
+    before = status.read_snapshot(cfg)
+    for side in ("-wal", "-shm"):  # as a clean close leaves it: SQLite would want to create -shm to read
+        f = cfg.ledger_path.with_name(cfg.ledger_path.name + side)
+        assert not f.exists() or side == "-shm" or f.stat().st_size == 0
+        f.unlink(missing_ok=True)
+    with read_only(cfg.backup_dir):
+        snap = status.read_snapshot(cfg)
+    assert snap.engine == "idle" and snap.exit_code == 0, snap.detail
+    assert (snap.done, snap.eligible, snap.pending) == (before.done, before.eligible, before.pending)
+    assert snap.done == len(zips(cfg.backup_dir)) > 0
+
+
+def test_damaged_ledger_is_an_error_with_the_ledger_exit_code(tmp_path, capsys):
+    lib, cfg = backed_up_library(tmp_path, studies=2)
+    with open(cfg.ledger_path, "r+b") as f:  # pages past the first overwritten: "malformed"
+        f.seek(4096 * 2)
+        f.write(os.urandom(4096 * 4))
+    snap = status.read_snapshot(cfg)
+    assert snap.engine == "unreadable" and snap.exit_code == EXIT_LEDGER
+    assert "damaged" in snap.detail and "rebuild-ledger" in snap.detail and str(cfg.ledger_path) in snap.detail
+    path = write_config(cfg)
+    assert cli.main(["status", "--config", str(path)]) == EXIT_LEDGER
+    out, err = capsys.readouterr()
+    assert "0 studies" not in out and "NEVER" not in out and "damaged" in err
+    assert cli.main(["status", "--config", str(path), "--json"]) == EXIT_LEDGER
+    assert json.loads(capsys.readouterr().out)["engine"] == "unreadable"
+    with pytest.raises(LedgerError):  # the same verdict as 'run'
+        run(cfg)
+
+
+def test_unmounted_backup_volume_is_named_with_exit_7(tmp_path, demo_lib, capsys):
+    cfg = make_config(demo_lib, tmp_path / "BackupDisk" / "Horos")  # the disk (parent) is not there
+    snap = status.read_snapshot(cfg)
+    assert snap.engine == "unreadable" and snap.exit_code == EXIT_VOLUME
+    assert str(cfg.backup_dir) in snap.detail and "mounted" in snap.detail
+    path = write_config(cfg)
+    assert cli.main(["status", "--config", str(path)]) == EXIT_VOLUME
+    out, err = capsys.readouterr()
+    assert "0 studies" not in out and "NEVER" not in out and str(cfg.backup_dir) in err
+
+
+def test_counts_add_up_when_the_ledger_moved_on_since_the_last_scan(tmp_path, capsys):
+    """A ZIP goes missing, verify takes it off the ledger: pending must grow with it (was "24/28, 3 pending")."""
+    lib, cfg = backed_up_library(tmp_path, studies=2)
+    before = status.read_snapshot(cfg)
+    zips(cfg.backup_dir)[0].unlink()
+    assert cli.main(["verify", "--config", str(write_config(cfg))]) == EXIT_CHECK
+    snap = status.read_snapshot(cfg)
+    assert snap.done == before.done - 1
+    assert snap.pending == snap.eligible - snap.done == before.pending + 1
+    assert sum(done for _, _, done in snap.months) == snap.done  # the month table agrees too
+    capsys.readouterr()
+    cli.main(["status", "--config", str(write_config(cfg))])
+    assert f"{snap.done}/{snap.eligible} studies backed up, {snap.pending} pending" in capsys.readouterr().out
+
+
+def test_counts_add_up_after_kill_9_mid_run(tmp_path):
+    """The live file keeps the totals of the batch's scan; the ledger goes on. Was "5/28, 28 pending"."""
+    from horos_async import demo
+
+    lib = demo.build_demo(tmp_path / "lib", studies=6)
+    cfg = make_config(lib, tmp_path / "Backup", sleep_between_studies=0.3, concurrency=1, batch_size=50)
+    proc = subprocess.Popen([sys.executable, "-m", "horos_async", "run", "--config", str(write_config(cfg)),
+                             "--until-done"], env=dict(os.environ, HOROS_BACKUP_CONFIG=""),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            snap = status.read_snapshot(cfg)
+            if snap.engine == "running" and snap.eligible and snap.done >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run ended before two studies were done")
+        assert snap.pending == snap.eligible - snap.done  # while running
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    snap = status.read_snapshot(cfg)
+    assert snap.engine == "stale" and snap.done >= 2
+    assert snap.pending == snap.eligible - snap.done

@@ -94,3 +94,27 @@ async def test_monitor_follows_a_real_run(tmp_path):
         issues = app.screen.query_one("#latest-issues", IssuesTable)
         assert issues.row_count == len(snap.issues) >= snap.failed
         assert {i.code for i in issues.shown} >= {"MISSING_FILES"}
+
+
+@pytest.mark.skipif(not ENGINE_READY, reason="needs horos_async.engine, .demo and status.read_snapshot")
+@pytest.mark.parametrize("fault", ["unmounted", "damaged"])
+async def test_unreadable_backup_state_is_an_error_not_zero_progress(tmp_path, fault):
+    """An unmounted backup volume or a damaged ledger: the header says UNREADABLE with the reason,
+    the archive panel "unknown"; never NEVER RUN or 0 studies."""
+    from horos_async.demo import build_demo
+
+    lib = build_demo(tmp_path / "lib", studies=1)
+    cfg = load(write_config(tmp_path, lib.horos_data))
+    if fault == "unmounted":
+        cfg = cfg.with_overrides(backup_dir=tmp_path / "NotMounted" / "backup")
+    else:
+        cfg.backup_dir.mkdir()
+        cfg.ledger_path.write_bytes(b"SQLite format 3\0" + os.urandom(8192))
+    app = make_app(cfg, refresh=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await refresh(pilot)
+        header = app.screen.query_one(EngineHeader)
+        assert header.has_class("-error") and header.view.badge == "? UNREADABLE", header.view
+        assert (str(cfg.backup_dir) if fault == "unmounted" else "damaged") in header.view.detail
+        counts = str(app.screen.query_one(ArchiveProgress).query_one("#archive-counts").render())
+        assert counts == "archive state unknown"
