@@ -25,7 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import aiosqlite
 
 from horos_async import naming
-from horos_async.errors import LedgerError
+from horos_async.errors import LedgerError, VolumeError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
 
@@ -387,10 +387,36 @@ def append_issue_csv(path: Path, row: Sequence[str]) -> None:
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection for status readers (CLI ``status``, ``horos-tui``, ``catalog``)."""
+    """A read-only connection for readers (``status``, ``horos-tui``, ``plan``, ``catalog``), also on a
+    read-only volume.
+
+    The ledger is in WAL mode: SQLite wants to create ``-shm`` even to read, which a read-only volume
+    refuses ("unable to open database file"). Nothing can write a read-only volume, so when no WAL
+    content is waiting the file is opened ``immutable`` (no locks, no ``-shm``) and reads the same.
+    """
     con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
     con.execute("PRAGMA query_only=1")
+    try:
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError:
+        con.close()
+        if not _on_readonly_volume(path):
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise VolumeError(f"the ledger {path} is on a read-only volume with changes still in {wal.name} that "
+                          f"only a writable mount can read; remount the volume read-write and try again")
+    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+    con.execute("PRAGMA query_only=1")
     return con
+
+
+def _on_readonly_volume(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def read_index(path: Path) -> LedgerIndex:

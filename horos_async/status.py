@@ -13,7 +13,6 @@ agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import time
@@ -25,6 +24,7 @@ from horos_async import guards
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
+from horos_async.ledger import open_readonly
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"
@@ -168,39 +168,6 @@ def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def _open_ledger(path: Path) -> sqlite3.Connection:
-    """The ledger read-only, also on a read-only volume.
-
-    The ledger is in WAL mode: SQLite wants to create ``-shm`` even to read, which a read-only volume
-    refuses ("unable to open database file"). Nothing can write a read-only volume, so when no WAL
-    content is waiting the file is opened ``immutable`` (no locks, no ``-shm``) and reads the same.
-    """
-    from horos_async.ledger import open_readonly
-
-    con = open_readonly(path)
-    try:
-        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return con
-    except sqlite3.OperationalError:
-        con.close()
-        if not _on_readonly_volume(path):
-            raise
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise VolumeError(f"the ledger {path} is on a read-only volume with changes still in {wal.name} that "
-                          f"only a writable mount can read; remount the volume read-write, then run status again")
-    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
-    con.execute("PRAGMA query_only=1")
-    return con
-
-
-def _on_readonly_volume(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
 def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
     """Counts, months, issues and runs from the ledger; LedgerError when damaged, VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {}}
@@ -208,7 +175,7 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
     if not path.exists():
         return out
     try:
-        return _query_ledger(_open_ledger(path), out, issues_limit, runs_limit)
+        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit)
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None

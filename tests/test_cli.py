@@ -127,6 +127,12 @@ def test_readonly_backup_volume_exits_7_naming_the_folder_and_status_still_reads
         assert cli.main(["status", "--config", str(path), "--json"]) == 0
         snap = json.loads(capsys.readouterr().out)
         assert snap["engine"] == "idle" and snap["done"] == done > 0
+        # the other readers open the ledger the same way: a read-only backup can still be browsed
+        assert cli.main(["catalog", "--config", str(path), "--csv"]) == 0
+        assert len(capsys.readouterr().out.strip().splitlines()) == done + 1  # header + one row per ZIP
+        if why == "volume":
+            assert cli.main(["plan", "--config", str(path), "--json"]) == 0
+            assert json.loads(capsys.readouterr().out)["totals"]["done"] == done
 
 
 def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
