@@ -515,7 +515,7 @@ class Engine:
     async def _backup_fault(self, exc: OSError, plan: StudyPlan, rel: str) -> HorosBackupError:
         """The run-level error an OSError on the backup volume means; a full disk is also recorded
         (``DISK_FULL``, once per episode) in issues.csv."""
-        err = _run_level(exc, redact_zip_path(rel, self.cfg.log_patient_names))
+        err = _run_level(exc, f"{self.cfg.backup_dir}/{redact_zip_path(rel, self.cfg.log_patient_names)}")
         if isinstance(err, DiskFull):
             self.live.guard_code, self.live.guard_detail = "DISK_FULL", str(err)
             try:

@@ -111,10 +111,11 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
         entry = index.get(key)
         if entry is None and by_pk:
             entry = _moved_entry(index, by_pk, pk, uid, key, totals, first)
-        state, month = _judge(entry, key, date, cocoa_to_unix(added), cfg, now, attempted, months)
+        added = cocoa_to_unix(added)
+        state, month = _judge(entry, key, date, added, cfg, now, attempted, months)
         _tally(totals, month, state, 1)
         if state in DUE_REASONS:
-            due.append(_candidate(cfg, key, uid, month, state, date, cocoa_to_unix(added), (pk,)))
+            due.append(_candidate(cfg, key, uid, month, state, date, added, (pk,)))
             if len(due) > 4 * limit + 64:
                 due.sort(key=lambda c: c.sort_key)
                 del due[limit:]

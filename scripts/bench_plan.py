@@ -96,6 +96,7 @@ def main() -> None:
 
     backup = args.db.parent.parent / "Backup"
     shutil.rmtree(backup, ignore_errors=True)
+    (args.db.parent / "DATABASE.noindex").mkdir(exist_ok=True)  # the run refuses a Horos folder without it
     cfg = config_mod.from_mapping({"horos_data": str(args.db.parent), "backup_dir": str(backup), "sentinel": "",
                                    "stability_minutes": 0, "sleep_between_studies": 0, "min_free_gb": 0,
                                    "horos_free_gb": 0})
