@@ -119,7 +119,7 @@ def readable_zip(path: Path, deep: bool) -> str:
 async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
     """Bring ledger and disk into agreement; returns counts of what was done."""
-    from horos_async.engine import members_digest
+    from horos_async.study_export import members_digest
 
     stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)

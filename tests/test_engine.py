@@ -10,10 +10,11 @@ import stat
 
 import pytest
 
-from horos_async import archive, demo, engine as engine_mod, ledger as ledger_mod
+from horos_async import archive, demo, ledger as ledger_mod
 from horos_async.errors import (DatabaseUnavailable, DiskFull, LedgerError, LockHeld, SentinelMissing,
                                 VolumeError)
 from horos_async.guards import RunLock
+from horos_async.months import MONTH_MARKER
 
 from helpers import (assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips,
                      zips_by_key)
@@ -127,12 +128,12 @@ def test_month_marker_means_every_eligible_study_is_done(lib, backup):
     cfg = make_config(lib, backup)
     run(cfg, until_done=True)
     blocked = {_month(s) for s in lib.studies if s.due and (s.missing or s.note == "arriving")}
-    marked = {p.parent.name for p in backup.glob("*/" + engine_mod.MONTH_MARKER)}
+    marked = {p.parent.name for p in backup.glob("*/" + MONTH_MARKER)}
     exported = {_month(s) for s in exportable(lib)}
     assert marked == exported - blocked and marked
     month_study = next(s for s in exportable(lib) if _month(s) in marked)
     month = _month(month_study)
-    marker = backup / month / engine_mod.MONTH_MARKER
+    marker = backup / month / MONTH_MARKER
     # a new study of that month appears (still arriving): the month is no longer complete
     new = demo.add_study(lib, modality="MR", images=2, study_date=month_study.study_date_local)
     run(cfg)
