@@ -3,8 +3,9 @@
 Flow: guards (sentinel, volumes, run lock) → ledger → reconcile the backup folder with the ledger →
 INCOMING guard → scan → batches: read one batch (short DB transaction) → up to ``concurrency`` ZIP
 jobs at once (blocking zip work in a thread pool sized by the knob; the one offload call site is
-``_offload``) → each job: build temp ZIP → verify → publish (rename + dir sync) → ledger commit →
-month markers. A failed study is an Outcome record; only run-level faults raise.
+``_offload``) → each job (``study_export.StudyExport``): claim space → build temp ZIP → verify →
+recount → publish (rename + dir sync) → ledger commit → month markers (``months``). A failed study is
+an Outcome record; only run-level faults raise.
 """
 
 from __future__ import annotations
