@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from horos_async import allocator, archive, durable, guards, planner, reconcile
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, HorosBackupError
 from horos_async.horos_db import HorosReader
-from horos_async.ledger import Ledger
+from horos_async.ledger import Ledger, fault as ledger_fault
 from horos_async.models import DONE, PARTIAL, Outcome, StudyPlan
 from horos_async.months import update_month_markers
 from horos_async.progress import LiveState
@@ -105,10 +106,18 @@ class Engine(StudyExport):
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
-            self.live.run_id = await self.ledger.begin_run()
+            try:
+                self.live.run_id = await self.ledger.begin_run()
+            except sqlite3.Error as exc:
+                raise ledger_fault(cfg.ledger_path, exc) from None
             publisher = asyncio.ensure_future(self._publish_loop())
             try:
-                await self._run_inner()
+                try:
+                    await self._run_inner()
+                except sqlite3.OperationalError as exc:
+                    if "full" not in str(exc).lower():
+                        raise
+                    raise ledger_fault(cfg.ledger_path, exc) from None  # a ledger commit hit a full volume
             except HorosBackupError as exc:
                 self.result.exit_code = exc.exit_code
                 self.result.outcome = type(exc).__name__

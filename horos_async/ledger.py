@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import os
 import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import aiosqlite
 
 from horos_async import naming
-from horos_async.errors import LedgerError, VolumeError
+from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
 
@@ -151,10 +152,7 @@ class Ledger:
                                   f"upgrade horos-backup")
         except sqlite3.DatabaseError as exc:
             await self.close()
-            raise LedgerError(
-                f"ledger {self.path} is damaged ({exc}). Nothing was changed. Move it aside "
-                f"(mv '{self.path}' '{self.path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild "
-                f"it from the ZIPs on disk") from None
+            raise fault(self.path, exc) from None
         return self
 
     async def close(self) -> None:
@@ -410,6 +408,30 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
     con.execute("PRAGMA query_only=1")
     return con
+
+
+FULL_BELOW = 16 << 20
+"""Below this much free space, a ledger error is the full volume's doing, not damage."""
+
+
+def fault(path: Path, exc: sqlite3.Error) -> HorosBackupError:
+    """What a SQLite error on the ledger means: a full backup volume (SQLite says "database or disk is
+    full", or reports an I/O error while the volume has next to no space left) or a damaged ledger.
+
+    Telling them apart matters: "move the ledger aside" is the fix for damage, and would throw away
+    the failure, backoff and issue history of a ledger that is fine on a full disk.
+    """
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if "full" in str(exc).lower() or (free is not None and free < FULL_BELOW):
+        shown = f"{free / 1e6:.1f} MB" if free is not None else "no space"
+        return DiskFull(f"the backup volume is full ({shown} free): the ledger {path} cannot be written "
+                        f"({exc}). The ledger is fine: do not move it. Free space and run again")
+    return LedgerError(
+        f"ledger {path} is damaged ({exc}). Nothing was changed. Move it aside (mv '{path}' "
+        f"'{path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild it from the ZIPs on disk")
 
 
 def _on_readonly_volume(path: Path) -> bool:

@@ -469,3 +469,28 @@ def test_two_jobs_never_start_together_when_only_one_fits(tmp_path, small_volume
     assert all(key_of(s) in done for s in exportable(lib) if s not in big)
     rows = issues_rows(small_volume / "Backup")
     assert [r["code"] for r in rows].count("DISK_LOW") == 1
+
+
+def test_a_completely_full_volume_is_disk_full_not_a_damaged_ledger(tmp_path, small_volume):
+    lib = demo.build_demo(tmp_path / "lib", studies=0)
+    backup = small_volume / "Backup"
+    cfg = make_config(lib, backup)
+    assert run(cfg, until_done=True).exit_code == 0
+    demo.add_study(lib, modality="CT", images=4, date_added=1e9)
+    fd = os.open(small_volume / "fill.bin", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the volume to the last block
+        for block in (1 << 20, 4096, 1):
+            try:
+                while os.write(fd, b"\0" * block):
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    for _ in range(3):  # whatever the ledger's -wal/-shm were left as: the same clear answer each time
+        with pytest.raises(DiskFull, match="full") as err:
+            run(cfg, until_done=True)
+        assert "damaged" not in str(err.value)
+    (small_volume / "fill.bin").unlink()
+    assert run(cfg, until_done=True).exit_code == 0
+    assert_backup_complete(lib, backup)
