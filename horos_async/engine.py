@@ -190,6 +190,7 @@ class Engine(StudyExport):
                     limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
                                                         frozenset(self.attempted))
+                await self.ledger.refresh_pks(totals.pk_changes)
                 for old, new in totals.renames:  # Horos recomputed these patientUIDs: same studies
                     if await self.ledger.rekey(old, new, new.split("|", 1)[1]):
                         log.info("study %s: Horos changed its patientUID; its backup record follows it",

@@ -273,6 +273,7 @@ class HorosReader:
                         f"WHERE st.Z_PK IN ({marks}) AND {cond} ORDER BY st.Z_PK",
                         [*wanted, *params]) as cur:
                     studies = [self._study(r) for r in await cur.fetchall()]
+                studies += await self._sibling_rows(db, studies)
                 pks = [s.pk for s in studies]
                 images: Dict[int, List[ImageRef]] = {pk: [] for pk in pks}
                 if pks:
@@ -293,6 +294,21 @@ class HorosReader:
             return [(s, images[s.pk]) for s in studies]
 
         return await self._retry(txn, "batch")
+
+    async def _sibling_rows(self, db, studies: List[StudyRow]) -> List[StudyRow]:
+        """Other rows of the same studies (same UID and patientUID) that hold no CT/MR series themselves:
+        Horos files them into the same study, so their images belong in its ZIP (an SR, a PT series)."""
+        uids = sorted({s.uid for s in studies if s.uid})
+        keys, have = {s.key for s in studies}, {s.pk for s in studies}
+        if not studies:
+            return []
+        cond = f"st.ZSTUDYINSTANCEUID IN ({','.join('?' * len(uids))})" if uids else "0"
+        if any(not s.uid for s in studies):
+            cond += " OR st.ZSTUDYINSTANCEUID IS NULL OR TRIM(st.ZSTUDYINSTANCEUID) = ''"
+        async with db.execute(f"SELECT {self._select('ZSTUDY', STUDY_COLUMNS, 'st')} FROM ZSTUDY st "
+                              f"WHERE {cond} ORDER BY st.Z_PK", uids) as cur:
+            rows = [self._study(r) for r in await cur.fetchall()]
+        return [r for r in rows if r.pk not in have and r.key in keys]
 
     async def count_images(self, pks: Sequence[int]) -> int:
         """Number of image rows of these studies (a final re-check before "done")."""

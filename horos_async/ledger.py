@@ -72,6 +72,8 @@ class Entry:
     next_attempt: Optional[float]
     zip_path: str
     code: str
+    horos_pk: Optional[int] = None
+    """``ZSTUDY.Z_PK`` last seen for the study (refreshed after a Horos database rebuild)."""
 
 
 class LedgerIndex(Dict[str, Entry]):
@@ -93,7 +95,7 @@ class LedgerIndex(Dict[str, Entry]):
 
 def _entry(r) -> Entry:
     """An Entry from a row of INDEX_SQL."""
-    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "")
+    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8] if len(r) > 8 else None)
 
 
 def _iso(ts: float) -> str:
@@ -172,6 +174,13 @@ class Ledger:
         """Every study the ledger knows, by key (about 200 bytes per study in memory)."""
         async with self.db.execute(INDEX_SQL) as cur:
             return LedgerIndex(await cur.fetchall())
+
+    async def refresh_pks(self, pks: Sequence[Tuple[str, int]]) -> None:
+        """Record the ``Z_PK`` each study has now (a Horos rebuild renumbers them), in one commit, so a
+        later patientUID change is still recognised by row (see :class:`LedgerIndex`)."""
+        if pks:
+            async with self._txn():
+                await self.db.executemany("UPDATE studies SET horos_pk=? WHERE key=?", [(pk, k) for k, pk in pks])
 
     async def rekey(self, old: str, new: str, patient_uid: str) -> bool:
         """Horos gave a known study a new patientUID: move its ledger rows to the new key (one commit).

@@ -42,6 +42,8 @@ class Totals:
     """month -> [eligible, done]."""
     renames: List[Tuple[str, str]] = field(default_factory=list)
     """(former key, key) of known studies whose patientUID Horos changed (see ``_moved_entry``)."""
+    pk_changes: List[Tuple[str, int]] = field(default_factory=list)
+    """(key, Z_PK) of known studies whose row id differs from the ledger's (after a Horos rebuild)."""
 
     @property
     def pending(self) -> int:
@@ -111,6 +113,8 @@ async def scan(reader: HorosReader, index: Dict[str, Entry], cfg: Config, now: f
         entry = index.get(key)
         if entry is None and by_pk:
             entry = _moved_entry(index, by_pk, pk, uid, key, totals, first)
+        elif entry is not None and entry.horos_pk != pk:
+            totals.pk_changes.append((key, pk))  # renumbered by a Horos rebuild (or not yet recorded)
         added = cocoa_to_unix(added)
         state, month = _judge(entry, key, date, added, cfg, now, attempted, months)
         _tally(totals, month, state, 1)

@@ -152,3 +152,31 @@ def test_images_added_while_zipping_keep_the_study_from_done(lib, tmp_path, monk
     assert not list(backup.rglob("*.partial"))
     run(cfg, until_done=True)  # the next run sees the new count and exports the study
     assert ledger(backup, key)[0] == "done"
+
+
+def test_a_sibling_row_without_ct_or_mr_still_goes_into_the_study_zip(lib, tmp_path):
+    """Its own row holds only a PT series, but Horos filed it into the same study (same UID, patient)."""
+    a = lib.study("accented")
+    sibling = demo.add_study(lib, modality="PT", images=3, date_added=time.time() - 7200)
+    sql(lib, "UPDATE ZSTUDY SET ZSTUDYINSTANCEUID=?, ZPATIENTUID=? WHERE Z_PK=?", a.uid, a.patient_uid, sibling.pk)
+    backup = tmp_path / "Backup"
+    run(make_config(lib, backup), until_done=True)
+    (path,) = zips_by_key(backup)[f"{a.uid}|{a.patient_uid}"]
+    with zipfile.ZipFile(path) as zf:
+        assert len(zf.infolist()) == len(set(a.files)) + len(set(sibling.files))
+
+
+def test_rebuild_then_patient_uid_recompute_exports_nothing_again(lib, tmp_path):
+    """A Horos "rebuild database" renumbers Z_PK; a later upgrade recomputes patientUIDs."""
+    backup = tmp_path / "Backup"
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    before = {p.name: p.stat().st_mtime_ns for p in zips(backup)}
+    sql(lib, "UPDATE ZSERIES SET ZSTUDY = ZSTUDY + 1000")
+    sql(lib, "UPDATE ZSTUDY SET Z_PK = Z_PK + 1000")
+    run(cfg, until_done=True)
+    sql(lib, "UPDATE ZSTUDY SET ZPATIENTUID = ZPATIENTUID || '-Y'")
+    run(cfg, until_done=True)
+    assert {p.name: p.stat().st_mtime_ns for p in zips(backup)} == before
+    a = lib.study("accented")
+    assert ledger(backup, f"{a.uid}|{a.patient_uid}-Y")[0] == "done"
