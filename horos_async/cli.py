@@ -152,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
                max_minutes: Optional[float] = None, progress: bool = False) -> int:
     """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
+    early: List[int] = []  # a signal before the event loop runs: remembered, then honoured (exit 130)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     from horos_async.engine import Engine
 
     announce = _say if progress else (lambda text: None)
@@ -162,6 +165,8 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, engine.request_stop)
+        if early:
+            engine.request_stop()
         return await engine.run()
 
     t0 = time.monotonic()

@@ -201,3 +201,21 @@ def test_demo_prints_commands_that_work_without_the_venv_on_path(tmp_path, capsy
         assert os.path.isabs(prog) and os.access(prog, os.X_OK), prog
     monkeypatch.setenv("PATH", f"{Path(nxt[0]).parent}:/usr/bin:/bin")
     assert cli.program("horos-backup") == "horos-backup"  # on PATH: the short form
+
+
+def test_sigterm_before_the_event_loop_runs_is_a_clean_stop(setup):
+    """launchd may send SIGTERM at any moment, also while the run is still starting: exit 130, not 143."""
+    lib, cfg, path = setup
+    script = (
+        "import os, signal, sys\n"
+        "from horos_async import cli, engine\n"
+        "real = engine.Engine.__init__\n"
+        "def init(self, *a, **kw):\n"
+        "    real(self, *a, **kw)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # between building the engine and starting its loop\n"
+        "engine.Engine.__init__ = init\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "run", "--config", str(path), "--until-done"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert not zips(cfg.backup_dir)
