@@ -15,9 +15,9 @@ import sqlite3
 from dataclasses import astuple, dataclass, fields
 from typing import Iterable, List, Optional
 
-from horos_async import reconcile
+from horos_async import guards, reconcile
 from horos_async.config import Config
-from horos_async.errors import LedgerError
+from horos_async.errors import LedgerError, VolumeError
 from horos_async.ledger import open_readonly
 from horos_async.naming import transliterate
 
@@ -84,6 +84,9 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
     """Rows from the ledger, read-only; ``include_all`` adds studies that have no ZIP yet."""
     path = cfg.ledger_path
     if not path.exists():
+        missing = guards.backup_dir_missing(cfg)
+        if missing:  # an unmounted volume, not a lost ledger
+            raise VolumeError(missing)
         raise LedgerError(f"no ledger at {path}; to list the ZIPs on disk anyway use 'catalog --from-zips'")
     where = "" if include_all else "WHERE s.zip_path IS NOT NULL AND s.zip_path != ''"
     try:

@@ -145,3 +145,16 @@ def test_every_documented_query_runs(backed_up, horos_zone):
     assert done == len(exportable(lib))
     assert sum(r[3] for r in left) == len(due) - done
     assert (lib.database.read_bytes(), cfg.ledger_path.read_bytes()) == before, "a query wrote something"
+
+
+def test_unmounted_backup_volume_is_a_volume_error_and_a_lost_ledger_a_ledger_error(backed_up, tmp_path):
+    from horos_async.errors import LedgerError, VolumeError
+
+    lib, cfg = backed_up
+    gone = make_config(lib, tmp_path / "not-mounted" / "Backup")
+    with pytest.raises(VolumeError, match="mounted"):
+        catalog.from_ledger(gone)
+    empty = make_config(lib, tmp_path / "Backup")
+    (tmp_path / "Backup").mkdir()
+    with pytest.raises(LedgerError, match="--from-zips"):
+        catalog.from_ledger(empty)
