@@ -106,3 +106,21 @@ def read_only(folder: Path):
         yield "permission"
     finally:
         folder.chmod(mode)
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size_mb: int):
+    """A real ``size_mb`` MB filesystem (tmpfs) mounted at ``folder``; the test is skipped where this
+    process may not mount (not root)."""
+    import subprocess
+
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -17,7 +17,7 @@ from horos_async.guards import RunLock
 from horos_async.months import MONTH_MARKER
 
 from helpers import (assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips,
-                     zips_by_key)
+                     small_tmpfs, zips_by_key)
 
 
 @pytest.fixture
@@ -444,15 +444,9 @@ def test_two_studies_with_the_same_name_never_share_a_zip(lib, backup):
 
 @pytest.fixture
 def small_volume(tmp_path):
-    """A real 34 MB filesystem (tmpfs) for the backup; skipped where this process may not mount."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    import subprocess
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=34m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    """A real 34 MB filesystem (tmpfs) for the backup."""
+    with small_tmpfs(tmp_path / "small", 34) as mnt:
+        yield mnt
 
 
 def test_two_jobs_never_start_together_when_only_one_fits(tmp_path, small_volume):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
 from horos_async import doctor, guards
 from horos_async.errors import VolumeError
 
-from helpers import make_config, read_only
+from helpers import make_config, read_only, small_tmpfs
 
 
 def test_human_bytes_never_rounds_a_nearly_full_disk_to_zero():
@@ -34,14 +33,9 @@ def test_readonly_backup_folder_is_a_volume_error_naming_it(tmp_path, demo_lib):
 
 @pytest.fixture
 def small_volume(tmp_path):
-    """A real 20 MB filesystem (tmpfs); skipped where this process may not mount."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    """A real 20 MB filesystem (tmpfs)."""
+    with small_tmpfs(tmp_path / "small", 20) as mnt:
+        yield mnt
 
 
 def test_doctor_prints_megabytes_on_a_small_disk(tmp_path, demo_lib, small_volume):

@@ -33,6 +33,11 @@ def sql(lib, query, *args):
         con.close()
 
 
+def zip_mtimes(backup):
+    """Every ZIP by name with its modification time: equal before and after means nothing rewritten."""
+    return {p.name: p.stat().st_mtime_ns for p in zips(backup)}
+
+
 def ledger(backup, key):
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
     try:
@@ -101,10 +106,10 @@ def test_patient_uid_recomputed_by_horos_exports_nothing_again(lib, tmp_path):
     backup = tmp_path / "Backup"
     cfg = make_config(lib, backup)
     run(cfg, until_done=True)
-    before = {p.name: p.stat().st_mtime_ns for p in zips(backup)}
+    before = zip_mtimes(backup)
     sql(lib, "UPDATE ZSTUDY SET ZPATIENTUID = ZPATIENTUID || '-M'")
     run(cfg, until_done=True)
-    assert {p.name: p.stat().st_mtime_ns for p in zips(backup)} == before  # no _d2 copies, nothing rewritten
+    assert zip_mtimes(backup) == before  # no _d2 copies, nothing rewritten
     a = lib.study("accented")
     assert ledger(backup, f"{a.uid}|{a.patient_uid}-M")[0] == "done"
     assert ledger(backup, f"{a.uid}|{a.patient_uid}") is None
@@ -171,12 +176,12 @@ def test_rebuild_then_patient_uid_recompute_exports_nothing_again(lib, tmp_path)
     backup = tmp_path / "Backup"
     cfg = make_config(lib, backup)
     run(cfg, until_done=True)
-    before = {p.name: p.stat().st_mtime_ns for p in zips(backup)}
+    before = zip_mtimes(backup)
     sql(lib, "UPDATE ZSERIES SET ZSTUDY = ZSTUDY + 1000")
     sql(lib, "UPDATE ZSTUDY SET Z_PK = Z_PK + 1000")
     run(cfg, until_done=True)
     sql(lib, "UPDATE ZSTUDY SET ZPATIENTUID = ZPATIENTUID || '-Y'")
     run(cfg, until_done=True)
-    assert {p.name: p.stat().st_mtime_ns for p in zips(backup)} == before
+    assert zip_mtimes(backup) == before
     a = lib.study("accented")
     assert ledger(backup, f"{a.uid}|{a.patient_uid}-Y")[0] == "done"
