@@ -74,6 +74,8 @@ class Engine(StudyExport):
         self._changed: Optional[asyncio.Event] = None
         self._reserved: set = set()  # ZIP paths chosen by running jobs
         self._reader: Optional[HorosReader] = None  # the open Horos database while exporting
+        self._publisher: Optional[asyncio.Future] = None  # the status publish loop
+        self._publishing = True
         self._claims: Dict[str, int] = {}  # backup-volume bytes each running job will write at most
         self._space_ok_recorded = False  # DISK_FULL condition cleared in the ledger in this run
 
@@ -102,7 +104,6 @@ class Engine(StudyExport):
         durable.ensure_dir(cfg.backup_dir)
         durable.ensure_dir(cfg.state_dir)
         lock = guards.RunLock(cfg.state_dir / "run.lock").acquire()
-        publisher = None
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
@@ -110,7 +111,7 @@ class Engine(StudyExport):
                 self.live.run_id = await self.ledger.begin_run()
             except sqlite3.Error as exc:
                 raise ledger_fault(cfg.ledger_path, exc) from None
-            publisher = asyncio.ensure_future(self._publish_loop())
+            self._publisher = asyncio.ensure_future(self._publish_loop())
             try:
                 try:
                     await self._run_inner()
@@ -126,8 +127,8 @@ class Engine(StudyExport):
             finally:
                 await self._finish()
         finally:
-            if publisher is not None:
-                publisher.cancel()
+            if self._publisher is not None and not self._publisher.done():
+                self._publisher.cancel()  # only when _finish did not run (it stops the loop cleanly)
             if self.ledger is not None:
                 await self.ledger.close()
             self.pool.shutdown(wait=True)
@@ -148,12 +149,24 @@ class Engine(StudyExport):
         self.live.message = r.message
         self.live.jobs.clear()
         self.live.queued = []
+        await self._stop_publishing()
         await self._publish()
+
+    async def _stop_publishing(self) -> None:
+        """End the publish loop after its current write, so no half-written status temp file is left
+        and the final state is the last one written (cancelling it mid-write would leave both)."""
+        self._publishing = False
+        self._poke()
+        if self._publisher is not None and not self._publisher.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._publisher), 5)
+            except asyncio.TimeoutError:  # a status write hung (a sleeping USB disk): it is cancelled below
+                log.debug("status publisher did not stop within 5 s")
 
     async def _publish_loop(self) -> None:
         """Publish twice a second, and promptly (at most ten times a second) when a job starts or ends."""
         self._changed = asyncio.Event()
-        while True:
+        while self._publishing:
             self.live.sample()
             await self._publish()
             await asyncio.sleep(0.1)

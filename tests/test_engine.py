@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import errno
 import os
 import sqlite3
@@ -488,3 +489,27 @@ def test_a_completely_full_volume_is_disk_full_not_a_damaged_ledger(tmp_path, sm
     (small_volume / "fill.bin").unlink()
     assert run(cfg, until_done=True).exit_code == 0
     assert_backup_complete(lib, backup)
+
+
+def test_no_status_temp_file_is_left_when_a_run_ends_mid_publish(lib, backup, monkeypatch):
+    """The live status is written to a temp file and renamed; a run ending while the publisher is
+    between the two must neither leave the temp file nor let an older state overwrite the final one."""
+    import asyncio
+
+    from horos_async import progress
+
+    real = progress.LiveState.publish
+    calls = iter(range(10 ** 6))
+
+    async def slow_publish(self):
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{next(calls)}.partial")
+        tmp.write_bytes(b"{}")  # the temp file exists ...
+        await asyncio.sleep(1.0)  # ... while the write is still going on
+        tmp.unlink()
+        await real(self)
+
+    monkeypatch.setattr(progress.LiveState, "publish", slow_publish)
+    for _ in range(3):
+        run(make_config(lib, backup), until_done=True)
+        assert not list(backup.rglob("*.partial"))
+        assert json.loads((backup / ".tmp" / "status.json").read_text())["phase"] == "finished"
