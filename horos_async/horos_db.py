@@ -298,10 +298,10 @@ class HorosReader:
     async def _sibling_rows(self, db, studies: List[StudyRow]) -> List[StudyRow]:
         """Other rows of the same studies (same UID and patientUID) that hold no CT/MR series themselves:
         Horos files them into the same study, so their images belong in its ZIP (an SR, a PT series)."""
-        uids = sorted({s.uid for s in studies if s.uid})
-        keys, have = {s.key for s in studies}, {s.pk for s in studies}
         if not studies:
             return []
+        uids = sorted({s.uid for s in studies if s.uid})
+        keys, have = {s.key for s in studies}, {s.pk for s in studies}
         cond = f"st.ZSTUDYINSTANCEUID IN ({','.join('?' * len(uids))})" if uids else "0"
         if any(not s.uid for s in studies):
             cond += " OR st.ZSTUDYINSTANCEUID IS NULL OR TRIM(st.ZSTUDYINSTANCEUID) = ''"

@@ -26,6 +26,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import aiosqlite
 
 from horos_async import naming
+from horos_async.guards import human_bytes
 from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
@@ -435,7 +436,7 @@ def fault(path: Path, exc: sqlite3.Error) -> HorosBackupError:
     except OSError:
         free = None
     if "full" in str(exc).lower() or (free is not None and free < FULL_BELOW):
-        shown = f"{free / 1e6:.1f} MB" if free is not None else "no space"
+        shown = human_bytes(free) if free is not None else "no space"
         return DiskFull(f"the backup volume is full ({shown} free): the ledger {path} cannot be written "
                         f"({exc}). The ledger is fine: do not move it. Free space and run again")
     return LedgerError(

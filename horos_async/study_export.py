@@ -65,7 +65,7 @@ class StudyExport:
             return Outcome(s.key, FAILED, code, detail, files=len(plan.files), seconds=time.monotonic() - t0,
                            extra=tuple(extra))
 
-        if entry is not None and entry.state == DONE and entry.fingerprint == plan.fingerprint:
+        if _unchanged(entry, plan):
             return Outcome(s.key, FAILED, "UNCHANGED", "")
         if not plan.files:
             return fail("NO_FILES", f"none of the study's {len(plan.missing)} files exist on disk; "
@@ -209,7 +209,7 @@ class StudyExport:
 
     async def _compression_flags(self, plan: StudyPlan, entry) -> Optional[List[bool]]:
         """Deflate (True) or store, per file of ``plan``; None when the study will not be zipped."""
-        if not plan.files or (entry is not None and entry.state == DONE and entry.fingerprint == plan.fingerprint):
+        if not plan.files or _unchanged(entry, plan):
             return None
         if self.cfg.compression == "auto":
             return await self._offload(_deflate_flags, plan.files)
@@ -232,6 +232,11 @@ class StudyExport:
             n += 1
             rel = naming.zip_relpath(plan.study, max_length=self.cfg.max_name_length, naming=self.cfg.naming,
                                      version=plan.version, dedup=n)
+
+
+def _unchanged(entry, plan: StudyPlan) -> bool:
+    """The ledger holds a verified ZIP of exactly these files: nothing to export."""
+    return entry is not None and entry.state == DONE and entry.fingerprint == plan.fingerprint
 
 
 def _disk_order(path: Path) -> tuple:
