@@ -155,7 +155,7 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
     early: List[int] = []  # a signal before the event loop runs: remembered, then honoured (exit 130)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
-    from horos_async.engine import Engine
+    from horos_async.backup.engine import Engine
 
     announce = _say if progress else (lambda text: None)
     engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
@@ -195,7 +195,8 @@ def _say(text: str) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from horos_async import guards, plan_view
+    from horos_async import guards
+    from horos_async.ops import plan_view
 
     cfg = load_config(args)
     guards.check_sentinel(cfg)  # the same guards as 'run': the same exit codes for an unmounted volume
@@ -243,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = config_mod.load(cfg_path)
     print(f"config: {cfg_path}")
     if args.plan_only:
-        from horos_async import plan_view
+        from horos_async.ops import plan_view
 
         print(plan_view.render(asyncio.run(plan_view.build(cfg, limit=50))))
         return EXIT_OK
@@ -282,7 +283,8 @@ def program(name: str) -> str:
 
 
 def cmd_rebuild_ledger(args: argparse.Namespace) -> int:
-    from horos_async import guards, rebuild
+    from horos_async import guards
+    from horos_async.ops import rebuild
 
     cfg = load_config(args)
     guards.check_backup_writable(cfg)

@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
-from . import naming, platform
+from horos_async import naming, platform
 
 log = logging.getLogger("horos_async.durable")
 

@@ -109,7 +109,7 @@ def _launchd_config(args: argparse.Namespace):
 
 
 def cmd_launchd_install(args: argparse.Namespace) -> int:
-    from horos_async import launchd
+    from horos_async.ops import launchd
 
     cfg = _launchd_config(args)
     calendar = launchd.parse_calendar(args.calendar) if args.calendar else []
@@ -141,7 +141,8 @@ def cmd_launchd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_launchd_uninstall(args: argparse.Namespace) -> int:
-    from horos_async import launchd, platform
+    from horos_async.ops import launchd
+    from horos_async import platform
 
     if not platform.is_macos():
         print("not macOS: the launchctl command is printed, not run:")
@@ -150,7 +151,7 @@ def cmd_launchd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_launchd_print(args: argparse.Namespace) -> int:
-    from horos_async import launchd
+    from horos_async.ops import launchd
 
     path = launchd.plist_path(_home(args))
     if path.exists() and not args.calendar:
@@ -167,7 +168,7 @@ def cmd_launchd_print(args: argparse.Namespace) -> int:
 
 # -- doctor -------------------------------------------------------------------------------------------
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from horos_async import doctor
+    from horos_async.ops import doctor
 
     try:
         cfg = _config(args)
@@ -184,7 +185,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 # -- verify -------------------------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    from horos_async import guards, verify
+    from horos_async import guards
+    from horos_async.ops import verify
 
     cfg = _config(args)
     guards.check_sentinel(cfg)
@@ -225,7 +227,7 @@ def _zip_paths(args: argparse.Namespace, cfg_box: List) -> List[Path]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from horos_async import restore
+    from horos_async.ops import restore
 
     os.umask(0o027)
     cfg_box: List = []
@@ -253,7 +255,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 # -- catalog ------------------------------------------------------------------------------------------
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from horos_async import catalog, durable
+    from horos_async.ops import catalog
+    from horos_async import durable
 
     cfg = _config(args)
     rows = catalog.from_zips(cfg) if args.from_zips else catalog.from_ledger(cfg, include_all=args.all)

@@ -23,8 +23,8 @@ from typing import Any, Dict, Optional, Tuple
 from horos_async import guards
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
-from horos_async.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
-from horos_async.ledger import open_readonly
+from horos_async.ops.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
+from horos_async.state.ledger import open_readonly
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"

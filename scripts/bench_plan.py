@@ -37,7 +37,8 @@ def peak_rss_mb() -> float:
 
 
 def child(db: Path, rounds: int) -> None:
-    from horos_async import config as config_mod, planner
+    from horos_async import config as config_mod
+    from horos_async.backup import planner
     from horos_async.horos_db import HorosReader
 
     cfg = config_mod.from_mapping({"horos_data": str(db.parent), "backup_dir": str(db.parent.parent / "B"),
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"round {i}: scan of {eligible} eligible studies {scan:.2f}s, batch read ({images} image rows) "
               f"{batch * 1000:.0f} ms")
     print(f"peak RSS of the planning process: {out['rss_mb']:.1f} MB")
-    writer = subprocess.Popen([sys.executable, "-m", "horos_async.writer_probe", str(args.db), "20"],
+    writer = subprocess.Popen([sys.executable, "-m", "horos_async.demo.writer_probe", str(args.db), "20"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     busy = subprocess.run(cmd[:-1] + ["8"], capture_output=True, text=True)
     figures = json.loads(writer.communicate()[0])
@@ -102,7 +103,7 @@ def main() -> None:
                                    "horos_free_gb": 0})
     cfg_path = args.db.parent.parent / "bench.toml"
     cfg_path.write_text(config_mod.render_toml(cfg), encoding="utf-8")
-    writer = subprocess.Popen([sys.executable, "-m", "horos_async.writer_probe", str(args.db), "25"],
+    writer = subprocess.Popen([sys.executable, "-m", "horos_async.demo.writer_probe", str(args.db), "25"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     t0 = time.perf_counter()
     runp = subprocess.run([sys.executable, "-m", "horos_async", "run", "--config", str(cfg_path),

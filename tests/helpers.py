@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from horos_async import config as config_mod
-from horos_async.engine import Engine, RunResult
+from horos_async.backup.engine import Engine, RunResult
 
 
 def make_config(lib, backup: Path, **over) -> config_mod.Config:

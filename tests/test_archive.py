@@ -34,8 +34,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from horos_async import archive, platform
-from horos_async.archive import BuiltMember, Member
+from horos_async.backup import archive
+from horos_async import platform
+from horos_async.backup.archive import BuiltMember, Member
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 UNZIP = shutil.which("unzip")

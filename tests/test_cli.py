@@ -208,7 +208,7 @@ def test_sigterm_before_the_event_loop_runs_is_a_clean_stop(setup):
     lib, cfg, path = setup
     script = (
         "import os, signal, sys\n"
-        "from horos_async import cli, engine\n"
+        "from horos_async import cli\nfrom horos_async.backup import engine\n"
         "real = engine.Engine.__init__\n"
         "def init(self, *a, **kw):\n"
         "    real(self, *a, **kw)\n"

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from horos_async import demo_dicom as dd
+from horos_async.demo import dicom as dd
 from horos_async.demo import (REFERENCE_UNIX, DemoLibrary, add_images, add_study, build_demo,
                               build_large_database, horos_study_modality)
 

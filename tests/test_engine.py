@@ -11,11 +11,13 @@ import stat
 
 import pytest
 
-from horos_async import archive, demo, ledger as ledger_mod
+from horos_async.backup import archive
+from horos_async import demo
+from horos_async.state import ledger as ledger_mod
 from horos_async.errors import (DatabaseUnavailable, DiskFull, LedgerError, LockHeld, SentinelMissing,
                                 VolumeError)
 from horos_async.guards import RunLock
-from horos_async.months import MONTH_MARKER
+from horos_async.backup.months import MONTH_MARKER
 
 from helpers import (assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips,
                      small_tmpfs, zips_by_key)
@@ -274,7 +276,7 @@ def test_free_space_floor_stops_before_starting(lib, backup):
 
 
 def test_source_vanishing_between_plan_and_zip(lib, backup, monkeypatch):
-    from horos_async import planner
+    from horos_async.backup import planner
 
     real = planner.plan_batch
     victim = lib.study("accented")
@@ -496,7 +498,7 @@ def test_no_status_temp_file_is_left_when_a_run_ends_mid_publish(lib, backup, mo
     between the two must neither leave the temp file nor let an older state overwrite the final one."""
     import asyncio
 
-    from horos_async import progress
+    from horos_async.state import live as progress
 
     real = progress.LiveState.publish
     calls = iter(range(10 ** 6))

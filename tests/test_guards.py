@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from horos_async import doctor, guards
+from horos_async.ops import doctor
+from horos_async import guards
 from horos_async.errors import VolumeError
 
 from helpers import make_config, read_only, small_tmpfs

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from horos_async import planner
+from horos_async.backup import planner
 from horos_async.errors import DatabaseUnavailable, SchemaError
 from horos_async.horos_db import HorosReader
 

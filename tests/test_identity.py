@@ -127,7 +127,7 @@ def test_patient_uid_recomputed_by_horos_exports_nothing_again(lib, tmp_path):
 
 def test_images_added_while_zipping_keep_the_study_from_done(lib, tmp_path, monkeypatch):
     """horos-database.md §7: the image count is checked again just before "done"."""
-    from horos_async import archive
+    from horos_async.backup import archive
 
     backup = tmp_path / "Backup"
     real = archive.build_zip

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from horos_async import archive, config as config_mod, demo
+from horos_async.backup import archive
+from horos_async import config as config_mod, demo
 from horos_async.errors import EXIT_INTERRUPTED
 
 from helpers import assert_backup_complete, exportable, key_of, make_config, zips, zips_by_key

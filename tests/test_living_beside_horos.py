@@ -16,7 +16,7 @@ from helpers import assert_backup_complete, make_config, run
 def test_writer_never_waits_during_a_run(tmp_path):
     lib = demo.build_demo(tmp_path / "lib", studies=10, images_per_series=6, ct_size=256, mr_size=256)
     cfg = make_config(lib, tmp_path / "Backup", batch_size=4, db_busy_seconds=10)
-    writer = subprocess.Popen([sys.executable, "-m", "horos_async.writer_probe", str(lib.database), "6"],
+    writer = subprocess.Popen([sys.executable, "-m", "horos_async.demo.writer_probe", str(lib.database), "6"],
                               stdout=subprocess.PIPE)
     results = []
     t = threading.Thread(target=lambda: results.append(run(cfg, until_done=True)))

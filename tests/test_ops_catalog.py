@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import catalog, cli, config as config_mod
+from horos_async.ops import catalog
+from horos_async import cli, config as config_mod
 
 from helpers import backed_up_library, exportable, make_config, zips
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import cli, demo, doctor, launchd
-from horos_async.doctor import FAIL, INFO, PASS, WARN
+from horos_async import cli, demo
+from horos_async.ops import doctor, launchd
+from horos_async.ops.doctor import FAIL, INFO, PASS, WARN
 from horos_async.guards import RunLock
 
 from helpers import backed_up_library, make_config

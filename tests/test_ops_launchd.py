@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import cli, config as config_mod, launchd
+from horos_async import cli, config as config_mod
+from horos_async.ops import launchd
 from horos_async.errors import ConfigError
 
 LABEL = "org.horos-backup.agent"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import cli, config as config_mod, durable, restore
+from horos_async import cli, config as config_mod, durable
+from horos_async.ops import restore
 
 from helpers import backed_up_library, zips, zips_by_key, key_of
 

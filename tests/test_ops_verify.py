@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import cli, config as config_mod, demo, verify
+from horos_async import cli, config as config_mod, demo
+from horos_async.ops import verify
 from horos_async.errors import LockHeld
 from horos_async.guards import RunLock
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from horos_async import durable, engine as engine_mod, rebuild
+from horos_async import durable
+from horos_async.backup import engine as engine_mod
+from horos_async.ops import rebuild
 
 from helpers import assert_backup_complete, backed_up_library, make_config, run, sha, zips
 

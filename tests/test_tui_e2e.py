@@ -25,7 +25,7 @@ from tui.widgets.archive_progress import ArchiveProgress
 from tui.widgets.engine_header import EngineHeader
 from tui.widgets.issues_table import IssuesTable
 
-ENGINE_READY = (importlib.util.find_spec("horos_async.engine") is not None
+ENGINE_READY = (importlib.util.find_spec("horos_async.backup.engine") is not None
                 and importlib.util.find_spec("horos_async.demo") is not None
                 and hasattr(status, "read_snapshot"))
 RUN_TIMEOUT = 60.0
@@ -51,7 +51,7 @@ async def refresh(pilot) -> None:
     await pilot.pause()
 
 
-@pytest.mark.skipif(not ENGINE_READY, reason="needs horos_async.engine, .demo and status.read_snapshot")
+@pytest.mark.skipif(not ENGINE_READY, reason="needs horos_async.backup.engine, .demo and status.read_snapshot")
 async def test_monitor_follows_a_real_run(tmp_path):
     from horos_async.demo import build_demo
 
@@ -96,7 +96,7 @@ async def test_monitor_follows_a_real_run(tmp_path):
         assert {i.code for i in issues.shown} >= {"MISSING_FILES"}
 
 
-@pytest.mark.skipif(not ENGINE_READY, reason="needs horos_async.engine, .demo and status.read_snapshot")
+@pytest.mark.skipif(not ENGINE_READY, reason="needs horos_async.backup.engine, .demo and status.read_snapshot")
 @pytest.mark.parametrize("fault", ["unmounted", "damaged"])
 async def test_unreadable_backup_state_is_an_error_not_zero_progress(tmp_path, fault):
     """An unmounted backup volume or a damaged ledger: the header says UNREADABLE with the reason,

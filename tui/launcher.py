@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from horos_async import launchd
+from horos_async.ops import launchd
 from horos_async.config import Config
 
 LABEL = launchd.LABEL

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List
 
-from horos_async import planner
+from horos_async.backup import planner
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader
-from horos_async.ledger import open_readonly, read_index
+from horos_async.state.ledger import open_readonly, read_index
 
 
 def _ledger_bytes(cfg: Config) -> Dict[str, int]:

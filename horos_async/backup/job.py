@@ -1,6 +1,6 @@
 """One study's ZIP job, from the free-space claim to the ledger commit (the engine's per-study half).
 
-``StudyExport`` is mixed into :class:`horos_async.engine.Engine`, whose state it uses: ``cfg``,
+``StudyExport`` is mixed into :class:`horos_async.backup.engine.Engine`, whose state it uses: ``cfg``,
 ``ledger``, ``live``, ``cancel``, ``_offload``, ``_reader`` and the per-run ``_claims``/``_reserved``.
 Order per attempt (RELIABILITY.md §1): build the temp ZIP (synced inside) → verify it against the
 sources → count the study's image rows again → publish without overwriting (+ directory sync) →
@@ -21,13 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from horos_async import archive, durable, guards, naming, reconcile
+from horos_async.backup import archive, reconcile
+from horos_async import durable, guards, naming
 from horos_async.errors import DiskFull, HorosBackupError, VolumeError
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.naming import redact_zip_path
-from horos_async.progress import JobProgress
+from horos_async.state.live import JobProgress
 
-log = logging.getLogger("horos_async.engine")
+log = logging.getLogger("horos_async.backup.engine")
 ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
 ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
 SPACE_POLL_SECONDS = 0.5

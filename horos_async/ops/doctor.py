@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from horos_async import durable, guards, launchd, platform
+from horos_async import durable, guards, platform
+from horos_async.ops import launchd
 from horos_async.config import Config
 from horos_async.errors import ConfigError
 
@@ -352,7 +353,7 @@ def check_lock(cfg: Config) -> Check:
 
 def check_ledger(cfg: Config) -> Check:
     """The ledger opens read-only and passes ``PRAGMA quick_check``."""
-    from horos_async.ledger import open_readonly
+    from horos_async.state.ledger import open_readonly
 
     path = cfg.ledger_path
     fix = (f"move it aside (mv '{path}' '{path}.damaged') and run 'horos-backup rebuild-ledger'; "

@@ -23,11 +23,12 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async import archive, durable, naming, platform
+from horos_async.backup import archive
+from horos_async import durable, naming, platform
 from horos_async.config import Config
-from horos_async.ledger import Ledger
+from horos_async.state.ledger import Ledger
 
-log = logging.getLogger("horos_async.reconcile")
+log = logging.getLogger("horos_async.backup.reconcile")
 MONTH_DIR = re.compile(r"^(\d{4}_\d{2}|undated)$")
 _READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 DEEP_ADOPT_LIMIT = 50
@@ -119,7 +120,7 @@ def readable_zip(path: Path, deep: bool) -> str:
 async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
     """Bring ledger and disk into agreement; returns counts of what was done."""
-    from horos_async.study_export import members_digest
+    from horos_async.backup.job import members_digest
 
     stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)

@@ -15,10 +15,11 @@ import sqlite3
 from dataclasses import astuple, dataclass, fields
 from typing import Iterable, List, Optional
 
-from horos_async import guards, reconcile
+from horos_async import guards
+from horos_async.backup import reconcile
 from horos_async.config import Config
 from horos_async.errors import LedgerError, VolumeError
-from horos_async.ledger import open_readonly
+from horos_async.state.ledger import open_readonly
 from horos_async.naming import transliterate
 
 BOM = "\ufeff"

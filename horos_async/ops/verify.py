@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from horos_async import archive, durable, guards, reconcile
+from horos_async.backup import archive, reconcile
+from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
-from horos_async.ledger import Ledger
-from horos_async.months import withdraw_month_marker
+from horos_async.state.ledger import Ledger
+from horos_async.backup.months import withdraw_month_marker
 
 STATE_NAME = "verify_state.json"
 STATE_VERSION = 1
@@ -299,7 +300,7 @@ class Verifier:
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes
         if z.digest:
-            from horos_async.study_export import members_digest
+            from horos_async.backup.job import members_digest
 
             if members_digest(members) != z.digest:
                 return None, "its members (names, CRCs, sizes) differ from what was recorded", nbytes

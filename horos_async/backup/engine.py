@@ -19,17 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from horos_async import allocator, archive, durable, guards, planner, reconcile
+from horos_async import allocator, durable, guards
+from horos_async.backup import archive, planner, reconcile
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, HorosBackupError
 from horos_async.horos_db import HorosReader
-from horos_async.ledger import Ledger, fault as ledger_fault
+from horos_async.state.ledger import Ledger, fault as ledger_fault
 from horos_async.models import DONE, PARTIAL, Outcome, StudyPlan
-from horos_async.months import update_month_markers
-from horos_async.progress import LiveState
-from horos_async.study_export import StudyExport
+from horos_async.backup.months import update_month_markers
+from horos_async.state.live import LiveState
+from horos_async.backup.job import StudyExport
 
-log = logging.getLogger("horos_async.engine")
+log = logging.getLogger("horos_async.backup.engine")
 LOOKAHEAD_BATCHES = 20
 
 

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from horos_async import demo_dicom as dd
+from horos_async.demo import dicom as dd
 
 REFERENCE_UNIX = 978307200
 """Unix time of 2001-01-01 00:00:00 UTC, the zero of Core Data dates."""

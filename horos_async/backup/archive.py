@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 
-from . import durable
-from .naming import redact_zip_path
+from horos_async import durable
+from horos_async.naming import redact_zip_path
 
 try:  # ISA-L writes the same raw deflate stream as zlib, 5-20x faster at low levels.
     from isal import isal_zlib as _isal

@@ -1,6 +1,6 @@
 """A stand-in for Horos committing to its store, to prove the backup never stalls it.
 
-``python -m horos_async.writer_probe DB SECONDS [INTERVAL]`` commits a tiny change every INTERVAL
+``python -m horos_async.demo.writer_probe DB SECONDS [INTERVAL]`` commits a tiny change every INTERVAL
 seconds (default 0.05) in rollback-journal mode, as current Horos does, and prints one JSON line:
 commits made and the worst and median time a commit waited. Used by tests and scripts/bench_*.py.
 """

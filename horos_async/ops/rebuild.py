@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Dict
 
-from horos_async import durable, guards, reconcile
+from horos_async import durable, guards
+from horos_async.backup import reconcile
 from horos_async.config import Config
-from horos_async.ledger import Ledger
+from horos_async.state.ledger import Ledger
 
 
 async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None) -> Dict[str, int]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from horos_async import archive, durable, guards
+from horos_async.backup import archive
+from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import EXIT_CHECK, HorosBackupError
 

@@ -1,0 +1,5 @@
+"""The engine's state on disk, each format owned by one module that both writes and reads it.
+
+``ledger`` is the single truth for "done" (an SQLite database on the backup volume); ``live`` is the
+live status file the engine publishes while it runs. See docs/design/architecture.md.
+"""
