@@ -313,3 +313,15 @@ def render_toml(cfg: Config) -> str:
 
 def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load_with_overrides(path: Optional[Path] = None, *, horos_data: Optional[Path] = None,
+                        backup_dir: Optional[Path] = None) -> Config:
+    """The config every command uses: :func:`load`, then the ``--horos-data``/``--backup-dir`` overrides."""
+    cfg = load(path)
+    over = {}
+    if horos_data:
+        over["horos_data"] = Path(horos_data).expanduser().absolute()
+    if backup_dir:
+        over["backup_dir"] = Path(backup_dir).expanduser().absolute()
+    return validate(cfg.with_overrides(**over)) if over else cfg

@@ -19,6 +19,7 @@ EXIT_DISK = 6  # backup disk full or below the free-space floor
 EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
 EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
 EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full
+EXIT_SERVICE = 10  # launchctl could not load or unload the LaunchAgent, or its plist is invalid
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: stopped cleanly
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as shells report it
 
@@ -75,7 +76,13 @@ class LedgerError(HorosBackupError):
     exit_code = EXIT_LEDGER
 
 
-class Interrupted(HorosBackupError):
-    """SIGTERM or SIGINT asked the run to stop."""
+class RestoreError(HorosBackupError):
+    """A restore could not finish (INCOMING stayed full, destination unusable)."""
 
-    exit_code = EXIT_INTERRUPTED
+    exit_code = EXIT_CHECK
+
+
+class LaunchdError(HorosBackupError):
+    """The LaunchAgent could not be rendered, checked, or (un)loaded by launchctl."""
+
+    exit_code = EXIT_SERVICE

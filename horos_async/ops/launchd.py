@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from horos_async import durable, platform
 from horos_async.config import Config
-from horos_async.errors import EXIT_CONFIG, ConfigError, HorosBackupError
+from horos_async.errors import ConfigError, LaunchdError
 
 LABEL = "org.horos-backup.agent"
 PLIST_NAME = f"{LABEL}.plist"
@@ -67,12 +67,6 @@ _UNSUPPORTED = re.compile(r"unrecognized subcommand|unknown subcommand|not suppo
 # What bootout prints when the agent is simply not loaded: nothing to undo.
 _NOT_LOADED = re.compile(r"no such process|could not find|not find specified service|\b113\b|\b3:", re.I)
 _TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
-
-
-class LaunchdError(HorosBackupError):
-    """The LaunchAgent could not be rendered, checked or (un)loaded."""
-
-    exit_code = EXIT_CONFIG
 
 
 def plist_path(home: Path) -> Path:

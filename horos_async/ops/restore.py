@@ -25,16 +25,10 @@ from typing import Callable, List, Optional, Tuple
 from horos_async.backup import archive
 from horos_async import durable, guards
 from horos_async.config import Config
-from horos_async.errors import EXIT_CHECK, HorosBackupError
+from horos_async.errors import RestoreError
 
 CHUNK = 1 << 20
 _MAX_NAME = 240  # bytes; every filesystem we meet allows 255 per name, the temp name adds a little
-
-
-class RestoreError(HorosBackupError):
-    """A restore could not finish (INCOMING stayed full, destination unusable)."""
-
-    exit_code = EXIT_CHECK
 
 
 class Refused(Exception):

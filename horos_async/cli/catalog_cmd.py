@@ -1,0 +1,45 @@
+"""``horos-backup catalog``: list every backed-up study (patient, dates, UID, ZIP) from the ledger."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from horos_async import durable
+from horos_async.cli.common import add_common, config_from
+from horos_async.errors import EXIT_OK, ConfigError
+from horos_async.ops import catalog
+
+
+def build_parser_catalog(sub) -> None:
+    c = sub.add_parser("catalog", help="list every backed-up study (patient, dates, UID, ZIP) from the ledger")
+    add_common(c)
+    c.add_argument("--csv", action="store_true", help="CSV (UTF-8 with BOM, for Excel) instead of a table")
+    c.add_argument("--out", type=Path, metavar="FILE", help="write to FILE instead of the terminal")
+    c.add_argument("--delimiter", default=",", help="CSV separator; ';' suits Excel in Portuguese")
+    c.add_argument("--from-zips", action="store_true", help="read the ZIPs' own labels instead of the ledger")
+    c.add_argument("--search", metavar="TEXT", help="only patients whose name contains TEXT (accents ignored), or UID")
+    c.add_argument("--all", action="store_true", help="also list studies that have no ZIP yet (failed, pending)")
+    c.set_defaults(func=do_catalog)
+
+
+def do_catalog(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    rows = catalog.from_zips(cfg) if args.from_zips else catalog.from_ledger(cfg, include_all=args.all)
+    if args.search:
+        rows = catalog.search(rows, args.search)
+    if len(args.delimiter) != 1:
+        raise ConfigError(f"--delimiter {args.delimiter!r}: one character, e.g. ',' or ';'")
+    text = catalog.to_csv(rows, args.delimiter) if args.csv else catalog.to_table(rows) + "\n"
+    if args.out:
+        data = text.encode("utf-8")
+        durable.write_atomic(args.out.expanduser().absolute(), data, overwrite=True)
+        print(f"horos-backup: {len(rows)} studies written to {args.out}")
+    elif args.csv:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
