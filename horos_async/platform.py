@@ -114,3 +114,12 @@ def _describe_fs(fd: int) -> str:
     while not os.path.ismount(current) and current.parent != current:
         current = current.parent
     return str(current)
+
+
+LAUNCHD_LABEL = "org.horos-backup.agent"
+"""The launchd job label of our LaunchAgent (``horos-backup launchd install`` writes it)."""
+
+
+def launchd_plist_path(home: Optional[Path] = None) -> Path:
+    """``~/Library/LaunchAgents/org.horos-backup.agent.plist`` under ``home`` (default: this user's home)."""
+    return Path(home or Path.home()) / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from horos_async import guards
+from horos_async import guards, platform
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
-from horos_async.ops.launchd import LABEL as LAUNCHD_LABEL, plist_path  # noqa: F401 (the TUI's launcher uses it)
 from horos_async.state.ledger import open_readonly
 
 STALE_SECONDS = 10.0
@@ -213,7 +212,7 @@ def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: in
 
 def launchd_plist_path() -> Path:
     """Where ``horos-backup launchd install`` puts the LaunchAgent."""
-    return plist_path(Path.home())
+    return platform.launchd_plist_path()
 
 
 def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int = 50,

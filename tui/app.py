@@ -13,7 +13,6 @@ does (``tui.launcher``), in its own process.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -22,16 +21,13 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from horos_async.config import Config
 
 from tui.launcher import Launch
+from tui.settings import HISTORY_POINTS, HUNG_SECONDS, display_zone  # noqa: F401 (tests import them here)
 from tui.source import Source
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; Textual is imported inside make_app and entry
     from textual.app import App
 
 INSTALL_HINT = "horos-tui needs the optional 'tui' extra: pip install 'horos-backup[tui]'"
-HISTORY_POINTS = 600
-"""INCOMING counts kept for the history strip (ten minutes at the default refresh)."""
-HUNG_SECONDS = 10.0
-"""A status read taking longer than this is shown as unreadable (volume not responding?)."""
 
 
 def make_app(config: Config, source: Optional[Source] = None, clock: Optional[Callable[[], float]] = None,
@@ -42,15 +38,6 @@ def make_app(config: Config, source: Optional[Source] = None, clock: Optional[Ca
     from tui.monitor import HorosTui
 
     return HorosTui(config, source=source, clock=clock, refresh=refresh, starter=starter, theme_name=theme)
-
-
-def display_zone(cfg: Config) -> Optional[dt.tzinfo]:
-    """Zone for local times: the Horos Mac's configured zone, else this machine's (None)."""
-    if not cfg.timezone:
-        return None
-    from horos_async.timezones import load_zone
-
-    return load_zone(cfg.timezone)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from horos_async.ops import launchd
+from horos_async import platform as hb_platform
 from horos_async.config import Config
 
-LABEL = launchd.LABEL
+LABEL = hb_platform.LAUNCHD_LABEL
 """launchd job label of the LaunchAgent (``horos-backup launchd install`` owns the name)."""
 
 
@@ -39,7 +39,7 @@ class Launch:
 
 def plist_path(home: Optional[Path] = None) -> Path:
     """Where the LaunchAgent plist lives for this user."""
-    return launchd.plist_path(home or Path.home())
+    return hb_platform.launchd_plist_path(home)
 
 
 def plan_launch(cfg: Config, *, platform: str = sys.platform, home: Optional[Path] = None,

@@ -20,7 +20,7 @@ from textual.worker import get_current_worker
 from horos_async.config import Config
 from horos_async.status import Snapshot
 from tui import launcher
-from tui.app import HISTORY_POINTS, HUNG_SECONDS, display_zone
+from tui.settings import HISTORY_POINTS, HUNG_SECONDS, display_zone
 from tui.messages import SnapshotRead
 from tui.screens.confirm_run import ConfirmRunScreen
 from tui.screens.help import HelpScreen

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import hashlib
-import json
 import logging
 import os
 import time
@@ -21,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from horos_async.backup import archive, reconcile
+from horos_async.backup import archive
+from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async import durable, guards, naming
 from horos_async.errors import DiskFull, HorosBackupError, VolumeError
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
@@ -32,27 +31,6 @@ log = logging.getLogger("horos_async.backup.engine")
 ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
 ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
 SPACE_POLL_SECONDS = 0.5
-
-
-def zip_comment(plan: StudyPlan, state: str = DONE) -> bytes:
-    """The study identity stored as the ZIP comment: lets a lost ledger be rebuilt from disk."""
-    s = plan.study
-    return json.dumps({
-        "horos_backup": 1, "key": s.key, "uid": s.uid, "patient_uid": s.patient_uid, "horos_pk": s.pk,
-        "version": plan.version, "fingerprint": plan.fingerprint, "date_added": s.date_added,
-        "files": len(plan.files), "bytes_in": plan.total_bytes, "state": state,
-        "study_date": s.study_date.isoformat() if s.study_date else None,
-        "birth_date": s.birth_date.isoformat() if s.birth_date else None,
-        "patient_name": s.patient_name, "modalities": s.modalities, "exported_at": time.time(),
-    }, ensure_ascii=True, separators=(",", ":")).encode("ascii")[:65000]
-
-
-def members_digest(members) -> str:
-    """Short digest of (name, crc, size) of every member: what a ZIP held, for later comparison."""
-    h = hashlib.sha256()
-    for m in members:
-        h.update(f"{m.name}\t{m.crc:08x}\t{m.size}\n".encode())
-    return h.hexdigest()
 
 
 class StudyExport:
@@ -223,7 +201,7 @@ class StudyExport:
             owner = await self.ledger.zip_owner(rel)
             path = self.cfg.backup_dir / rel
             if owner is None and path.exists():
-                ident = reconcile.read_identity(path)
+                ident = read_identity(path)
                 owner = ident.get("key") if ident else "?"
             if rel in self._reserved:  # a concurrent job of this batch is writing that name
                 owner = "?"

@@ -15,7 +15,6 @@ Log lines and issue details name a ZIP by :func:`naming.redact_zip_path` unless 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from horos_async.backup import archive
+from horos_async.backup.identity import members_digest, read_identity
 from horos_async import durable, naming, platform
 from horos_async.config import Config
 from horos_async.state.ledger import Ledger
@@ -49,15 +49,6 @@ def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
                 if e.name.endswith(".zip") and not e.name.startswith(".") and e.is_file(follow_symlinks=False):
                     out[f"{m.name}/{e.name}"] = e.stat().st_size
     return out
-
-
-def read_identity(path: Path) -> Optional[dict]:
-    """The study identity JSON in a ZIP's comment, or None when the ZIP is not ours."""
-    try:
-        data = json.loads(archive.read_comment(path).decode("ascii") or "null")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("horos_backup") and data.get("key") else None
 
 
 def check_zip(path: Path, deep: bool) -> Tuple[Optional[List[archive.BuiltMember]], str]:
@@ -120,7 +111,6 @@ def readable_zip(path: Path, deep: bool) -> str:
 async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
     """Bring ledger and disk into agreement; returns counts of what was done."""
-    from horos_async.backup.job import members_digest
 
     stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)

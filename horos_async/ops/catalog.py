@@ -17,6 +17,7 @@ from typing import Iterable, List, Optional
 
 from horos_async import guards
 from horos_async.backup import reconcile
+from horos_async.backup.identity import read_identity
 from horos_async.config import Config
 from horos_async.errors import LedgerError, VolumeError
 from horos_async.state.ledger import open_readonly
@@ -112,7 +113,7 @@ def from_zips(cfg: Config) -> List[Row]:
     """Rows from the identity comments of the ZIPs on disk (every version), without the ledger."""
     rows = []
     for rel, size in sorted(reconcile.zips_on_disk(cfg.backup_dir).items()):
-        ident = reconcile.read_identity(cfg.backup_dir / rel)
+        ident = read_identity(cfg.backup_dir / rel)
         if ident is None:
             rows.append(Row("", "", "", "", "", rel, size, 0, "", 0, "not a horos-backup ZIP"))
             continue

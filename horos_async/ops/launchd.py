@@ -28,7 +28,7 @@ from horos_async import durable, platform
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LaunchdError
 
-LABEL = "org.horos-backup.agent"
+LABEL = platform.LAUNCHD_LABEL
 PLIST_NAME = f"{LABEL}.plist"
 TEMPLATE_NAME = f"{PLIST_NAME}.template"
 PLIST_MODE = 0o644  # launchd refuses agents writable by others; readable is what it expects
@@ -71,7 +71,7 @@ _TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
 
 def plist_path(home: Path) -> Path:
     """``~/Library/LaunchAgents/org.horos-backup.agent.plist`` under ``home``."""
-    return Path(home) / "Library" / "LaunchAgents" / PLIST_NAME
+    return platform.launchd_plist_path(home)
 
 
 def program_path() -> Path:
@@ -100,14 +100,13 @@ def parse_calendar(text: str) -> List[Dict[str, int]]:
 
 def load_template() -> Dict[str, Any]:
     """The template as a dict: the repository's ``launchd/`` file, else the built-in copy."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "launchd" / TEMPLATE_NAME, here / "templates" / TEMPLATE_NAME):
-        if candidate.is_file():
-            try:
-                return plistlib.loads(candidate.read_bytes())
-            except Exception as exc:  # expat and plistlib raise several types for a broken file
-                raise LaunchdError(f"template {candidate} is not a valid plist ({exc}); restore it from "
-                                   f"the repository") from None
+    candidate = Path(__file__).resolve().parents[2] / "launchd" / TEMPLATE_NAME  # the checkout's launchd/
+    if candidate.is_file():
+        try:
+            return plistlib.loads(candidate.read_bytes())
+        except Exception as exc:  # expat and plistlib raise several types for a broken file
+            raise LaunchdError(f"template {candidate} is not a valid plist ({exc}); restore it from "
+                               f"the repository") from None
     return dict(BUILTIN_TEMPLATE)
 
 

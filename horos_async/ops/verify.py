@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from horos_async.backup import archive, reconcile
+from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
@@ -300,7 +301,6 @@ class Verifier:
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes
         if z.digest:
-            from horos_async.backup.job import members_digest
 
             if members_digest(members) != z.digest:
                 return None, "its members (names, CRCs, sizes) differ from what was recorded", nbytes
