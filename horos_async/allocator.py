@@ -22,7 +22,7 @@ import logging
 import sys
 from typing import Optional
 
-log = logging.getLogger("horos_async")
+log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3

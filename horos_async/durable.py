@@ -1,4 +1,4 @@
-"""The one helper every durable write goes through (RELIABILITY.md §1, STYLE.md habit 8).
+"""The one helper every durable write goes through (docs/design/durability.md §1, borg's SaveFile pattern).
 
 The order is always: write a temp file in the same directory as the final name, flush and fully sync
 it, move it to the final name *without ever replacing an existing file*, then sync the directory (and
@@ -20,7 +20,7 @@ from typing import IO, Callable, List, Optional, Sequence
 
 from horos_async import naming, platform
 
-log = logging.getLogger("horos_async.durable")
+log = logging.getLogger(__name__)
 
 Trace = Optional[Callable[[str, Path], None]]
 

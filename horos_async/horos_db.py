@@ -1,4 +1,4 @@
-"""The only module that speaks Horos's SQL: read-only, short transactions, names per horos-database.md.
+"""The only module that speaks Horos's SQL: read-only, short transactions, names per docs/design/horos-database.md.
 
 Horos (rollback journal since 2018) cannot commit while we hold a read transaction, so:
 candidates are scanned in small keyset pages, each its own statement read to the end; one batch's
@@ -23,7 +23,7 @@ from horos_async.errors import DatabaseUnavailable, SchemaError
 from horos_async.models import StudyRow
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone, system_zone
 
-log = logging.getLogger("horos_async.horos_db")
+log = logging.getLogger(__name__)
 
 # Columns we cannot work without; everything else is optional and read as NULL when absent.
 REQUIRED = {

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 def study_key(uid, patient_uid) -> str:
     """The ledger key of a study from its raw ``ZSTUDYINSTANCEUID`` and ``ZPATIENTUID`` (NULL-safe).
 
-    Horos files an incoming image by both values together (horos-database.md §4.5), so rows sharing
+    Horos files an incoming image by both values together (docs/design/horos-database.md §4.5), so rows sharing
     them are one study; ``Z_PK`` is kept as data, as it changes when Horos rebuilds its database.
     """
     return f"{str(uid or '').strip()}|{patient_uid or ''}"
@@ -24,7 +24,7 @@ class StudyRow:
     pk: int
     """``ZSTUDY.Z_PK``: stable while the store lives, renumbered by a Horos "rebuild database"."""
     uid: str
-    """Study Instance UID (``ZSTUDYINSTANCEUID``); may repeat across rows (horos-database.md §4.5)."""
+    """Study Instance UID (``ZSTUDYINSTANCEUID``); may repeat across rows (docs/design/horos-database.md §4.5)."""
     patient_uid: str
     """Horos's normalised patient key (``ZPATIENTUID``); with ``uid`` it identifies the study."""
     patient_name: str

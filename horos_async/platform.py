@@ -1,7 +1,7 @@
 """The one seam between macOS and Linux: syncing files and directories all the way to the device.
 
 On macOS ``os.fsync`` only hands data to the drive, which may hold it in a volatile cache; only
-``fcntl(F_FULLFSYNC)`` asks the drive to write it out (RELIABILITY.md §1 step 2). Some filesystems
+``fcntl(F_FULLFSYNC)`` asks the drive to write it out (docs/design/durability.md §1 step 2). Some filesystems
 (exFAT, FAT, SMB) refuse F_FULLFSYNC: we then fall back to ``os.fsync`` and say so once per
 filesystem. On Linux ``os.fsync`` already is the full sync. Everything else in the package calls
 :func:`full_fsync` and :func:`sync_dir` and never touches ``fcntl`` for syncing itself.
@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - Windows is not supported, but importing must not crash
     fcntl = None  # type: ignore[assignment]
 
-log = logging.getLogger("horos_async")
+log = logging.getLogger(__name__)
 
 # Module-level so tests can swap in a fake fcntl and a fake flag to exercise the macOS branch on Linux.
 _fcntl = fcntl

@@ -1,4 +1,4 @@
-"""Core Data timestamps to local dates, in the zone of the Mac that ran Horos (horos-database.md §5).
+"""Core Data timestamps to local dates, in the zone of the Mac that ran Horos (docs/design/horos-database.md §5).
 
 Horos parsed DICOM dates as wall-clock time of the Mac's default zone, so the stored instant must be
 read back in that zone, never in UTC: 22:30 on 31 March in São Paulo is 01:30 UTC on 1 April.

@@ -1,4 +1,4 @@
-"""The demo library has the shape horos-database.md describes, real DICOM files, and is deterministic."""
+"""The demo library has the shape docs/design/horos-database.md describes, real DICOM files, and is deterministic."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def read(path: Path, **kwargs) -> pydicom.Dataset:
 
 
 def unpack_uid(blob: bytes) -> str:
-    """Inverse of Horos's nibble packing (horos-database.md §4.7)."""
+    """Inverse of Horos's nibble packing (docs/design/horos-database.md §4.7)."""
     chars = []
     for nibble in blob.hex():
         if nibble == "0":
@@ -58,7 +58,7 @@ def unpack_uid(blob: bytes) -> str:
 
 
 def resolve(lib: DemoLibrary, number, string) -> Path:
-    """Path resolution of horos-database.md §4, written independently of the demo."""
+    """Path resolution of docs/design/horos-database.md §4, written independently of the demo."""
     if number is None and string.startswith("/"):
         return Path(string)
     name = f"{number}.dcm" if number is not None else string
@@ -85,7 +85,7 @@ def test_tables_columns_and_primary_keys(db: sqlite3.Connection) -> None:
     assert {"ZSTUDY", "ZSERIES", "ZIMAGE", "ZALBUM", "ZLOGENTRY", "Z_1STUDIES", "Z_PRIMARYKEY", "Z_METADATA",
             "Z_MODELCACHE"} <= tables
     study, series, image = (column_types(db, t) for t in ("ZSTUDY", "ZSERIES", "ZIMAGE"))
-    assert (len(study), len(series), len(image)) == (31, 32, 36)  # as in horos-database.md §3
+    assert (len(study), len(series), len(image)) == (31, 32, 36)  # as in docs/design/horos-database.md §3
     for cols in (study, series, image):
         assert cols["Z_PK"] == cols["Z_ENT"] == cols["Z_OPT"] == "INTEGER"
     assert study["ZDATE"] == study["ZDATEADDED"] == study["ZDATEOFBIRTH"] == image["ZDATE"] == "TIMESTAMP"
@@ -276,7 +276,7 @@ def test_dates_decode_in_local_time(db: sqlite3.Connection, lib: DemoLibrary) ->
     assert dt.datetime.fromtimestamp(date + REFERENCE_UNIX, dt.timezone.utc) == \
         dt.datetime(2024, 4, 1, 1, 30, tzinfo=dt.timezone.utc)
     assert kind == "integer" and added_kind == "real"
-    assert birth == -650926800  # 1980-05-17 00:00 in São Paulo (horos-database.md §5)
+    assert birth == -650926800  # 1980-05-17 00:00 in São Paulo (docs/design/horos-database.md §5)
     local = lib.study("month-boundary").study_date_local
     assert (local.year, local.month, local.day, local.hour, local.minute) == (2024, 3, 31, 22, 30)
     assert str(local.tzinfo) == "America/Sao_Paulo"

@@ -1,6 +1,6 @@
 """Study identity on awkward Horos rows: duplicate study rows, odd UIDs, image rows naming no file.
 
-Each test alters a real demo Database.sql the way such rows occur (horos-database.md §4.5, §0) and
+Each test alters a real demo Database.sql the way such rows occur (docs/design/horos-database.md §4.5, §0) and
 runs the real engine: ZIPs are read back, the ledger is queried.
 """
 
@@ -126,7 +126,7 @@ def test_patient_uid_recomputed_by_horos_exports_nothing_again(lib, tmp_path):
 
 
 def test_images_added_while_zipping_keep_the_study_from_done(lib, tmp_path, monkeypatch):
-    """horos-database.md §7: the image count is checked again just before "done"."""
+    """docs/design/horos-database.md §7: the image count is checked again just before "done"."""
     from horos_async.backup import archive
 
     backup = tmp_path / "Backup"

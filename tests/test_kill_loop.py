@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL the real CLI at random moments, then let it finish; SIGTERM stops cleanly.
 
-The invariant (RELIABILITY.md): every due study in exactly one valid, complete ZIP, nothing recorded
+The invariant (docs/design/durability.md): every due study in exactly one valid, complete ZIP, nothing recorded
 done that is not, no temp files left. After every kill, every ZIP under a final name must verify.
 The default run kills a handful of times; HOROS_SLOW=1 kills 200 times.
 """

@@ -1,4 +1,4 @@
-"""File resolution exactly as Horos does it (horos-database.md §4.2 worked example)."""
+"""File resolution exactly as Horos does it (docs/design/horos-database.md §4.2 worked example)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_folder_size_is_configurable_and_empty_rows_name_nothing():
 
 
 def test_path_number_wins_over_any_path_string():
-    # horos-database.md §0/§4.2: a ZPATHNUMBER turns into "<n>.dcm" first, whatever ZPATHSTRING holds
+    # docs/design/horos-database.md §0/§4.2: a ZPATHNUMBER turns into "<n>.dcm" first, whatever ZPATHSTRING holds
     path, linked = resolve_image_path(img(12345, "/Volumes/CD/IM1", 0), ROOT, 10000)
     assert path == ROOT / "DATABASE.noindex/20000/12345.dcm" and not linked
 

@@ -1,4 +1,4 @@
-"""Core Data dates read in the Mac's zone (horos-database.md §5 worked examples)."""
+"""Core Data dates read in the Mac's zone (docs/design/horos-database.md §5 worked examples)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 No asyncio here: the engine calls these from a worker thread. The writer streams each source in
 fixed chunks (memory stays flat whatever the study size), checks every member's CRC against the
-bytes actually read, and fully syncs the file before returning. The verifier follows RELIABILITY.md
+bytes actually read, and fully syncs the file before returning. The verifier follows docs/design/durability.md
 §3: member by member from ``infolist()`` (never ``testzip``), every error turned into
 :class:`ZipInvalid` naming the member, and a check that the file ends exactly at its end record.
 Errors of the *output* disk (ENOSPC, EIO, ENXIO) propagate as the original ``OSError``.
@@ -33,7 +33,7 @@ try:  # ISA-L writes the same raw deflate stream as zlib, 5-20x faster at low le
 except ImportError:  # pragma: no cover - the wheel is missing on some platforms
     _isal = None
 
-log = logging.getLogger("horos_async")
+log = logging.getLogger(__name__)
 
 USE_ISAL = _isal is not None
 """Compress and checksum with ISA-L when it is installed; tests set this False to force zlib."""

@@ -30,7 +30,7 @@ from horos_async.backup.months import update_month_markers
 from horos_async.state.live import LiveState
 from horos_async.backup.job import StudyExport
 
-log = logging.getLogger("horos_async.backup.engine")
+log = logging.getLogger(__name__)
 LOOKAHEAD_BATCHES = 20
 
 

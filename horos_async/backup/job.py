@@ -2,7 +2,7 @@
 
 ``StudyExport`` is mixed into :class:`horos_async.backup.engine.Engine`, whose state it uses: ``cfg``,
 ``ledger``, ``live``, ``cancel``, ``_offload``, ``_reader`` and the per-run ``_claims``/``_reserved``.
-Order per attempt (RELIABILITY.md §1): build the temp ZIP (synced inside) → verify it against the
+Order per attempt (docs/design/durability.md §1): build the temp ZIP (synced inside) → verify it against the
 sources → count the study's image rows again → publish without overwriting (+ directory sync) →
 ledger commit. Study-level problems return an :class:`Outcome`; run-level faults raise.
 """
@@ -27,7 +27,7 @@ from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.naming import redact_zip_path
 from horos_async.state.live import JobProgress
 
-log = logging.getLogger("horos_async.backup.engine")
+log = logging.getLogger(__name__)
 ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
 ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
 SPACE_POLL_SECONDS = 0.5
@@ -181,7 +181,7 @@ class StudyExport:
         return err
 
     async def _image_rows(self, plan: StudyPlan) -> Optional[int]:
-        """The study's image rows in Horos now (horos-database.md §7: re-check before "done")."""
+        """The study's image rows in Horos now (docs/design/horos-database.md §7: re-check before "done")."""
         if self._reader is None or not plan.pks:
             return None
         return await self._reader.count_images(plan.pks)

@@ -28,7 +28,7 @@ from horos_async import durable, naming, platform
 from horos_async.config import Config
 from horos_async.state.ledger import Ledger
 
-log = logging.getLogger("horos_async.backup.reconcile")
+log = logging.getLogger(__name__)
 MONTH_DIR = re.compile(r"^(\d{4}_\d{2}|undated)$")
 _READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 DEEP_ADOPT_LIMIT = 50

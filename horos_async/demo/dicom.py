@@ -282,7 +282,7 @@ _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?")
 
 
 def horos_wall_time(header: Any) -> Optional[dt.datetime]:
-    """The naive local date-time Horos files an image under (horos-database.md §5), or None.
+    """The naive local date-time Horos files an image under (docs/design/horos-database.md §5), or None.
 
     ``header`` is a Dataset or a keyword dict. The first non-empty of Acquisition, Content, Series and
     Study Date wins, with its own Time; a missing time means 12:00.

@@ -1,7 +1,7 @@
 """A seeded, deterministic Horos library: the built-in demo, the test fixtures and the benchmark data.
 
 One code path makes all three, so the tests exercise what users see in ``horos-backup demo``. The
-library follows horos-database.md: a real SQLite ``Database.sql`` with the Core Data tables of §3, dates
+library follows docs/design/horos-database.md: a real SQLite ``Database.sql`` with the Core Data tables of §3, dates
 encoded from local wall-clock time as in §5, study modalities built as in §6, and real DICOM files in
 ``DATABASE.noindex/<F>/<n>.dcm`` buckets (§4). A fixed set of special studies covers the awkward cases
 (hostile names, linked and missing files, multi-frame, duplicate Study UIDs...). Each has a ``note``
@@ -75,7 +75,7 @@ CREATE TABLE Z_PRIMARYKEY (Z_ENT INTEGER PRIMARY KEY, Z_NAME VARCHAR, Z_SUPER IN
 CREATE TABLE Z_METADATA (Z_VERSION INTEGER PRIMARY KEY, Z_UUID VARCHAR(255), Z_PLIST BLOB);
 CREATE TABLE Z_MODELCACHE (Z_CONTENT BLOB);
 """
-"""The tables of horos-database.md §3 (plus ZLOGENTRY from §1.5), verbatim; indexes come separately."""
+"""The tables of docs/design/horos-database.md §3 (plus ZLOGENTRY from §1.5), verbatim; indexes come separately."""
 INDEXED = {
     "ZIMAGE": ("ZSERIES",),
     "ZSERIES": ("ZSTUDY", "ZID", "ZMODALITY", "ZSERIESDICOMUID", "ZSERIESINSTANCEUID"),
@@ -120,7 +120,7 @@ def core_data_time(moment: dt.datetime) -> float:
 
 
 def horos_study_modality(series_modalities: List[str]) -> str:
-    """``ZSTUDY.ZMODALITY`` from the series modalities in series-date order (horos-database.md §6)."""
+    """``ZSTUDY.ZMODALITY`` from the series modalities in series-date order (docs/design/horos-database.md §6)."""
     kept: List[str] = []
     for m in series_modalities:
         m = "RT" if m == "RTSTRUCT" else m
