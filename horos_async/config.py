@@ -123,7 +123,7 @@ class Config:
         return self.backup_dir / "export_state.sqlite"
 
     @property
-    def state_dir(self) -> Path:
+    def work_dir(self) -> Path:
         """Lock, temp and live-progress files."""
         return self.backup_dir / ".tmp"
 

@@ -156,7 +156,7 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
 
 
 def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
-    path = cfg.state_dir / LIVE_FILE
+    path = cfg.work_dir / LIVE_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -147,8 +147,8 @@ def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
 
 def test_lock_held_is_reported_once(setup, capsys):
     lib, cfg, path = setup
-    cfg.state_dir.mkdir(parents=True)
-    with RunLock(cfg.state_dir / "run.lock"):
+    cfg.work_dir.mkdir(parents=True)
+    with RunLock(cfg.work_dir / "run.lock"):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
     err = capsys.readouterr().err
     assert err.count("holds") == 1, err

@@ -22,13 +22,13 @@ def test_human_bytes_never_rounds_a_nearly_full_disk_to_zero():
 
 def test_readonly_backup_folder_is_a_volume_error_naming_it(tmp_path, demo_lib):
     cfg = make_config(demo_lib, tmp_path / "Backup")
-    cfg.state_dir.mkdir(parents=True)
+    cfg.work_dir.mkdir(parents=True)
     with read_only(cfg.backup_dir) as why:
         with pytest.raises(VolumeError, match="read-only" if why == "volume" else "permission") as exc:
             guards.check_backup_writable(cfg)
         assert str(cfg.backup_dir) in str(exc.value)
         with pytest.raises(VolumeError, match="run lock"):  # what verify and rebuild-ledger meet first
-            guards.RunLock(cfg.state_dir / "run.lock").acquire()
+            guards.RunLock(cfg.work_dir / "run.lock").acquire()
     guards.check_backup_writable(cfg)  # writable again: no error
 
 

@@ -49,9 +49,9 @@ def test_snapshot_follows_a_real_run(demo_lib_factory, tmp_path):
 
 def test_dead_engine_is_stale_not_idle(tmp_path, demo_lib):
     cfg = make_config(demo_lib, tmp_path / "Backup")
-    cfg.state_dir.mkdir(parents=True)
+    cfg.work_dir.mkdir(parents=True)
     dead = 2 ** 22 + 12345  # above pid_max defaults: no such process
-    (cfg.state_dir / "status.json").write_text(json.dumps(
+    (cfg.work_dir / "status.json").write_text(json.dumps(
         {"version": 1, "pid": dead, "host": os.uname().nodename, "state": "running",
          "heartbeat": time.time() - 120, "started": time.time() - 200}), encoding="utf-8")
     snap = status.read_snapshot(cfg)
@@ -60,8 +60,8 @@ def test_dead_engine_is_stale_not_idle(tmp_path, demo_lib):
 
 def test_unreadable_state_is_reported(tmp_path, demo_lib):
     cfg = make_config(demo_lib, tmp_path / "Backup")
-    cfg.state_dir.mkdir(parents=True)
-    (cfg.state_dir / "status.json").write_text("{not json", encoding="utf-8")
+    cfg.work_dir.mkdir(parents=True)
+    (cfg.work_dir / "status.json").write_text("{not json", encoding="utf-8")
     assert status.read_snapshot(cfg).engine == "unreadable"
 
 

@@ -65,7 +65,7 @@ class Engine(StudyExport):
         self.cancel = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 1, thread_name_prefix="zip")
         self.result = RunResult()
-        self.live = LiveState(cfg.state_dir / "status.json", incoming_limit=cfg.incoming_max_files)
+        self.live = LiveState(cfg.work_dir / "status.json", incoming_limit=cfg.incoming_max_files)
         self.ledger: Optional[Ledger] = None
         self.fatal: Optional[BaseException] = None
         self.started = time.monotonic()
@@ -103,8 +103,8 @@ class Engine(StudyExport):
         guards.check_volumes(cfg)
         allocator.tune()  # before the ZIP threads start: no page-fault churn on their 1 MiB buffers
         durable.ensure_dir(cfg.backup_dir)
-        durable.ensure_dir(cfg.state_dir)
-        lock = guards.RunLock(cfg.state_dir / "run.lock").acquire()
+        durable.ensure_dir(cfg.work_dir)
+        lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()

@@ -15,8 +15,8 @@ async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None
     """Adopt every valid ZIP of ours into the ledger (creating it); refuses while another run holds the lock."""
     guards.check_sentinel(cfg)
     guards.check_volumes(cfg)
-    durable.ensure_dir(cfg.state_dir)
-    with guards.RunLock(cfg.state_dir / "run.lock"):
+    durable.ensure_dir(cfg.work_dir)
+    with guards.RunLock(cfg.work_dir / "run.lock"):
         loop = asyncio.get_running_loop()
 
         def offload(fn, *args):

@@ -114,7 +114,7 @@ def check_month(text: Optional[str]) -> Optional[str]:
 
 def state_path(cfg: Config) -> Path:
     """``backup_dir/.tmp/verify_state.json``."""
-    return cfg.state_dir / STATE_NAME
+    return cfg.work_dir / STATE_NAME
 
 
 def read_state(cfg: Config) -> Optional[Dict[str, Any]]:
@@ -160,11 +160,11 @@ class Verifier:
         if not cfg.ledger_path.exists():
             raise LedgerError(f"no ledger at {cfg.ledger_path}: nothing is recorded to verify. If ZIPs exist on "
                               f"disk, run 'horos-backup rebuild-ledger' first (it adopts them), then verify")
-        durable.ensure_dir(cfg.state_dir)
+        durable.ensure_dir(cfg.work_dir)
         try:
-            lock = guards.RunLock(cfg.state_dir / "run.lock").acquire()
+            lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
         except LockHeld:
-            pid = guards.read_lock_pid(cfg.state_dir / "run.lock")
+            pid = guards.read_lock_pid(cfg.work_dir / "run.lock")
             raise LockHeld("a backup run is in progress" + (f" (pid {pid})" if pid else "")
                            + "; try again later") from None
         try:
