@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from horos_async import platform
 from horos_async.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -91,6 +92,12 @@ class Config:
     """launchd ``StartInterval``: seconds between scheduled runs."""
     run_window: str = ""
     """Only run inside this local window, e.g. ``"20:00-06:00"``; empty = any time."""
+    state_dir: Optional[Path] = None
+    """Folder for horos-backup's own state kept off the backup volume (the health file); None = the
+    platform default (:func:`platform.state_home`). Empty string in TOML means the default."""
+    shrink_threshold: float = 0.5
+    """Refuse to run (``HOROS_DB_SHRANK``) when Horos's database holds fewer CT/MR studies than this
+    fraction of the last run's count (or, the first time, of the studies backed up); 0 disables."""
     source: Optional[Path] = field(default=None, compare=False)
     """The file this was loaded from (None = built-in defaults)."""
 
@@ -116,6 +123,11 @@ class Config:
     def incoming_dir(self) -> Path:
         """Horos's drop box of files waiting to be indexed."""
         return self.data_root / "INCOMING.noindex"
+
+    @property
+    def health_dir(self) -> Path:
+        """Where the health file lives: ``state_dir``, else the platform default, off the backup volume."""
+        return self.state_dir if self.state_dir is not None else platform.state_home()
 
     @property
     def ledger_path(self) -> Path:
@@ -153,7 +165,7 @@ def _fail(source: str, key: str, value: Any, why: str) -> ConfigError:
 def _path(source: str, key: str, value: Any, base: Path) -> Optional[Path]:
     if not isinstance(value, str):
         raise _fail(source, key, value, "expected a path in quotes")
-    if value == "" and key == "sentinel":
+    if value == "" and key in ("sentinel", "state_dir"):
         return None
     if not value:
         raise _fail(source, key, value, "must not be empty")
@@ -163,7 +175,7 @@ def _path(source: str, key: str, value: Any, base: Path) -> Optional[Path]:
 
 def _convert(source: str, key: str, value: Any, base: Path) -> Any:
     """Check one TOML value against the field's type and limits; return the stored form."""
-    if key in ("horos_data", "backup_dir", "sentinel"):
+    if key in ("horos_data", "backup_dir", "sentinel", "state_dir"):
         return _path(source, key, value, base)
     if key == "modalities":
         if not isinstance(value, list) or not value or not all(isinstance(m, str) and m.strip() for m in value):
@@ -220,6 +232,7 @@ def validate(cfg: Config) -> Config:
         ("retry_backoff_minutes", cfg.retry_backoff_minutes >= 0, "must not be negative"),
         ("db_busy_seconds", cfg.db_busy_seconds >= 0, "must not be negative"),
         ("start_interval", cfg.start_interval >= 60, "must be at least 60 seconds"),
+        ("shrink_threshold", 0 <= cfg.shrink_threshold <= 1, "must be between 0 (off) and 1"),
     ]
     for key, ok, why in checks:
         if not ok:

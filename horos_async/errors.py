@@ -20,6 +20,13 @@ EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
 EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
 EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full
 EXIT_SERVICE = 10  # launchctl could not load or unload the LaunchAgent, or its plist is invalid
+EXIT_SOURCE = 11  # HOROS_DB_SHRANK: Horos's database shrank or was replaced; refused, nothing written
+# `status` exits with one of these when the backup is not healthy (README "Health"); a monitoring system
+# can tell them apart. 7 and 8 keep their meaning (state unreadable, ledger damaged).
+EXIT_HEALTH_FAILING = 20  # the latest runs failed or were refused
+EXIT_HEALTH_STALLED = 21  # a run is alive but makes no progress, or no run finished for 3 intervals
+EXIT_HEALTH_NO_PROGRESS = 22  # nothing exported for 24 h while studies are due
+EXIT_HEALTH_NOT_SCHEDULED = 23  # the LaunchAgent is not installed: nothing starts runs
 EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM: stopped cleanly
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as shells report it
 
@@ -74,6 +81,15 @@ class LedgerError(HorosBackupError):
     """The ledger (export_state.sqlite) is corrupt or unreadable; it is never overwritten silently."""
 
     exit_code = EXIT_LEDGER
+
+
+class HorosDbShrank(HorosBackupError):
+    """Horos's database holds far fewer studies than before, or is another database than last run.
+
+    Horos silently opens an empty ``~/Documents/Horos Data`` when its own volume is not mounted: a run
+    must refuse and alert, never report "nothing to do" (docs/design/durability.md §7)."""
+
+    exit_code = EXIT_SOURCE
 
 
 class RestoreError(HorosBackupError):

@@ -59,6 +59,17 @@ class ImageRef:
     """``ZIMAGE.Z_PK`` (named in reports about the row)."""
 
 
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """What makes one ``Database.sql`` this one and not another (see :meth:`HorosReader.identity`)."""
+
+    path: str
+    """The resolved path that was read."""
+    inode: int
+    store_uuid: str
+    """``Z_METADATA.Z_UUID``, Core Data's store UUID ("" when the table is absent)."""
+
+
 def bucket_folder(n: int, size: int) -> int:
     """Horos's bucket: F = (n div S + 1) * S (folder F holds F-S ... F-1)."""
     return (n // size + 1) * size
@@ -309,6 +320,26 @@ class HorosReader:
                               f"WHERE {cond} ORDER BY st.Z_PK", uids) as cur:
             rows = [self._study(r) for r in await cur.fetchall()]
         return [r for r in rows if r.pk not in have and r.key in keys]
+
+    async def identity(self) -> "DatabaseIdentity":
+        """Which database file this is: its resolved path, inode, and Core Data store UUID.
+
+        A Horos that fell back to an empty ``~/Documents/Horos Data``, or a database rebuilt as a new
+        file, shows a new inode and a new ``Z_METADATA.Z_UUID`` (docs/design/horos-database.md §2).
+        """
+        async def q():
+            try:
+                async with self._db.execute("SELECT Z_UUID FROM Z_METADATA ORDER BY Z_VERSION LIMIT 1") as cur:
+                    row = await cur.fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc).lower():
+                    return ""
+                raise
+            return str(row[0] or "") if row else ""
+
+        store_uuid = await self._retry(q, "identity")
+        st = self.path.stat()
+        return DatabaseIdentity(str(self.path.resolve()), st.st_ino, store_uuid)
 
     async def count_images(self, pks: Sequence[int]) -> int:
         """Number of image rows of these studies (a final re-check before "done")."""

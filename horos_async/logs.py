@@ -6,17 +6,35 @@ error on stderr and logs the same error for the file, and the person at the term
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import logging.handlers
 import os
 import sys
+from typing import Optional
 
 from horos_async.config import Config
+from horos_async.timezones import to_local, zone_of
 
 LOG_NAME = "horos-backup.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_ONLY = {"console": False}
 """``extra=`` for a record already shown on stderr by other means (kept out of the stderr handler)."""
+
+
+class ZonedFormatter(logging.Formatter):
+    """Log times in the configured ``timezone``, labelled with their UTC offset (``2024-03-02 14:02:11,123 -0300``):
+    a log read on another machine, or beside ``status``, never leaves the reader guessing the zone."""
+
+    def __init__(self, fmt: str, zone: Optional[dt.tzinfo]) -> None:
+        super().__init__(fmt)
+        self.zone = zone
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        when = to_local(record.created, self.zone)
+        if when is None:  # pragma: no cover - a clock beyond datetime's range
+            return super().formatTime(record, datefmt)
+        return f"{when.strftime('%Y-%m-%d %H:%M:%S')},{int(record.msecs):03d} {when.strftime('%z')}"
 
 
 def _for_console(record: logging.LogRecord) -> bool:
@@ -51,6 +69,6 @@ def setup(cfg: Config, *, verbose: bool = False, to_file: bool = True, interacti
                   f"logging to stderr only; check the folder's permissions (ls -ld '{cfg.log_dir}')",
                   file=sys.stderr, flush=True)
         else:
-            fh.setFormatter(logging.Formatter(FORMAT))
+            fh.setFormatter(ZonedFormatter(FORMAT, zone_of(cfg.timezone)))
             logger.addHandler(fh)
     return logger

@@ -120,6 +120,21 @@ LAUNCHD_LABEL = "org.horos-backup.agent"
 """The launchd job label of our LaunchAgent (``horos-backup launchd install`` writes it)."""
 
 
+def state_home(env: Optional[dict] = None, home: Optional[Path] = None) -> Path:
+    """Where this machine keeps horos-backup's own state, off the backup volume (the health file).
+
+    macOS: ``~/Library/Application Support/horos-backup``; elsewhere ``$XDG_STATE_HOME/horos-backup``
+    (``~/.local/state/horos-backup`` when the variable is unset or not absolute, as the XDG spec says).
+    """
+    env = os.environ if env is None else env
+    home = Path(home or Path.home())
+    if is_macos():
+        return home / "Library" / "Application Support" / "horos-backup"
+    xdg = env.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else home / ".local" / "state"
+    return base / "horos-backup"
+
+
 def launchd_plist_path(home: Optional[Path] = None) -> Path:
     """``~/Library/LaunchAgents/org.horos-backup.agent.plist`` under ``home`` (default: this user's home)."""
     return Path(home or Path.home()) / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"

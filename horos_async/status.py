@@ -1,32 +1,39 @@
 """A read-only snapshot of the engine for any front end (CLI ``status``, ``horos-tui``); no Textual here.
 
 Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
-replaces about twice a second, and the ledger opened ``mode=ro``. A live file whose heartbeat is older
+replaces about twice a second, the ledger opened ``mode=ro``, and the health file kept off the backup
+volume (``horos_async.health``), whose verdict leads every front end and sets ``status``'s exit code. A live file whose heartbeat is older
 than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
 
 State that cannot be read (backup volume not mounted, ledger damaged or unreadable) is ``unreadable``
 with the reason and the exit code ``status`` returns, never "0 studies backed up". The archive counts
 agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` the last scan's, and
-``pending`` is the difference.
+``pending`` is the difference. The ETA comes from the rate achieved over the last days (the ledger's
+``runs``), not from the speed inside one run. Times are shown in the configured ``timezone``, labelled.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from horos_async import guards, platform
+from horos_async import guards, health as health_mod, platform
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
+from horos_async.health import Health
 from horos_async.state.ledger import open_readonly
+from horos_async.timezones import zone_of
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"
+ACHIEVED_DAYS = 3.0
+"""The ETA divides what is pending by the studies exported per hour over this many days of runs."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,20 @@ class Snapshot:
     launchd_installed: bool = False
     host: str = ""
     exit_code: int = EXIT_OK
-    """What ``horos-backup status`` exits with: 0, or for ``unreadable`` 7 (backup folder missing or
-    unreadable) or 8 (ledger damaged)."""
+    """0, or for ``unreadable`` 7 (backup folder missing or unreadable) or 8 (ledger damaged); what
+    ``status`` exits with is :attr:`status_code` (the health's code when the state was read)."""
+    health: Optional[Health] = None
+    """The verdict every front end leads with (None only in hand-made snapshots)."""
+    due: Optional[int] = None
+    """Studies due now at the last scan (pending minus those waiting to settle or to be retried)."""
+    progress_at: Optional[float] = None
+    """When the running engine last finished a study or read a byte."""
+    achieved: Tuple[float, int] = (0.0, 0)
+    """(hours covered, studies exported) by the runs of the last :data:`ACHIEVED_DAYS` days."""
+    timezone: str = ""
+    """The configured zone times are shown in ("" = this machine's)."""
+    run_alive: bool = False
+    """The process of the run the live file describes still exists (running, or stale but hung)."""
 
     @property
     def mb_per_s(self) -> float:
@@ -136,12 +155,26 @@ class Snapshot:
         return _rate(self.throughput, 2, 600.0) * 3600.0
 
     @property
+    def achieved_per_hour(self) -> float:
+        """Studies exported per hour over the last days of runs, pauses between runs included (0: unknown)."""
+        hours, studies = self.achieved
+        return studies / hours if hours > 0 else 0.0
+
+    @property
     def eta_seconds(self) -> Optional[float]:
-        """Time to finish the pending studies at the current rate, if both are known."""
-        rate = self.studies_per_hour
+        """Time to finish the pending studies at the rate achieved over the last days, if both are known."""
+        rate = self.achieved_per_hour
         if not self.pending or rate <= 0:
             return None
         return self.pending / rate * 3600.0
+
+    @property
+    def status_code(self) -> int:
+        """What ``horos-backup status`` exits with: 7 or 8 when the state is unreadable, else the health's
+        code (0 OK, 20 FAILING, 21 STALLED, 22 NO PROGRESS, 23 NOT SCHEDULED)."""
+        if self.exit_code:
+            return self.exit_code
+        return self.health.exit_code if self.health is not None else EXIT_OK
 
 
 def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) -> float:
@@ -167,14 +200,15 @@ def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
+def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) -> Dict[str, Any]:
     """Counts, months, issues and runs from the ledger; LedgerError when damaged, VolumeError when unreadable."""
-    out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {}}
+    out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
+                           "achieved": (None, 0)}
     path = cfg.ledger_path
     if not path.exists():
         return out
     try:
-        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit)
+        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit, now)
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None
@@ -186,7 +220,7 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
 
 
 def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: int,
-                  runs_limit: int) -> Dict[str, Any]:
+                  runs_limit: int, now: float) -> Dict[str, Any]:
     try:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"studies", "issues", "runs"} <= tables:
@@ -205,6 +239,9 @@ def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: in
                             for r in con.execute(
             "SELECT id, started, ended, outcome, exit_code, studies_done, studies_failed, bytes_in FROM runs "
             "ORDER BY id DESC LIMIT ?", (runs_limit,)))
+        first, studies = con.execute("SELECT MIN(started), COALESCE(SUM(studies_done), 0) FROM runs "
+                                     "WHERE started >= ?", (now - ACHIEVED_DAYS * 86400,)).fetchone()
+        out["achieved"] = (first, int(studies or 0))
     finally:
         con.close()
     return out
@@ -217,30 +254,39 @@ def launchd_plist_path() -> Path:
 
 def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int = 50,
                   runs_limit: int = 10) -> Snapshot:
-    """Read the engine's live file and the ledger (both read-only) into one Snapshot."""
+    """Read the engine's live file, the ledger (both read-only) and the health file into one Snapshot."""
     now = time.time() if now is None else now
+    snap = _read_state(cfg, now, issues_limit, runs_limit)
+    return _with_health(cfg, snap)
+
+
+def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> Snapshot:
+    """The Snapshot of the backup volume's state (live file and ledger), without the health verdict."""
+    zone = zone_of(cfg.timezone)
+    unread = dict(taken=now, engine="unreadable", host=socket.gethostname(), timezone=cfg.timezone,
+                  launchd_installed=launchd_plist_path().exists())
     missing = guards.backup_dir_missing(cfg)
     if missing:
-        return Snapshot(taken=now, engine="unreadable", detail=missing, exit_code=EXIT_VOLUME,
-                        host=socket.gethostname())
+        return Snapshot(detail=missing, exit_code=EXIT_VOLUME, **unread)
     try:
         live = _read_live(cfg)
-        led = _ledger_part(cfg, issues_limit, runs_limit)
+        led = _ledger_part(cfg, issues_limit, runs_limit, now)
     except (LedgerError, VolumeError) as exc:
-        return Snapshot(taken=now, engine="unreadable", detail=str(exc), exit_code=exc.exit_code,
-                        host=socket.gethostname())
+        return Snapshot(detail=str(exc), exit_code=exc.exit_code, **unread)
     except OSError as exc:
-        return Snapshot(taken=now, engine="unreadable", exit_code=EXIT_VOLUME, host=socket.gethostname(),
+        return Snapshot(exit_code=EXIT_VOLUME, **unread,
                         detail=f"cannot read the engine's state in {cfg.backup_dir} ({exc.strerror or exc}): "
                                f"is the backup volume still mounted, and readable by this user?")
-    installed = launchd_plist_path().exists()
+    installed = unread["launchd_installed"]
     runs = led["runs"]
     last_end = next((r.ended for r in runs if r.ended), None)
     next_run = last_end + cfg.start_interval if installed and last_end else None
+    first, studies = led["achieved"]
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
-                host=socket.gethostname())
+                host=socket.gethostname(), timezone=cfg.timezone)
     if live is None:
+        base["achieved"] = (max(0.0, now - first) / 3600.0 if first else 0.0, studies)
         if runs:
             return Snapshot(engine="idle", detail="no live state; last run recorded in the ledger", **base)
         return Snapshot(engine="never-run", detail="horos-backup has not run yet with this backup folder", **base)
@@ -258,7 +304,8 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
             detail = (f"the engine stopped updating {now - beat:.0f}s ago"
                       + ("" if alive else " and its process is gone (killed or crashed); the next run resumes"))
         else:
-            engine, detail = "running", f"running since {time.strftime('%H:%M:%S', time.localtime(live.get('started', now)))}, batch {batch.get('index', 0)}"
+            since = health_mod.stamp(float(live.get("started") or now), zone, now)
+            engine, detail = "running", f"running since {since}, batch {batch.get('index', 0)}"
     elif state == "paused":
         engine, detail = "paused", guard.get("detail") or live.get("message") or "paused by a guard"
     else:
@@ -269,6 +316,11 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     pending = max(0, int(eligible) - led["done"]) if eligible is not None else None
     if led.get("read"):  # per month too: done from the ledger, eligible from the scan
         months = tuple((m, e, led["months"].get(m, 0)) for m, e, _ in months)
+    if engine in ("running", "stale"):  # the run going now is in the ledger's runs without its count yet
+        studies += int((live.get("run") or {}).get("studies_done") or 0)
+        first = min(first, float(live.get("started") or now)) if first else float(live.get("started") or now)
+    base["achieved"] = (max(0.0, now - first) / 3600.0 if first else 0.0, studies)
+    due = totals.get("due")
     return Snapshot(
         engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
         phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
@@ -281,36 +333,86 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
         finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
                                 float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
         batch_index=int(batch.get("index") or 0), eligible=eligible, pending=pending, months=months,
+        due=int(due) if due is not None else None, run_alive=alive and state in ("running", "stopping"),
+        progress_at=float(live["progress_at"]) if live.get("progress_at") is not None else None,
         throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
         **base)
 
 
+def _with_health(cfg: Config, snap: Snapshot) -> Snapshot:
+    """``snap`` with the health verdict: the health file (off the backup volume) judged with what was read."""
+    note = ""
+    try:
+        rec = health_mod.read(cfg)
+    except (OSError, ValueError) as exc:
+        rec = health_mod.HealthRecord()
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        note = f" (the health file {health_mod.health_path(cfg)} cannot be read: {why})"
+    since = None
+    if snap.launchd_installed:
+        try:
+            since = launchd_plist_path().stat().st_mtime
+        except OSError:
+            pass
+    seen = health_mod.Observed(
+        now=snap.taken, engine=snap.engine, run_alive=snap.run_alive, run_started=snap.run_started, pid=snap.pid,
+        progress_at=snap.progress_at, due=snap.due if snap.due is not None else snap.pending,
+        scheduled=snap.launchd_installed, scheduled_since=since, interval=float(cfg.start_interval))
+    verdict = health_mod.evaluate(rec, seen, zone_of(cfg.timezone))
+    if note:
+        verdict = replace(verdict, summary=verdict.summary + note)
+    return replace(snap, health=verdict)
+
+
 def to_json(snap: Snapshot) -> Dict[str, Any]:
-    """The snapshot as plain JSON-able data (``status --json``)."""
-    from dataclasses import asdict
-
+    """The snapshot as plain JSON-able data (``status --json``); ``health`` first, ``status_code`` with it."""
     d = asdict(snap)
-    d["mb_per_s"] = round(snap.mb_per_s, 2)
-    d["studies_per_hour"] = round(snap.studies_per_hour, 1)
-    d["eta_seconds"] = snap.eta_seconds
-    return d
+    out: Dict[str, Any] = {"health": d.pop("health"), "status_code": snap.status_code}
+    if out["health"] is not None:
+        out["health"]["label"] = snap.health.label
+    out.update(d)
+    out["mb_per_s"] = round(snap.mb_per_s, 2)
+    out["studies_per_hour"] = round(snap.studies_per_hour, 1)
+    out["achieved_studies_per_hour"] = round(snap.achieved_per_hour, 1)
+    out["eta_seconds"] = snap.eta_seconds
+    return out
 
 
-def _when(ts: Optional[float]) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+def zone_line(snap: Snapshot) -> str:
+    """``Times: America/Sao_Paulo (-03)``: the zone every time shown is in."""
+    zone = zone_of(snap.timezone)
+    now = dt.datetime.fromtimestamp(snap.taken, zone) if zone is not None else \
+        dt.datetime.fromtimestamp(snap.taken).astimezone()
+    name = snap.timezone or "this machine's zone"
+    return f"Times: {name} ({health_mod.zone_label(now)})"
 
 
 def render(snap: Snapshot) -> str:
-    """Human-readable status."""
-    lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
+    """Human-readable status, health first."""
+    zone = zone_of(snap.timezone)
+
+    def when(ts: Optional[float]) -> str:
+        if not ts:
+            return "-"
+        return (dt.datetime.fromtimestamp(ts, zone) if zone is not None
+                else dt.datetime.fromtimestamp(ts).astimezone()).strftime("%Y-%m-%d %H:%M")
+
+    lines = []
+    if snap.health is not None:
+        lines.append(f"Health: {snap.health.summary}")
+        if snap.health.fix:
+            lines.append(f"  Fix: {snap.health.fix}")
+    lines.append(f"Engine: {snap.engine.upper()} - {snap.detail}")
     if snap.engine == "unreadable":
         lines.append("Archive: unknown (the backup state could not be read; see above)")
+        lines.append(zone_line(snap))
         return "\n".join(lines)
     if snap.eligible is not None:
         lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
     else:
         lines.append(f"Archive: {snap.done} studies backed up, {snap.failed} failing (no scan yet)")
+    lines.append(f"Rate: {rate_line(snap)}")
     if snap.incoming_count is not None:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")
@@ -318,14 +420,41 @@ def render(snap: Snapshot) -> str:
         lines.append(f"  zipping {j.label}: {j.files_done}/{j.files_total} files, "
                      f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
     if snap.next_run:
-        lines.append(f"Next scheduled run: about {_when(snap.next_run)}")
+        lines.append(f"Next scheduled run: about {when(snap.next_run)}")
     if snap.runs:
         lines.append("Last runs:")
         for r in snap.runs[:5]:
-            lines.append(f"  #{r.id} {_when(r.started)} {r.outcome or 'running'}: {r.studies_done} exported, "
+            lines.append(f"  #{r.id} {when(r.started)} {r.outcome or 'running'}: {r.studies_done} exported, "
                          f"{r.studies_failed} not, exit {r.exit_code if r.exit_code is not None else '-'}")
     if snap.issues:
         lines.append("Recent issues:")
         for i in snap.issues[:10]:
-            lines.append(f"  {_when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
+            lines.append(f"  {when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
+    lines.append(zone_line(snap))
     return "\n".join(lines)
+
+
+def rate_line(snap: Snapshot) -> str:
+    """Achieved rate over the last days and the ETA it gives; the live speed only while a run is going."""
+    hours, studies = snap.achieved
+    if hours > 0:
+        span = f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+        text = f"{snap.achieved_per_hour:,.1f} studies/h achieved over the last {span} of runs"
+    else:
+        text = "no runs in the last days"
+    eta = snap.eta_seconds
+    if snap.pending == 0 and snap.eligible is not None:
+        text += "; archive complete"
+    elif eta is not None:
+        text += f"; ETA {_duration(eta)} for {snap.pending:,} pending"
+    if snap.engine == "running":
+        text += f"; now {snap.mb_per_s:.1f} MB/s"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -82,3 +82,29 @@ def to_local(unix: Optional[float], zone: Optional[dt.tzinfo]) -> Optional[dt.da
 def cocoa_to_local(value: Optional[float], zone: Optional[dt.tzinfo]) -> Optional[dt.datetime]:
     """Core Data timestamp straight to an aware local datetime."""
     return to_local(cocoa_to_unix(value), zone)
+
+
+def zone_of(name: str) -> Optional[dt.tzinfo]:
+    """The zone of ``Config.timezone`` (None when empty: this machine's zone). Raises ValueError when unknown."""
+    return load_zone(name) if name else None
+
+
+_display_zone: Optional[dt.tzinfo] = None
+
+
+def use_display_zone(zone: Optional[dt.tzinfo]) -> None:
+    """Set the zone this process writes times in where no config reaches (``issues.csv`` rows); the
+    command line sets it from ``Config.timezone`` once the config is loaded (None: this machine's zone)."""
+    global _display_zone
+    _display_zone = zone
+
+
+def display_zone() -> Optional[dt.tzinfo]:
+    """The zone set by :func:`use_display_zone` (None: this machine's zone)."""
+    return _display_zone
+
+
+def local_iso(unix: float, zone: Optional[dt.tzinfo] = None) -> str:
+    """``2024-03-02T14:02:11-03:00``: ISO 8601 in ``zone`` (default :func:`display_zone`), offset included."""
+    when = to_local(unix, zone if zone is not None else _display_zone)
+    return when.isoformat(timespec="seconds") if when is not None else ""

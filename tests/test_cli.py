@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from horos_async import cli, config as config_mod
-from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_CONFIG, EXIT_LOCKED, EXIT_SENTINEL, EXIT_VOLUME
+from horos_async.errors import (EXIT_BROKEN_PIPE, EXIT_CONFIG, EXIT_HEALTH_FAILING, EXIT_LOCKED, EXIT_SENTINEL,
+                                EXIT_VOLUME)
 from horos_async.guards import RunLock
 
 from helpers import exportable, key_of, make_config, read_only, zips
@@ -52,7 +53,7 @@ def test_plan_human_output_and_then_run(setup, capsys):
     assert "Nothing is due" in out and "2 studies failed in earlier runs" in out
 
 
-def test_status_after_a_run(setup, capsys):
+def test_status_after_a_run(setup, capsys, launchd_installed):
     lib, cfg, path = setup
     assert cli.main(["status", "--config", str(path)]) == 0
     assert "NEVER-RUN" in capsys.readouterr().out
@@ -60,6 +61,7 @@ def test_status_after_a_run(setup, capsys):
     capsys.readouterr()
     assert cli.main(["status", "--config", str(path), "--json"]) == 0
     snap = json.loads(capsys.readouterr().out)
+    assert snap["health"]["state"] == "ok" and snap["status_code"] == 0
     assert snap["engine"] == "idle" and snap["done"] == len(zips(cfg.backup_dir))
     assert snap["eligible"] == snap["done"] + snap["pending"]
     assert {i["code"] for i in snap["issues"]} == {"MISSING_FILES", "NO_FILES"}
@@ -112,7 +114,7 @@ def _clean_close(cfg) -> None:
     cfg.ledger_path.with_name(cfg.ledger_path.name + "-shm").unlink(missing_ok=True)
 
 
-def test_readonly_backup_volume_exits_7_naming_the_folder_and_status_still_reads(setup, capsys):
+def test_readonly_backup_volume_exits_7_naming_the_folder_and_status_still_reads(setup, capsys, launchd_installed):
     lib, cfg, path = setup
     assert cli.main(["run", "--config", str(path), "--until-done"]) == 0
     done = len(zips(cfg.backup_dir))
@@ -124,9 +126,12 @@ def test_readonly_backup_volume_exits_7_naming_the_folder_and_status_still_reads
             err = capsys.readouterr().err
             assert str(cfg.backup_dir) in err and "Traceback" not in err and "a bug" not in err, err
             assert ("read-only" if why == "volume" else "permission") in err, err
-        assert cli.main(["status", "--config", str(path), "--json"]) == 0
+        # the state reads; the health says the last runs were refused (exit 20), with the folder named
+        assert cli.main(["status", "--config", str(path), "--json"]) == EXIT_HEALTH_FAILING
         snap = json.loads(capsys.readouterr().out)
         assert snap["engine"] == "idle" and snap["done"] == done > 0
+        assert snap["health"]["state"] == "failing" and snap["health"]["count"] == 1  # 'run' (verify: no trace)
+        assert str(cfg.backup_dir) in snap["health"]["summary"]
         # the other readers open the ledger the same way: a read-only backup can still be browsed
         assert cli.main(["catalog", "--config", str(path), "--csv"]) == 0
         assert len(capsys.readouterr().out.strip().splitlines()) == done + 1  # header + one row per ZIP
@@ -145,14 +150,19 @@ def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
     assert zips(cfg.backup_dir)
 
 
-def test_lock_held_is_reported_once(setup, capsys):
+def test_lock_held_is_quiet_and_no_failure(setup, capsys, launchd_installed):
+    """launchd starts a run every interval while a long one goes on: exit 4, no ERROR line, no FAILING."""
     lib, cfg, path = setup
     cfg.work_dir.mkdir(parents=True)
     with RunLock(cfg.work_dir / "run.lock"):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
-    err = capsys.readouterr().err
-    assert err.count("holds") == 1, err
-    assert "LockHeld" in (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8")  # still in the log
+    out, err = capsys.readouterr()
+    assert "holds" not in err and "ERROR" not in err, err  # not a terminal: nothing on stderr
+    text = (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8")
+    assert "another horos-backup run holds" in text and " ERROR " not in text  # in the log, at INFO
+    assert cli.main(["status", "--config", str(path), "--json"]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert snap["health"]["state"] == "ok" and snap["health"]["count"] == 0
 
 
 def _to_closed_pipe(argv, path) -> subprocess.CompletedProcess:

@@ -188,7 +188,7 @@ async def test_unreadable_state_keeps_last_known_values(tmp_path):
         assert "UNREADABLE" in text(header.query_one("#engine-badge"))
         assert text(header.query_one("#engine-detail")) == \
             "Permission denied: /Volumes/PACS/Backup/.tmp/status.json"
-        assert text(header.query_one("#engine-host")) == "pacs-mac.local"  # from the last good read
+        assert text(header.query_one("#engine-host")) == "pacs-mac.local · times -03"  # from the last good read
         counts = app.screen.query_one(ArchiveProgress).query_one("#archive-counts")
         assert text(counts).startswith("412 / 1,250 studies")  # last known, faded
         assert app.screen.has_class("-data-stale")

@@ -16,7 +16,7 @@ from horos_async.status import IssueRow, Job, Snapshot
 from tui import formatting as fmt
 from tui import launcher, source
 from tui.scripted import SAMPLE_NOW, ScriptedSource, sample_snapshot
-from tui.widgets.archive_progress import counts_line, month_range, month_strip, rate_history, remaining
+from tui.widgets.archive_progress import counts_line, month_range, month_strip, rate_history, rate_text, remaining
 from tui.widgets.engine_header import describe
 from tui.widgets.incoming_gauge import history_strip, incoming_state, incoming_text
 from tui.widgets.issues_table import code_counts, newest_first
@@ -224,9 +224,14 @@ def test_archive_strip_and_rates():
     assert counts_line(snap) == "412 / 1,250 studies · 33% · 3 failed"
     assert counts_line(sample_snapshot(eligible=None, failed=0)) == "412 studies done · not scanned yet"
     assert counts_line(sample_snapshot(eligible=0, done=0, failed=0)) == "0 / 0 studies · nothing eligible"
-    assert remaining(snap) == "835 to go · ETA 19h 52m"
-    assert remaining(sample_snapshot(engine="idle")) == "835 to go"  # no ETA from a finished run's rate
+    # The ETA comes from the rate achieved over the last days (1,512 studies in 72 h: 21/h), running or not;
+    # never from the speed inside one run (42 studies/h here), which a schedule does not keep up.
+    assert remaining(snap) == "835 to go · ETA 39h 45m"
+    assert remaining(sample_snapshot(engine="idle")) == "835 to go · ETA 39h 45m"
+    assert remaining(sample_snapshot(achieved=(0.0, 0))) == "835 to go"  # no runs: no ETA at all
     assert remaining(sample_snapshot(done=1250)) == "archive complete"
+    assert rate_text(snap).startswith("14.")  # live while running
+    assert rate_text(sample_snapshot(engine="idle")) == "idle · 21.0 studies/h over 3 days "  # no stale live rate
 
 
 def test_incoming_states_text_and_history():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import List, Sequence, Union
 
+from horos_async.health import OK, Health
 from horos_async.status import Finished, IssueRow, Job, RunRow, Snapshot
 
 SAMPLE_NOW = 1717250400.0
@@ -101,6 +102,8 @@ def sample_snapshot(now: float = SAMPLE_NOW, **changes) -> Snapshot:
         jobs=jobs, queued=queued, finished=finished, batch_index=3, eligible=1250, done=412, failed=3,
         pending=835, bytes_done=182_300_000_000, months=months, throughput=throughput, issues=issues,
         runs=runs, next_run=None, launchd_installed=True, host=SAMPLE_HOST,
+        health=Health(OK, "OK - a run is going, last success 23 h ago", last_success=now - 86400 + 3000),
+        achieved=(72.0, 1512), run_alive=True, progress_at=now - 5, due=820,
     )
     base.update(changes)
     return Snapshot(**base)

@@ -89,9 +89,10 @@ def read_all(source: Source, want_log: bool, clock: Callable[[], float]) -> Tupl
 
 
 def unreadable(why: str, now: float, previous: Optional[Snapshot] = None) -> Snapshot:
-    """A Snapshot saying the status could not be read; keeps the host name of the last good read."""
+    """A Snapshot saying the status could not be read; keeps the host name and health of the last read."""
     host = previous.host if previous is not None else ""
-    return Snapshot(taken=now, engine="unreadable", detail=why, host=host)
+    health = previous.health if previous is not None else None
+    return Snapshot(taken=now, engine="unreadable", detail=why, host=host, health=health)
 
 
 def describe_error(exc: BaseException) -> str:

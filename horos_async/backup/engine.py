@@ -204,6 +204,7 @@ class Engine(StudyExport):
                     limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
                                                         frozenset(self.attempted))
+                await planner.check_source(cfg, reader, self.ledger, totals)  # HOROS_DB_SHRANK, never "nothing to do"
                 await self.ledger.refresh_pks(totals.pk_changes)
                 for old, new in totals.renames:  # Horos recomputed these patientUIDs: same studies
                     if await self.ledger.rekey(old, new, new.split("|", 1)[1]):

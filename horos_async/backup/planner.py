@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 from horos_async import naming
+from horos_async.backup.source_guard import check_source  # noqa: F401 (the engine's one call after each scan)
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
 from horos_async.state.ledger import Entry

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from horos_async import config as config_mod
+from horos_async import config as config_mod, timezones
 from horos_async.config import Config
 
 HIDDEN = argparse.SUPPRESS
@@ -24,9 +24,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    """Config from --config / $HOROS_BACKUP_CONFIG / defaults, with the flag overrides, validated."""
-    return config_mod.load_with_overrides(getattr(args, "config", None), horos_data=getattr(args, "horos_data", None),
-                                          backup_dir=getattr(args, "backup_dir", None))
+    """Config from --config / $HOROS_BACKUP_CONFIG / defaults, with the flag overrides, validated; every time
+    this process writes (issues.csv, logs) is then in its ``timezone``."""
+    cfg = config_mod.load_with_overrides(getattr(args, "config", None), horos_data=getattr(args, "horos_data", None),
+                                         backup_dir=getattr(args, "backup_dir", None))
+    timezones.use_display_zone(timezones.zone_of(cfg.timezone))
+    return cfg
 
 
 def err(line: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from horos_async import config as config_mod, logs
 from horos_async.cli.common import program
-from horos_async.cli.run_cmd import run_engine
+from horos_async.cli.run_cmd import recorded, run_engine
 from horos_async.errors import EXIT_OK
 
 
@@ -35,6 +35,7 @@ def do_demo(args: argparse.Namespace) -> int:
         cfg = config_mod.from_mapping({
             "horos_data": str(lib.horos_data), "backup_dir": str(root / "Backup"), "sentinel": str(sentinel),
             "timezone": lib.timezone, "sleep_between_studies": 0, "batch_size": 8,
+            "state_dir": str(root / "state"),  # the demo's health file stays in the demo folder
         }, source=cfg_path)
         cfg_path.write_text("# horos-backup configuration for the demo library (see README 'Configuration')\n"
                             + config_mod.render_toml(cfg), encoding="utf-8")
@@ -47,7 +48,7 @@ def do_demo(args: argparse.Namespace) -> int:
         return EXIT_OK
     os.umask(0o027)
     logs.setup(cfg, verbose=args.verbose, interactive=True)
-    code = run_engine(cfg, until_done=True, progress=True)
+    code = recorded(cfg, lambda trace: run_engine(cfg, until_done=True, progress=True, trace=trace), interactive=True)
     print(f"\nZIPs are in {cfg.backup_dir} (one folder per month); issues in {cfg.issues_csv}.")
     print("Next: look at the archive with")
     backup, tui = program("horos-backup"), program("horos-tui")

@@ -1,4 +1,9 @@
-"""``horos-backup run``: export the due studies (what launchd runs)."""
+"""``horos-backup run``: export the due studies (what launchd runs).
+
+Every attempt, refused or not, is recorded in the health file off the backup volume (``attempts.record``)
+here, where the run's errors become its exit code: a run refused before it could write anything still
+leaves a trace that ``status`` shows (docs/design/durability.md §7).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,18 @@ import logging
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from horos_async import guards, logs, schedule
+from horos_async import guards, health, logs, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable
 from horos_async.config import Config
-from horos_async.errors import EXIT_OK
+from horos_async.state import attempts
+from horos_async.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, HorosBackupError, LockHeld
+from horos_async.timezones import zone_of
+
+log = logging.getLogger("horos_async")
 
 
 def build_parser_run(sub) -> None:
@@ -25,26 +35,94 @@ def build_parser_run(sub) -> None:
     r.add_argument("--max-minutes", type=float, metavar="M", help="start no new batch after M minutes")
     r.add_argument("--now", action="store_true", help="ignore 'run_window' (run outside the allowed hours)")
     r.add_argument("--progress", action="store_true", help="print one line per finished study")
+    r.add_argument("--accept-horos-db", action="store_true",
+                   help="take Horos's database as it is now, after a HOROS_DB_SHRANK refusal you checked")
     r.set_defaults(func=do_run)
+
+
+@dataclass
+class Trace:
+    """What one attempt did, filled in as it goes, for its health record."""
+
+    outcome: str = ""
+    message: str = ""
+    engine: Any = None
+    """The Engine once built (its result and guard code hold the partial counts of a failed run)."""
 
 
 def do_run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     os.umask(0o027)  # ZIPs, ledger, logs: not world-readable (docs/design/durability.md §5)
-    if not args.now and not schedule.in_window(dt.datetime.now(), cfg.run_window):
-        print(f"horos-backup: outside run_window {cfg.run_window}; nothing done (use --now to override)")
+    progress = args.progress or sys.stdout.isatty()
+    return recorded(cfg, lambda trace: _run(cfg, args, progress, trace), interactive=progress)
+
+
+def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) -> int:
+    if not args.now and not schedule.in_window(dt.datetime.now(zone_of(cfg.timezone)), cfg.run_window):
+        trace.outcome = "outside-window"
+        trace.message = f"outside run_window {cfg.run_window} ({cfg.timezone or 'local time'})"
+        print(f"horos-backup: {trace.message}; nothing done (use --now to override)")
         return EXIT_OK
     guards.check_sentinel(cfg)  # before logging creates anything on the volume
     guards.check_volumes(cfg)
     guards.check_backup_writable(cfg)  # a read-only volume: one clear message (exit 7), not a traceback from the log
-    progress = args.progress or sys.stdout.isatty()
     logs.setup(cfg, verbose=args.verbose, interactive=progress)
+    if args.accept_horos_db:
+        from horos_async.backup import source_guard
+
+        source_guard.accept(cfg)
     return run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
-                      max_minutes=args.max_minutes, progress=progress)
+                      max_minutes=args.max_minutes, progress=progress, trace=trace)
+
+
+def recorded(cfg: Config, body: Callable[[Trace], int], *, interactive: bool = False) -> int:
+    """Run ``body`` and record how it ended in the health file, whatever happened; returns its exit code.
+
+    A start that finds a run going (exit 4) is no failure: it says so on stdout only to a person watching,
+    and in the log at INFO (launchd starts one every interval while a long run goes on).
+    """
+    trace = Trace()
+    started = time.time()
+    try:
+        code = body(trace)
+    except LockHeld as exc:
+        _record(cfg, started, trace, EXIT_LOCKED, "lock-held", str(exc))
+        log.info("lock held, this start exits quietly: %s", exc, extra=logs.FILE_ONLY)
+        if interactive:
+            say(f"horos-backup: {exc}")
+        return EXIT_LOCKED
+    except HorosBackupError as exc:
+        _record(cfg, started, trace, exc.exit_code, "", str(exc))
+        raise
+    except KeyboardInterrupt:
+        _record(cfg, started, trace, EXIT_INTERRUPTED, "interrupted", "interrupted")
+        raise
+    except Exception as exc:  # a bug: cli.main prints the traceback; the health file says a run failed
+        _record(cfg, started, trace, EXIT_INTERNAL, "", f"unexpected error (a bug): {type(exc).__name__}: {exc}")
+        raise
+    _record(cfg, started, trace, code, trace.outcome or ("ok" if code == EXIT_OK else ""), trace.message)
+    return code
+
+
+def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: str, message: str) -> None:
+    engine = trace.engine
+    result = engine.result if engine is not None else None
+    code = health.condition_of(exit_code, engine.live.guard_code if engine is not None else "")
+    attempt = health.Attempt(
+        started=started, ended=time.time(), outcome=outcome or code or (result.outcome if result else ""),
+        exit_code=exit_code, message=message or (result.message if result else ""), code=code,
+        studies_done=result.done if result else 0, studies_failed=result.failed if result else 0,
+        bytes=result.bytes_in if result else 0, pid=os.getpid(), backup_dir=str(cfg.backup_dir))
+    try:
+        attempts.record(cfg, attempt)
+    except OSError as exc:  # the backup's own exit code stands; the person is told the trace is missing
+        print(f"horos-backup: warning: could not record this run in {health.health_path(cfg)} "
+              f"({exc.strerror or exc}); 'status' will not show it. Check that folder ('state_dir')",
+              file=sys.stderr, flush=True)
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-               max_minutes: Optional[float] = None, progress: bool = False) -> int:
+               max_minutes: Optional[float] = None, progress: bool = False, trace: Optional[Trace] = None) -> int:
     """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
     from horos_async.backup.engine import Engine
 
@@ -53,14 +131,18 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
     def make():
         engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
                         announce=announce)
+        if trace is not None:
+            trace.engine = engine
         return engine.run, engine.request_stop
 
     t0 = time.monotonic()
     result, _stopped = run_stoppable(make)  # the engine itself reports a stop as "interrupted" (exit 130)
     took = time.monotonic() - t0
+    if trace is not None:
+        trace.outcome, trace.message = result.outcome, result.message
     summary = (f"{result.done} exported, {result.failed} not exported, {result.bytes_in / 1e6:.1f} MB read in "
                f"{took:.1f}s; archive: {result.eligible - result.pending}/{result.eligible} studies backed up")
-    logging.getLogger("horos_async").info("run ended (%s): %s", result.outcome, summary)
+    log.info("run ended (%s): %s", result.outcome, summary)
     if result.outcome == "paused":
         say(f"horos-backup: paused: {result.message}")
     elif result.outcome == "interrupted":

@@ -1,4 +1,8 @@
-"""``horos-backup status``: archive progress, last runs, recent issues (reads only)."""
+"""``horos-backup status``: health first, then archive progress, last runs, recent issues (reads only).
+
+Exits 0 only when the backup is healthy (README "Health"): 20 FAILING, 21 STALLED, 22 NO PROGRESS,
+23 NOT SCHEDULED; 7 or 8 when the backup state itself cannot be read. A monitoring system can call it.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,11 @@ def do_status(args: argparse.Namespace) -> int:
         print(json.dumps(status.to_json(snap), indent=2, ensure_ascii=False))
     elif not snap.exit_code:
         print(status.render(snap))
+    elif snap.health is not None:  # the health file is off the backup volume: it still says what happened
+        print(f"Health: {snap.health.summary}")
+        if snap.health.fix:
+            print(f"  Fix: {snap.health.fix}")
     if snap.exit_code:  # the state could not be read: an error with its exit code, never "0 backed up"
         sys.stdout.flush()
         print(f"horos-backup: status unknown: {snap.detail}", file=sys.stderr)
-    return snap.exit_code
+    return snap.status_code

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import datetime as dt
 import io
 import os
 import re
@@ -30,6 +29,7 @@ from horos_async.guards import human_bytes
 from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
+from horos_async.timezones import local_iso
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -100,7 +100,8 @@ def _entry(r) -> Entry:
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    """An issues.csv timestamp: in the configured ``timezone`` (set by the command line), offset included."""
+    return local_iso(ts)
 
 
 class Ledger:

@@ -60,12 +60,21 @@ class LiveState:
         self.months: Dict[str, List[int]] = {}
         self.run = {"studies_done": 0, "studies_failed": 0, "bytes_in": 0, "bytes_out": 0}
         self.samples: List[List[float]] = []
+        self.progress_at = self.started
+        """When a study last finished or a byte was last read (``status`` calls a run without either for
+        30 minutes STALLED)."""
+        self._moved: Optional[tuple] = None  # (bytes read, studies ended) at the last change
         self.message = ""
 
     def sample(self) -> None:
         """Record a throughput sample (time, source bytes done incl. running jobs, studies done)."""
         running = sum(j.bytes_done for j in list(self.jobs.values()))
-        self.samples.append([round(time.time(), 3), self.run["bytes_in"] + running, self.run["studies_done"]])
+        now = round(time.time(), 3)
+        sample = [now, self.run["bytes_in"] + running, self.run["studies_done"]]
+        moved = (sample[1], self.run["studies_done"] + self.run["studies_failed"])
+        if moved != self._moved:
+            self.progress_at, self._moved = now, moved
+        self.samples.append(sample)
         del self.samples[:-SAMPLES_KEPT]
 
     def to_dict(self) -> Dict[str, Any]:
@@ -78,7 +87,7 @@ class LiveState:
             "batch": {"index": self.batch_index, "queued": list(self.queued), "finished": self.finished[-50:]},
             "jobs": [vars(j).copy() for j in list(self.jobs.values())],
             "totals": self.totals, "months": self.months, "run": self.run,
-            "throughput": {"samples": self.samples}, "message": self.message,
+            "throughput": {"samples": self.samples}, "progress_at": self.progress_at, "message": self.message,
         }
 
     async def publish(self) -> None:

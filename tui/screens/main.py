@@ -1,4 +1,4 @@
-"""The main screen: engine state, current batch, archive progress, INCOMING load, latest issues, log.
+"""The main screen: health first, then engine state, current batch, archive progress, INCOMING load, latest issues, log.
 
 It subscribes to the app's ``snapshot``, ``incoming_history`` and ``log_lines`` and hands them to its
 widgets; it reads nothing itself.
@@ -17,6 +17,7 @@ from textual.widgets import Footer
 from horos_async.status import Snapshot
 from tui.widgets.archive_progress import ArchiveProgress
 from tui.widgets.engine_header import EngineHeader
+from tui.widgets.health_line import HealthLine
 from tui.widgets.incoming_gauge import IncomingGauge
 from tui.widgets.issues_table import IssuesTable
 from tui.widgets.job_table import JobTable
@@ -43,6 +44,7 @@ class MainScreen(Screen):
 
     def compose(self) -> ComposeResult:
         zone = self.app.zone
+        yield HealthLine(id="health")
         yield EngineHeader(zone=zone, id="engine")
         with Horizontal(id="top"):
             yield JobTable(id="jobs")
@@ -62,6 +64,7 @@ class MainScreen(Screen):
 
     def show_snapshot(self, snapshot: Optional[Snapshot]) -> None:
         """Hand one Snapshot to every widget; while it is unreadable the panels keep the last good one."""
+        self.query_one(HealthLine).snapshot = snapshot
         self.query_one(EngineHeader).snapshot = snapshot
         if snapshot is not None and snapshot.engine != "unreadable":
             self.last_good = snapshot

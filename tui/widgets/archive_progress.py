@@ -1,4 +1,5 @@
-"""Whole-archive progress: studies done of those eligible, bytes, throughput with a sparkline, ETA and
+"""Whole-archive progress: studies done of those eligible, bytes, throughput with a sparkline while a run
+goes (the rate achieved over the last days otherwise), the ETA that rate gives, and
 a one-line strip of per-month coverage (one cell per month folder, fuller = more of that month done;
 the month range and how many months are complete sit in the bottom border).
 """
@@ -63,12 +64,24 @@ def counts_line(s: Snapshot) -> str:
 
 
 def remaining(s: Snapshot) -> str:
-    """What is left, with an ETA only while a run is going (a finished run's rate predicts nothing)."""
+    """What is left, with the ETA the rate achieved over the last days gives (not one run's speed)."""
     if s.eligible is not None and s.done >= s.eligible:
         return "archive complete"
-    if s.engine == "running":
+    if s.eta_seconds is not None:
         return f"{fmt.count(s.pending)} to go · ETA {fmt.duration(s.eta_seconds)}"
     return f"{fmt.count(s.pending)} to go"
+
+
+def rate_text(s: Snapshot) -> str:
+    """The live speed while a run is going; otherwise the rate achieved over the last days (no stale
+    live figure shown as if current)."""
+    if s.engine == "running":
+        return f"{s.mb_per_s:.1f} MB/s · {fmt.rate(s.studies_per_hour)} studies/h "
+    hours = s.achieved[0]
+    if hours <= 0:
+        return "idle · no runs in the last days "
+    span = f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.0f} days"
+    return f"idle · {fmt.rate(s.achieved_per_hour)} studies/h over {span} "
 
 
 class ArchiveProgress(Widget):
@@ -108,9 +121,8 @@ class ArchiveProgress(Widget):
         pct = fmt.percent(s.done, s.eligible)
         meter.fraction = None if pct is None else pct / 100.0
         set_text(self.query_one("#archive-bytes", Label), f"{fmt.size(s.bytes_done)} · {remaining(s)}")
-        rate = f"{s.mb_per_s:.1f} MB/s · {fmt.rate(s.studies_per_hour)} studies/h "
-        set_text(self.query_one("#archive-rate", Label), rate)
-        self.query_one("#archive-spark", Sparkline).data = rate_history(s)
+        set_text(self.query_one("#archive-rate", Label), rate_text(s))
+        self.query_one("#archive-spark", Sparkline).data = rate_history(s) if s.engine == "running" else []
         set_text(self.query_one("#archive-months", Label), month_strip(s, self.content_size.width))
         self.border_subtitle = month_range(s)
         set_state(self, "-warning" if s.failed else "-ok")

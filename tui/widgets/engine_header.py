@@ -18,6 +18,8 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label
 
+from horos_async.health import zone_label
+from horos_async.timezones import to_local
 from horos_async.status import RunRow, Snapshot
 from tui import formatting as fmt
 from tui.widgets.state import set_state, set_text
@@ -101,6 +103,15 @@ def _schedule(s: Snapshot, zone: Optional[dt.tzinfo]) -> str:
     return f"next ≈ {fmt.clock_time(s.next_run, zone, s.taken)} ({fmt.ago(s.next_run, s.taken)})"
 
 
+def host_line(snapshot: Optional[Snapshot], zone: Optional[dt.tzinfo]) -> str:
+    """``pacs-mac.local · times -03``: the host, and the zone every time on screen is in."""
+    if snapshot is None:
+        return ""
+    when = to_local(snapshot.taken, zone)
+    label = f"times {zone_label(when)}" if when is not None else ""
+    return " · ".join(p for p in (snapshot.host, label) if p)
+
+
 class EngineHeader(Widget):
     """The two header lines; set ``snapshot`` to update."""
 
@@ -130,6 +141,6 @@ class EngineHeader(Widget):
         view = self.view = describe(snapshot, self.zone)
         set_text(self.query_one("#engine-badge", Label), f" {view.badge} ")
         set_text(self.query_one("#engine-summary", Label), view.summary)
-        set_text(self.query_one("#engine-host", Label), snapshot.host if snapshot else "")
+        set_text(self.query_one("#engine-host", Label), host_line(snapshot, self.zone))
         set_text(self.query_one("#engine-detail", Label), view.detail)
         set_state(self, view.state_class)

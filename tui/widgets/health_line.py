@@ -1,0 +1,73 @@
+"""The first line of the monitor: the backup's health (OK, FAILING, STALLED, NO PROGRESS, NOT SCHEDULED).
+
+The verdict is ``Snapshot.health`` (``horos_async.health``, read through ``status``): the same words
+``horos-backup status`` leads with. The badge names the state; beside it the one-line reason, and the
+fix when there is one. The state class colours the badge through app.tcss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from textual.app import ComposeResult
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Label
+
+from horos_async.health import FAILING, NO_PROGRESS, NOT_SCHEDULED, OK, STALLED
+from horos_async.status import Snapshot
+from tui.widgets.state import set_state, set_text
+
+BADGES = {OK: "✔ OK", FAILING: "✖ FAILING", STALLED: "⏸ STALLED", NO_PROGRESS: "… NO PROGRESS",
+          NOT_SCHEDULED: "○ NOT SCHEDULED"}
+CLASSES = {OK: "-ok", FAILING: "-error", STALLED: "-error", NO_PROGRESS: "-warning", NOT_SCHEDULED: "-warning"}
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """What the health line shows for one Snapshot."""
+
+    badge: str
+    text: str
+    state_class: str
+
+
+def describe_health(snapshot: Optional[Snapshot]) -> HealthView:
+    """The health line's text and state class (pure: tested without a terminal)."""
+    if snapshot is None:
+        return HealthView("… HEALTH", "reading", "-stale")
+    h = snapshot.health
+    if h is None:
+        return HealthView("? HEALTH", "unknown", "-stale")
+    text = h.summary
+    for prefix in (h.label + " - ", h.label + " "):  # the badge already says it
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if h.fix:
+        text = f"{text} · fix: {h.fix}"
+    return HealthView(BADGES.get(h.state, h.label), text, CLASSES.get(h.state, "-warning"))
+
+
+class HealthLine(Widget):
+    """One line; set ``snapshot`` to update."""
+
+    snapshot: reactive[Optional[Snapshot]] = reactive(None)
+
+    def compose(self) -> ComposeResult:
+        yield Label(id="health-badge", markup=False)
+        yield Label(id="health-text", markup=False)
+
+    def on_mount(self) -> None:
+        self._show(self.snapshot)
+
+    def watch_snapshot(self, snapshot: Optional[Snapshot]) -> None:
+        if self.is_mounted:
+            self._show(snapshot)
+
+    def _show(self, snapshot: Optional[Snapshot]) -> None:
+        view = describe_health(snapshot)
+        set_text(self.query_one("#health-badge", Label), f" {view.badge} ")
+        set_text(self.query_one("#health-text", Label), view.text)
+        set_state(self, view.state_class)
