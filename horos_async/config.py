@@ -25,6 +25,44 @@ else:  # pragma: no cover - exercised by the Python 3.9 CI job
     import tomli as tomllib
 
 ENV_VAR = "HOROS_BACKUP_CONFIG"
+LANGUAGE_CHOICES = ("en", "pt")
+SUMMARY_CHOICES = ("off", "daily", "weekly")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The ``[notify]`` table: where alerts go (README "Alerts"). Empty = no channel, nothing sent."""
+
+    email_to: Tuple[str, ...] = ()
+    """Addresses that get each alert by e-mail (none: no e-mail)."""
+    email_from: str = ""
+    """The sender address (default: ``smtp_user``)."""
+    smtp_host: str = ""
+    """The SMTP server, e.g. ``smtp.gmail.com`` or ``smtp.office365.com``."""
+    smtp_port: int = 587
+    """The SMTP port: 587 with STARTTLS (submission), 465 for TLS from the start, 25 plain."""
+    smtp_starttls: bool = True
+    """Upgrade the connection with STARTTLS before logging in (port 587)."""
+    smtp_user: str = ""
+    """The SMTP login (none: no login)."""
+    smtp_password_file: Optional[Path] = None
+    """A file holding the SMTP password (an app password), readable by this user only (mode 600).
+    The password itself is never in the config, the logs or ``config`` output."""
+    webhook_url: str = ""
+    """An HTTP(S) URL that gets each alert as a JSON POST (ntfy, Slack- or Teams-style webhooks)."""
+    healthcheck_url: str = ""
+    """A dead-man's switch in the healthchecks.io convention: ``<url>/start`` when a run starts,
+    ``<url>`` on success, ``<url>/fail`` on failure."""
+    language: str = "en"
+    """Language of the alerts: ``en`` or ``pt`` (Brazilian Portuguese)."""
+    summary: str = "off"
+    """A periodic summary (done, pending, failed, bytes, free space, ETA): ``off``, ``daily``, ``weekly``."""
+
+    @property
+    def channels(self) -> Tuple[str, ...]:
+        """The configured channels: ``email``, ``webhook``, ``healthcheck``."""
+        return tuple(name for name, on in (("email", bool(self.email_to)), ("webhook", bool(self.webhook_url)),
+                                           ("healthcheck", bool(self.healthcheck_url))) if on)
 ORDER_CHOICES = ("study_date", "date_added")
 COMPRESSION_CHOICES = ("auto", "deflate", "store")
 NAMING_CHOICES = ("classic", "pseudonymous")
@@ -95,6 +133,8 @@ class Config:
     state_dir: Optional[Path] = None
     """Folder for horos-backup's own state kept off the backup volume (the health file); None = the
     platform default (:func:`platform.state_home`). Empty string in TOML means the default."""
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    """The ``[notify]`` table: alert channels (e-mail, webhook, healthcheck) and their language."""
     shrink_threshold: float = 0.5
     """Refuse to run (``HOROS_DB_SHRANK``) when Horos's database holds fewer CT/MR studies than this
     fraction of the last run's count (or, the first time, of the studies backed up); 0 disables."""
@@ -156,6 +196,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in fields(Config) if f.name != "source"}
+_NOTIFY_FIELDS = {f.name: f for f in fields(NotifyConfig)}
 
 
 def _fail(source: str, key: str, value: Any, why: str) -> ConfigError:
@@ -181,6 +222,8 @@ def _convert(source: str, key: str, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not value or not all(isinstance(m, str) and m.strip() for m in value):
             raise _fail(source, key, value, 'expected a non-empty list of modality codes, e.g. ["CT", "MR"]')
         return tuple(dict.fromkeys(m.strip().upper() for m in value))
+    if key == "notify":
+        return _notify(source, value, base)
     if key == "path_map":
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise _fail(source, key, value, 'expected a table of "old prefix" = "new prefix"')
@@ -206,6 +249,55 @@ def _convert(source: str, key: str, value: Any, base: Path) -> Any:
             raise _fail(source, key, value, "expected text in quotes")
         return value
     raise _fail(source, key, value, "unsupported key")  # pragma: no cover
+
+
+def _notify(source: str, value: Any, base: Path) -> NotifyConfig:
+    """The ``[notify]`` table, each key checked like the top-level ones (named ``notify.<key>``)."""
+    if not isinstance(value, dict):
+        raise _fail(source, "notify", value, "expected a table: a [notify] section")
+    out: Dict[str, Any] = {}
+    for key, v in value.items():
+        name = f"notify.{key}"
+        if key not in _NOTIFY_FIELDS:
+            raise _fail(source, name, v, f"unknown key; the keys are {', '.join(_NOTIFY_FIELDS)}")
+        default = getattr(NotifyConfig, key, None)
+        if key == "email_to":
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not all(isinstance(a, str) and "@" in a for a in v):
+                raise _fail(source, name, v, 'expected a list of e-mail addresses, e.g. ["ti@clinica.com.br"]')
+            out[key] = tuple(a.strip() for a in v)
+        elif key == "smtp_password_file":
+            out[key] = None if v == "" else _path(source, name, v, base)
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise _fail(source, name, v, "expected true or false")
+            out[key] = v
+        elif isinstance(default, int):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise _fail(source, name, v, "expected a whole number")
+            out[key] = v
+        else:
+            if not isinstance(v, str):
+                raise _fail(source, name, v, "expected text in quotes")
+            out[key] = v.strip()
+    n = NotifyConfig(**out)
+    checks = [
+        ("smtp_port", 1 <= n.smtp_port <= 65535, "must be a port number (587, 465 or 25)"),
+        ("language", n.language in LANGUAGE_CHOICES, f"must be one of {', '.join(LANGUAGE_CHOICES)}"),
+        ("summary", n.summary in SUMMARY_CHOICES, f"must be one of {', '.join(SUMMARY_CHOICES)}"),
+        ("smtp_host", bool(n.smtp_host) or not n.email_to, "must be set when email_to is (the SMTP server)"),
+        ("email_from", bool(n.email_from or n.smtp_user) or not n.email_to,
+         "must be set when email_to is (or set smtp_user)"),
+        ("webhook_url", not n.webhook_url or n.webhook_url.startswith(("http://", "https://")),
+         "must start with https:// (or http://)"),
+        ("healthcheck_url", not n.healthcheck_url or n.healthcheck_url.startswith(("http://", "https://")),
+         "must start with https:// (or http://), e.g. https://hc-ping.com/<uuid>"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise _fail(source, f"notify.{key}", getattr(n, key), why)
+    return n
 
 
 def validate(cfg: Config) -> Config:
@@ -303,7 +395,7 @@ def render_toml(cfg: Config) -> str:
     lines = []
     for name, f in _FIELDS.items():
         value = getattr(cfg, name)
-        if name == "path_map":
+        if name in ("path_map", "notify"):
             continue
         if value is None:
             value = ""
@@ -321,6 +413,19 @@ def render_toml(cfg: Config) -> str:
         lines.append("")
         lines.append("[path_map]")
         lines.extend(f"{_toml_str(k)} = {_toml_str(v)}" for k, v in cfg.path_map)
+    if cfg.notify != NotifyConfig():  # the password file's path, never the password
+        lines.append("")
+        lines.append("[notify]")
+        for name in _NOTIFY_FIELDS:
+            value = getattr(cfg.notify, name)
+            if isinstance(value, tuple):
+                lines.append(f"{name} = [{', '.join(_toml_str(v) for v in value)}]")
+            elif isinstance(value, bool):
+                lines.append(f"{name} = {'true' if value else 'false'}")
+            elif isinstance(value, int):
+                lines.append(f"{name} = {value}")
+            else:
+                lines.append(f"{name} = {_toml_str(str(value) if value is not None else '')}")
     return "\n".join(lines) + "\n"
 
 

@@ -194,8 +194,9 @@ class Health:
     last_success: Optional[float] = None
     exit_code: int = EXIT_OK
     """What ``status`` exits with for this state."""
-    problems: Tuple[str, ...] = field(default=())
-    """Condition codes active now (an alert episode each; FAILING's code, STALLED, NO_PROGRESS)."""
+    problems: Tuple[Tuple[str, str, str], ...] = field(default=())
+    """(code, summary, fix) of every condition active now, worst first: FAILING's code, STALLED,
+    NO_PROGRESS (an alert episode each; NOT_SCHEDULED is no alert)."""
 
     @property
     def label(self) -> str:
@@ -229,7 +230,6 @@ class Observed:
 def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None) -> Health:
     """The health verdict; the worst of FAILING > STALLED > NO PROGRESS > NOT SCHEDULED, else OK."""
     now = seen.now
-    problems: List[str] = []
     progressing = seen.run_alive and seen.engine == "running" and \
         (seen.progress_at is None or now - seen.progress_at < STALL_SECONDS)
     verdicts: List[Health] = []
@@ -240,11 +240,9 @@ def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None
         verdicts.append(Health(FAILING, f"FAILING since {stamp(f.since, zone, now)}, {runs}: {f.message}",
                                fix_for(f.code), f.since, f.count, f.code, rec.last_success,
                                EXIT_HEALTH_FAILING))
-        problems.append(f.code)
     stalled = _stalled(rec, seen, zone)
     if stalled is not None:
         verdicts.append(stalled)
-        problems.append("STALLED")
     if seen.due and not progressing:
         ref = rec.last_export if rec.last_export is not None else rec.first_attempt
         if ref is not None and now - ref >= NO_PROGRESS_SECONDS:
@@ -255,7 +253,6 @@ def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None
                              f"{seen.due:,} studies are due",
                 "see 'Recent issues' and issues.csv; 'horos-backup run --progress' shows each study",
                 ref, 0, "NO_PROGRESS", rec.last_success, EXIT_HEALTH_NO_PROGRESS))
-            problems.append("NO_PROGRESS")
     if not seen.scheduled:
         verdicts.append(Health(
             NOT_SCHEDULED, "NOT SCHEDULED - the LaunchAgent is not installed: no backup runs unless started "
@@ -263,8 +260,9 @@ def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None
             "NOT_SCHEDULED", rec.last_success, EXIT_HEALTH_NOT_SCHEDULED))
     if verdicts:
         first = verdicts[0]
+        problems = tuple((v.code, v.summary, v.fix) for v in verdicts if v.state != NOT_SCHEDULED)
         return Health(first.state, first.summary, first.fix, first.since, first.count, first.code,
-                      first.last_success, first.exit_code, tuple(problems))
+                      first.last_success, first.exit_code, problems)
     return Health(OK, _ok_summary(rec, seen, zone), last_success=rec.last_success)
 
 

@@ -201,7 +201,7 @@ def test_worst_state_leads_and_a_good_run_suppresses_failing():
                                              code="DISK_FULL", message="backup volume full"))
     idle = Observed(now=now, engine="idle", scheduled=False)
     h = health.evaluate(rec, idle)
-    assert h.state == health.FAILING and h.problems == ("DISK_FULL",) and "1 failed run" in h.summary
+    assert h.state == health.FAILING and [p[0] for p in h.problems] == ["DISK_FULL"] and "1 failed run" in h.summary
     going = Observed(now=now, engine="running", run_alive=True, progress_at=now - 5, scheduled=True)
     assert health.evaluate(rec, going).state == health.OK  # a run past the guards is exporting
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from horos_async import guards, health, logs, schedule
+from horos_async import guards, health, logs, notify, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable
 from horos_async.config import Config
@@ -83,28 +83,43 @@ def recorded(cfg: Config, body: Callable[[Trace], int], *, interactive: bool = F
     """
     trace = Trace()
     started = time.time()
+    pinging = _alerts_start(cfg)
     try:
         code = body(trace)
     except LockHeld as exc:
-        _record(cfg, started, trace, EXIT_LOCKED, "lock-held", str(exc))
+        _record(cfg, started, trace, EXIT_LOCKED, "lock-held", str(exc), pinging)
         log.info("lock held, this start exits quietly: %s", exc, extra=logs.FILE_ONLY)
         if interactive:
             say(f"horos-backup: {exc}")
         return EXIT_LOCKED
     except HorosBackupError as exc:
-        _record(cfg, started, trace, exc.exit_code, "", str(exc))
+        _record(cfg, started, trace, exc.exit_code, "", str(exc), pinging)
         raise
     except KeyboardInterrupt:
-        _record(cfg, started, trace, EXIT_INTERRUPTED, "interrupted", "interrupted")
+        _record(cfg, started, trace, EXIT_INTERRUPTED, "interrupted", "interrupted", pinging)
         raise
     except Exception as exc:  # a bug: cli.main prints the traceback; the health file says a run failed
-        _record(cfg, started, trace, EXIT_INTERNAL, "", f"unexpected error (a bug): {type(exc).__name__}: {exc}")
+        _record(cfg, started, trace, EXIT_INTERNAL, "", f"unexpected error (a bug): {type(exc).__name__}: {exc}",
+                pinging)
         raise
-    _record(cfg, started, trace, code, trace.outcome or ("ok" if code == EXIT_OK else ""), trace.message)
+    _record(cfg, started, trace, code, trace.outcome or ("ok" if code == EXIT_OK else ""), trace.message, pinging)
     return code
 
 
-def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: str, message: str) -> None:
+def _alerts_start(cfg: Config):
+    """The healthcheck ``/start`` ping, sent in the background (None when there is none to send)."""
+    if not cfg.notify.channels:
+        return None
+    try:
+        return notify.run_started(cfg)
+    except Exception as exc:  # an alert never stops a backup
+        log.warning("healthcheck start ping not sent: %s", exc)
+        return None
+
+
+def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: str, message: str,
+            pinging=None) -> None:
+    """Record the attempt in the health file, then send the alerts it gives (neither can change the run's code)."""
     engine = trace.engine
     result = engine.result if engine is not None else None
     code = health.condition_of(exit_code, engine.live.guard_code if engine is not None else "")
@@ -119,6 +134,8 @@ def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: 
         print(f"horos-backup: warning: could not record this run in {health.health_path(cfg)} "
               f"({exc.strerror or exc}); 'status' will not show it. Check that folder ('state_dir')",
               file=sys.stderr, flush=True)
+    if cfg.notify.channels:
+        notify.after_run(cfg, attempt, pinging)  # bounded by its timeouts; never raises
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,

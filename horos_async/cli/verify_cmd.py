@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from horos_async import guards
+from horos_async import guards, notify
 from horos_async.cli.common import add_common, config_from, err
 from horos_async.cli.signals import run_stoppable, stopped_code
 from horos_async.errors import EXIT_CHECK, EXIT_OK
@@ -42,6 +42,8 @@ def do_verify(args: argparse.Namespace) -> int:
 
     result, stopped = run_stoppable(make)
     print(verify.summary(cfg, result, args.deep))
+    if result.bad:  # a person hears of it, not only whoever reads this output (never changes the code)
+        notify.verify_found_bad(cfg, result.bad)
     if stopped:
         err("horos-backup: verify interrupted: stopped cleanly; the next verify continues where this one stopped")
     return stopped_code(EXIT_CHECK if result.bad else EXIT_OK, stopped)
