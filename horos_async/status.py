@@ -361,6 +361,8 @@ def _with_health(cfg: Config, snap: Snapshot) -> Snapshot:
     verdict = health_mod.evaluate(rec, seen, zone_of(cfg.timezone))
     if note:
         verdict = replace(verdict, summary=verdict.summary + note)
+    if cfg.source is not None and "<your config>" in verdict.fix:  # the command to type, whole
+        verdict = replace(verdict, fix=verdict.fix.replace("<your config>", f"'{cfg.source}'"))
     return replace(snap, health=verdict)
 
 
@@ -438,7 +440,7 @@ def rate_line(snap: Snapshot) -> str:
     """Achieved rate over the last days and the ETA it gives; the live speed only while a run is going."""
     hours, studies = snap.achieved
     if hours > 0:
-        span = f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+        span = f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
         text = f"{snap.achieved_per_hour:,.1f} studies/h achieved over the last {span} of runs"
     else:
         text = "no runs in the last days"

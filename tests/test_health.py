@@ -119,7 +119,7 @@ def test_status_exit_codes_for_each_state(setup, capsys, launchd_installed):
     launchd_installed.unlink()
     code, snap = status_json(path, capsys)
     assert code == EXIT_HEALTH_NOT_SCHEDULED and snap["health"]["state"] == "not-scheduled"
-    assert "launchd install" in snap["health"]["fix"]
+    assert snap["health"]["fix"] == f"horos-backup launchd install --config '{path}'"
 
 
 def test_bounded_file_keeps_the_episode(tmp_path):
