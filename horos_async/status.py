@@ -23,7 +23,9 @@ from typing import Any, Dict, Optional, Tuple
 from horos_async import guards, platform
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
-from horos_async.state.ledger import open_readonly
+from horos_async.models import DONE, FAILED
+from horos_async.state.ledger_read import LedgerReader
+from horos_async.state.ledger_records import IssueRecord, RunRecord, StateTotals
 
 STALE_SECONDS = 10.0
 LIVE_FILE = "status.json"
@@ -57,29 +59,10 @@ class Finished:
     bytes: int
 
 
-@dataclass(frozen=True)
-class IssueRow:
-    """One row of the issue log."""
-
-    ts: float
-    code: str
-    uid: str
-    zip_path: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One past or current run."""
-
-    id: int
-    started: float
-    ended: Optional[float]
-    outcome: str
-    exit_code: Optional[int]
-    studies_done: int
-    studies_failed: int
-    bytes_in: int
+IssueRow = IssueRecord
+"""One row of the issue log (the ledger's record, under the name front ends know)."""
+RunRow = RunRecord
+"""One past or current run (the ledger's record, under the name front ends know)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +157,8 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
     if not path.exists():
         return out
     try:
-        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit)
+        with LedgerReader.open(path) as led:
+            return _query_ledger(led, out, issues_limit, runs_limit)
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None
@@ -185,28 +169,17 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
             f"ZIPs on disk") from None
 
 
-def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: int,
+def _query_ledger(led: LedgerReader, out: Dict[str, Any], issues_limit: int,
                   runs_limit: int) -> Dict[str, Any]:
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"studies", "issues", "runs"} <= tables:
-            return out  # an empty ledger the engine is creating right now
-        out["read"] = True
-        for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
-            if state == "done":
-                out["done"], out["bytes_done"] = n, b
-            elif state == "failed":
-                out["failed"] = n
-        out["months"] = {m: n for m, n in con.execute(
-            "SELECT month, COUNT(*) FROM studies WHERE state='done' GROUP BY month")}
-        out["issues"] = tuple(IssueRow(r[0], r[1], r[2] or "", r[3] or "", r[4] or "") for r in con.execute(
-            "SELECT ts, code, uid, zip_path, detail FROM issues ORDER BY id DESC LIMIT ?", (issues_limit,)))
-        out["runs"] = tuple(RunRow(r[0], r[1], r[2], r[3] or "", r[4], r[5] or 0, r[6] or 0, r[7] or 0)
-                            for r in con.execute(
-            "SELECT id, started, ended, outcome, exit_code, studies_done, studies_failed, bytes_in FROM runs "
-            "ORDER BY id DESC LIMIT ?", (runs_limit,)))
-    finally:
-        con.close()
+    if not led.is_ready():
+        return out  # an empty ledger the engine is creating right now
+    out["read"] = True
+    totals = led.state_totals()
+    done, failed = totals.get(DONE, StateTotals()), totals.get(FAILED, StateTotals())
+    out["done"], out["bytes_done"], out["failed"] = done.studies, done.bytes_in, failed.studies
+    out["months"] = led.done_per_month()
+    out["issues"] = led.recent_issues(issues_limit)
+    out["runs"] = led.recent_runs(runs_limit)
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 from horos_async import naming
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
-from horos_async.state.ledger import Entry
+from horos_async.state.ledger_records import Entry
 from horos_async.models import DONE, PlannedFile, SourceFile, StudyPlan, StudyRow, study_key
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix
 

@@ -142,15 +142,16 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
                                members_digest(members))
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
-    for rel, (key, _version, _files, size, status) in known.items():
-        if status != "ok":
+    for rel, z in known.items():
+        key = z.key
+        if z.status != "ok":
             continue
         if rel not in disk:
             stats["missing"] += 1
             await ledger.mark_zip_bad(rel, "missing", "ZIP_MISSING", f"{shown(cfg, rel)} is recorded but not on disk")
             await ledger.issue("ZIP_MISSING", f"{shown(cfg, rel)} is recorded as done but is not on disk; the study "
                                f"is queued for export again", key, key.split("|", 1)[0], rel)
-        elif disk[rel] != size:
+        elif disk[rel] != z.zip_size:
             members, why = await offload(check_zip, cfg.backup_dir / rel, True)
             if members is None:
                 stats["invalid"] += 1

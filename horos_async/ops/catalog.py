@@ -20,7 +20,7 @@ from horos_async.backup import reconcile
 from horos_async.backup.identity import read_identity
 from horos_async.config import Config
 from horos_async.errors import LedgerError, VolumeError
-from horos_async.state.ledger import open_readonly
+from horos_async.state.ledger_read import LedgerReader
 from horos_async.naming import transliterate
 
 BOM = "\ufeff"
@@ -46,13 +46,6 @@ class Row:
 
 
 HEADER = [f.name for f in fields(Row)]
-_SQL = """
-SELECT s.patient_name, s.birth_date, s.study_date, s.modalities, s.uid, s.zip_path, s.zip_size, s.files,
-       s.exported_at, s.version, s.state, z.status
-FROM studies s LEFT JOIN zips z ON z.zip_path = s.zip_path
-{where}
-ORDER BY s.study_date, s.uid
-"""
 
 
 def _person(name: Optional[str]) -> str:
@@ -90,22 +83,20 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
         if missing:  # an unmounted volume, not a lost ledger
             raise VolumeError(missing)
         raise LedgerError(f"no ledger at {path}; to list the ZIPs on disk anyway use 'catalog --from-zips'")
-    where = "" if include_all else "WHERE s.zip_path IS NOT NULL AND s.zip_path != ''"
     try:
-        con = open_readonly(path)
-        try:
-            records = con.execute(_SQL.format(where=where)).fetchall()
-        finally:
-            con.close()
+        with LedgerReader.open(path) as led:
+            records = led.catalog(include_all)
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); use 'catalog --from-zips', and see "
                           f"'horos-backup doctor'") from None
     rows = []
-    for (name, dob, date, mods, uid, rel, size, files, exported, version, state, zstatus) in records:
-        if zstatus and zstatus != "ok":
-            state = f"{state} (zip {zstatus})"  # e.g. moved to quarantine by verify, re-export queued
-        rows.append(Row(_person(name), _date(dob), _date(date), mods or "", uid or "", rel or "", int(size or 0),
-                        int(files or 0), _stamp(exported), int(version or 0), state or ""))
+    for r in records:
+        state = r.state
+        if r.zip_status and r.zip_status != "ok":
+            state = f"{state} (zip {r.zip_status})"  # e.g. moved to quarantine by verify, re-export queued
+        rows.append(Row(_person(r.patient_name), _date(r.birth_date), _date(r.study_date), r.modalities or "",
+                        r.uid or "", r.zip_path or "", int(r.zip_size or 0), int(r.files or 0),
+                        _stamp(r.exported_at), int(r.version or 0), state or ""))
     return rows
 
 

@@ -25,6 +25,9 @@ from horos_async import durable, guards, platform
 from horos_async.ops import launchd
 from horos_async.config import Config
 from horos_async.errors import ConfigError
+from horos_async.models import DONE
+from horos_async.state.ledger_read import LedgerReader
+from horos_async.state.ledger_records import StateTotals
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 GB = guards.GB
@@ -353,23 +356,18 @@ def check_lock(cfg: Config) -> Check:
 
 def check_ledger(cfg: Config) -> Check:
     """The ledger opens read-only and passes ``PRAGMA quick_check``."""
-    from horos_async.state.ledger import open_readonly
-
     path = cfg.ledger_path
     fix = (f"move it aside (mv '{path}' '{path}.damaged') and run 'horos-backup rebuild-ledger'; "
            f"no ZIP is lost")
     if not path.exists():
         return Check("ledger", INFO, f"{path} does not exist yet: the first run creates it", "")
     try:
-        con = open_readonly(path)
-        try:
-            result = con.execute("PRAGMA quick_check").fetchone()[0]
+        with LedgerReader.open(path) as led:
+            result = led.quick_check()
             if result != "ok":
                 return Check("ledger", FAIL, f"{path} is damaged: {result}", fix)
-            done = con.execute("SELECT COUNT(*) FROM studies WHERE state='done'").fetchone()[0]
-            zips = con.execute("SELECT COUNT(*) FROM zips WHERE status='ok'").fetchone()[0]
-        finally:
-            con.close()
+            done = led.state_totals().get(DONE, StateTotals()).studies
+            zips = led.ok_zips()
     except sqlite3.Error as exc:
         return Check("ledger", FAIL, f"{path} cannot be read: {exc}", fix)
     return Check("ledger", PASS, f"{done} studies done, {zips} ZIPs recorded")

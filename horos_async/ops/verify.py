@@ -30,6 +30,7 @@ from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
 from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_records import ZipToVerify
 from horos_async.backup.months import withdraw_month_marker
 
 STATE_NAME = "verify_state.json"
@@ -39,18 +40,6 @@ FLUSH_EVERY = 25
 FLUSH_SECONDS = 5.0
 """... or at least this often (seconds)."""
 _MONTH = re.compile(r"^(\d{4}_(0[1-9]|1[0-2])|undated)$")
-
-
-@dataclass
-class ZipRow:
-    """One ``zips`` row to check."""
-
-    path: str
-    key: str
-    files: int
-    bytes_in: int
-    zip_size: int
-    digest: str
 
 
 @dataclass
@@ -241,21 +230,11 @@ class Verifier:
         return (f"verify: {done}/{r.total} ZIPs ({pct:.0f}%), {r.bytes_read / 1e6:.0f} MB read, {rate:.1f} MB/s, "
                 f"{r.bad} bad")
 
-    async def _rows(self) -> List[ZipRow]:
-        sql = ("SELECT zip_path, key, files, bytes_in, zip_size, COALESCE(members_digest, '') FROM zips "
-               "WHERE status='ok'")
-        params: List[Any] = []
-        if self.since is not None:
-            sql += " AND created_at >= ?"
-            params.append(self.since)
-        if self.month:
-            sql += " AND substr(zip_path, 1, ?) = ?"
-            params += [len(self.month) + 1, self.month + "/"]
-        async with self.ledger.db.execute(sql + " ORDER BY zip_path", params) as cur:
-            return [ZipRow(*row) for row in await cur.fetchall()]
+    async def _rows(self) -> List[ZipToVerify]:
+        return await self.ledger.zips_to_verify(self.since, self.month)
 
     # -- one ZIP -----------------------------------------------------------------------------------
-    async def _one(self, z: ZipRow) -> None:
+    async def _one(self, z: ZipToVerify) -> None:
         path = self.cfg.backup_dir / z.path
         loop = asyncio.get_running_loop()
         members, why, nbytes = await loop.run_in_executor(None, self._check, path, z)  # the one offload
@@ -270,7 +249,7 @@ class Verifier:
             self.result.good += 1
             self._verified.append((time.time(), z.path))
 
-    def _check(self, path: Path, z: ZipRow) -> Tuple[Any, str, int]:
+    def _check(self, path: Path, z: ZipToVerify) -> Tuple[Any, str, int]:
         """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes)."""
         try:
             size = path.stat().st_size
@@ -313,14 +292,14 @@ class Verifier:
             raise VolumeError(f"the backup volume vanished while verifying ({path} unreachable); nothing more was "
                               f"recorded; mount it and run verify again to continue")
 
-    def _label(self, z: ZipRow) -> str:
+    def _label(self, z: ZipToVerify) -> str:
         """How a ZIP is named in issues and messages: its name carries the patient's, so by default
         only the month folder and the study UID (``log_patient_names`` shows the full path)."""
         if self.cfg.log_patient_names:
             return z.path
         return f"the ZIP of study {z.key.split('|', 1)[0]} in {z.path.split('/', 1)[0]}/"
 
-    async def _missing(self, z: ZipRow) -> None:
+    async def _missing(self, z: ZipToVerify) -> None:
         self.result.missing += 1
         await self._month_incomplete(z)
         detail = f"{self._label(z)} is recorded as done but is not on disk; the study is queued for export again"
@@ -328,7 +307,7 @@ class Verifier:
         await self.ledger.issue("ZIP_MISSING", detail, z.key, z.key.split("|", 1)[0], z.path)
         self._bad(f"ZIP_MISSING {self._label(z)}")
 
-    async def _invalid(self, z: ZipRow, why: str) -> None:
+    async def _invalid(self, z: ZipToVerify, why: str) -> None:
         self.result.invalid += 1
         loop = asyncio.get_running_loop()
         # Move it aside first: if we crash before the ledger says "bad", the next run sees it missing
@@ -342,7 +321,7 @@ class Verifier:
         await self.ledger.issue("ZIP_INVALID", detail, z.key, z.key.split("|", 1)[0], z.path)
         self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
 
-    async def _month_incomplete(self, z: ZipRow) -> None:
+    async def _month_incomplete(self, z: ZipToVerify) -> None:
         """The month lost a verified ZIP: its ``.month_done`` must not claim otherwise."""
         month = z.path.split("/", 1)[0] if "/" in z.path else ""
         if month:
@@ -360,15 +339,8 @@ class Verifier:
 
     async def _flush(self) -> None:
         """Commit ``verified_at`` of the good ZIPs so far, then save the pass state."""
-        if self._verified and self.ledger is not None and self.ledger.db is not None:
-            db = self.ledger.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany("UPDATE zips SET verified_at=? WHERE zip_path=?", self._verified)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+        if self._verified and self.ledger is not None and self.ledger.is_open:
+            await self.ledger.mark_verified(self._verified)
             self._verified = []
         if self.state:
             self.state["updated_at"] = time.time()
