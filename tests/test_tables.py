@@ -9,7 +9,7 @@ import pytest
 from horos_async import config as config_mod
 from horos_async.backup.planner import classify
 from horos_async.schedule import in_window, parse_window
-from horos_async.state.ledger import Entry
+from horos_async.state.ledger_records import Entry
 
 NOW = 1_750_000_000.0
 HOUR = 3600.0
