@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from horos_async import durable
-from horos_async.backup import engine as engine_mod
+from horos_async.backup import job as job_mod
 from horos_async.ops import rebuild
 
 from helpers import assert_backup_complete, backed_up_library, make_config, run, sha, zips
@@ -187,10 +187,10 @@ def test_publish_never_overwrites_a_foreign_zip_even_when_the_name_is_chosen(bac
     shutil.rmtree(cfg.backup_dir)
     theirs = foreign_zip(victim)
 
-    async def planned_name(self, plan):
-        return plan.zip_relpath
+    async def planned_name(self):
+        return self.plan.zip_relpath
 
-    monkeypatch.setattr(engine_mod.Engine, "_target_path", planned_name)
+    monkeypatch.setattr(job_mod.StudyJob, "_target_path", planned_name)
     run(cfg, until_done=True)
     assert victim.read_bytes() == theirs
     fails = issues(cfg, "ZIP_FAIL")

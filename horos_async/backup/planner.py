@@ -7,15 +7,15 @@ the database released, resolves and stats the files and names the ZIPs.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from horos_async import naming
+from horos_async.blocking import Offload, offload as default_offload
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
 from horos_async.state.ledger_records import Entry
@@ -297,18 +297,10 @@ def build_plan(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], present: List[Tu
                      image_rows=image_rows, version=version, pks=tuple(st.pk for st, _ in rows))
 
 
-Offload = Callable[..., Awaitable]
-
-
 async def plan_batch(reader: HorosReader, batch: Sequence[Candidate], cfg: Config, index: Dict[str, Entry],
-                     offload: Optional[Offload] = None) -> List[StudyPlan]:
-    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped."""
-    if offload is None:
-        loop = asyncio.get_running_loop()
-
-        def offload(fn, *args):
-            return loop.run_in_executor(None, fn, *args)
-
+                     offload: Offload = default_offload) -> List[StudyPlan]:
+    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped (the file
+    checks run through ``offload``: the engine's pool, or the loop's default executor)."""
     rows = await reader.read_batch(sorted({pk for c in batch for pk in c.pks}))  # database released here
     by_key: Dict[str, List[Tuple[StudyRow, List[ImageRef]]]] = {}
     for study, images in rows:

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 from horos_async.backup import archive
 from horos_async.backup.identity import members_digest, read_identity
 from horos_async import durable, naming, platform
+from horos_async.blocking import Offload, offload as default_offload
 from horos_async.config import Config
 from horos_async.state.ledger import Ledger
 
@@ -108,9 +109,10 @@ def readable_zip(path: Path, deep: bool) -> str:
     return ""
 
 
-async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
+async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
-    """Bring ledger and disk into agreement; returns counts of what was done."""
+    """Bring ledger and disk into agreement; returns counts of what was done (every file check, walk and
+    move runs through ``offload``)."""
 
     stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)
@@ -163,7 +165,7 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
     return stats
 
 
-async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Dict[str, int]) -> None:
+async def _no_identity(cfg: Config, ledger: Ledger, offload: Offload, rel: str, stats: Dict[str, int]) -> None:
     """A ``.zip`` in a month folder without our identity comment: quarantine it if it is not a valid ZIP,
     otherwise it is someone else's file: report it once and leave it (the engine never reuses its name).
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Dict
 
 from horos_async import durable, guards
 from horos_async.backup import reconcile
+from horos_async.blocking import offload
 from horos_async.config import Config
 from horos_async.state.ledger import Ledger
 
@@ -17,11 +17,6 @@ async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None
     guards.check_volumes(cfg)
     durable.ensure_dir(cfg.work_dir)
     with guards.RunLock(cfg.work_dir / "run.lock"):
-        loop = asyncio.get_running_loop()
-
-        def offload(fn, *args):
-            return loop.run_in_executor(None, fn, *args)
-
         async with Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names) as ledger:
             limit = 10 ** 9 if deep else 0
             stats = await reconcile.reconcile(cfg, ledger, offload, announce, deep_limit=limit)

@@ -13,7 +13,6 @@ the last path done, so an interrupted or time-limited pass continues where it st
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import errno
 import json
@@ -27,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from horos_async.backup import archive, reconcile
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
+from horos_async.blocking import offload
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
 from horos_async.state.ledger import Ledger
@@ -236,8 +236,7 @@ class Verifier:
     # -- one ZIP -----------------------------------------------------------------------------------
     async def _one(self, z: ZipToVerify) -> None:
         path = self.cfg.backup_dir / z.path
-        loop = asyncio.get_running_loop()
-        members, why, nbytes = await loop.run_in_executor(None, self._check, path, z)  # the one offload
+        members, why, nbytes = await offload(self._check, path, z)
         self.result.bytes_read += nbytes
         if members == "missing":
             self._volume_still_there(path)
@@ -309,10 +308,9 @@ class Verifier:
 
     async def _invalid(self, z: ZipToVerify, why: str) -> None:
         self.result.invalid += 1
-        loop = asyncio.get_running_loop()
         # Move it aside first: if we crash before the ledger says "bad", the next run sees it missing
         # and re-exports it; the reverse order could leave a bad ZIP beside its replacement.
-        moved = await loop.run_in_executor(None, self._quarantine, z.path)
+        moved = await offload(self._quarantine, z.path)
         await self._month_incomplete(z)
         where = (f"moved to .quarantine/{z.path.split('/', 1)[0]}/" if moved
                  else "could NOT be moved aside (see the log): do not restore from it")
@@ -325,7 +323,7 @@ class Verifier:
         """The month lost a verified ZIP: its ``.month_done`` must not claim otherwise."""
         month = z.path.split("/", 1)[0] if "/" in z.path else ""
         if month:
-            await asyncio.get_running_loop().run_in_executor(None, withdraw_month_marker, self.cfg, month)
+            await offload(withdraw_month_marker, self.cfg, month)
 
     def _quarantine(self, rel: str) -> Optional[Path]:
         """Blocking: move the ZIP aside; ``reconcile.quarantine`` syncs both folders, so the move is
@@ -344,8 +342,8 @@ class Verifier:
             self._verified = []
         if self.state:
             self.state["updated_at"] = time.time()
-            durable.write_atomic(state_path(self.cfg), json.dumps(self.state, indent=1).encode("utf-8"),
-                                 overwrite=True)
+            await offload(durable.write_atomic, state_path(self.cfg),
+                          json.dumps(self.state, indent=1).encode("utf-8"), overwrite=True)
 
 
 def _when(ts: Optional[float]) -> str:

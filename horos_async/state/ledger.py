@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import aiosqlite
 
+from horos_async.blocking import offload
 from horos_async.guards import human_bytes
 from horos_async.errors import DiskFull, HorosBackupError, LedgerError
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
@@ -327,7 +328,8 @@ class Ledger:
                 (now, code, key, uid, zip_path, detail, self.run_id))
         if self.issues_csv is not None:
             shown = zip_path if self.names_in_csv else zip_path.split("/", 1)[0]
-            append_issue_csv(self.issues_csv, [iso_time(now), code, uid, shown, detail])
+            # An append with fsync on the backup volume: through the seam, never on the event loop.
+            await offload(append_issue_csv, self.issues_csv, [iso_time(now), code, uid, shown, detail])
 
     async def condition(self, code: str, active: bool, detail: str = "") -> bool:
         """Track an ongoing condition (e.g. INCOMING over limit); True only when it starts."""
