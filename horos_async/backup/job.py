@@ -31,7 +31,8 @@ from horos_async.errors import DiskFull, HorosBackupError, VolumeError
 from horos_async.horos_db import HorosReader
 from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.naming import redact_zip_path
-from horos_async.state.ledger import Entry, Ledger
+from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_records import Entry
 from horos_async.state.live import JobProgress, LiveState
 
 log = logging.getLogger(__name__)
