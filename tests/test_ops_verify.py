@@ -150,7 +150,7 @@ def test_scope_month_and_since(backed_up):
 
 def test_refuses_while_a_run_holds_the_lock(backed_up):
     lib, cfg = backed_up
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         with pytest.raises(LockHeld, match="a backup run is in progress.*try again later"):
             do_verify(cfg)
 

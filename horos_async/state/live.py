@@ -28,7 +28,7 @@ SAMPLES_KEPT = 240
 FINISHED_KEPT = 50
 """Studies of the current batch listed as finished (the newest)."""
 FORMAT_VERSION = 1
-"""``version`` of the document (README "Live status"); bump it when a reader could misread a new file."""
+"""``version`` of the document; bump it when a reader could misread a new file."""
 
 
 # -- tolerant readers of one JSON value ------------------------------------------------------------------
@@ -250,7 +250,7 @@ class LiveStatus:
     """The engine's last one-line explanation (why it paused or ended)."""
 
     def to_json(self) -> Dict[str, Any]:
-        """The JSON document (described in README "Live status")."""
+        """The JSON document (README "Monitoring" describes it)."""
         return {
             "version": self.version, "pid": self.pid, "host": self.host, "state": str(self.state),
             "heartbeat": self.heartbeat, "run_id": self.run_id, "started": self.started, "phase": self.phase,
