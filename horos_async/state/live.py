@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -66,23 +66,34 @@ def _seq(value: Any) -> Tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else ()
 
 
+_READERS = {"int": _int, "float": _float, "str": _str, "bool": bool, "Optional[int]": _opt_int,
+            "Optional[float]": _opt_float}
+"""How a field of each (annotated) type is read from JSON."""
+
+
+class _Record:
+    """A part of the document made of plain values: parsed field by field, by each field's type."""
+
+    @classmethod
+    def parse(cls, data: Any) -> Any:
+        """Read from JSON; a missing or mistyped value reads as its type's zero (or None). Every field's
+        type must be one of ``_READERS`` (tests/test_status.py parses each record)."""
+        d = _map(data)
+        return cls(**{f.name: _READERS[f.type](d.get(f.name)) for f in fields(cls)})  # type: ignore[call-arg]
+
+
 # -- the document --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Guard:
+class Guard(_Record):
     """The guard that stopped or paused the run (``codes.GuardCode``), or empty."""
 
     code: str = ""
     detail: str = ""
     """The guard's own explanation, for a person."""
 
-    @classmethod
-    def parse(cls, data: Any) -> "Guard":
-        d = _map(data)
-        return cls(_str(d.get("code")), _str(d.get("detail")))
-
 
 @dataclass(frozen=True)
-class Incoming:
+class Incoming(_Record):
     """The last count of Horos's INCOMING.noindex."""
 
     count: Optional[int] = None
@@ -94,15 +105,9 @@ class Incoming:
     checked: Optional[float] = None
     """Unix seconds of the count."""
 
-    @classmethod
-    def parse(cls, data: Any) -> "Incoming":
-        d = _map(data)
-        return cls(_opt_int(d.get("count")), _int(d.get("limit")), bool(d.get("capped")),
-                   _opt_float(d.get("checked")))
-
 
 @dataclass(frozen=True)
-class Job:
+class Job(_Record):
     """One running ZIP job."""
 
     uid: str
@@ -116,15 +121,9 @@ class Job:
     started: float
     """Unix seconds."""
 
-    @classmethod
-    def parse(cls, data: Any) -> "Job":
-        d = _map(data)
-        return cls(_str(d.get("uid")), _str(d.get("label")), _int(d.get("files_done")), _int(d.get("files_total")),
-                   _int(d.get("bytes_done")), _int(d.get("bytes_total")), _float(d.get("started")))
-
 
 @dataclass(frozen=True)
-class Finished:
+class Finished(_Record):
     """A study finished in the current batch."""
 
     uid: str
@@ -136,12 +135,6 @@ class Finished:
     seconds: float
     bytes: int
     """Source bytes."""
-
-    @classmethod
-    def parse(cls, data: Any) -> "Finished":
-        d = _map(data)
-        return cls(_str(d.get("uid")), _str(d.get("label")), _str(d.get("status")), _str(d.get("code")),
-                   _float(d.get("seconds")), _int(d.get("bytes")))
 
 
 @dataclass(frozen=True)
@@ -163,7 +156,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Totals:
+class Totals(_Record):
     """Archive counts from the last scan of the Horos database; all None before the first scan."""
 
     eligible: Optional[int] = None
@@ -173,30 +166,19 @@ class Totals:
     waiting: Optional[int] = None
     backoff: Optional[int] = None
 
-    @classmethod
-    def parse(cls, data: Any) -> "Totals":
-        d = _map(data)
-        return cls(*(_opt_int(d.get(name)) for name in ("eligible", "done", "pending", "due", "waiting", "backoff")))
-
     def to_json(self) -> Dict[str, int]:
         """Only the counts known (``{}`` before the first scan)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
-class RunCounts:
+class RunCounts(_Record):
     """What the current run did so far."""
 
     studies_done: int = 0
     studies_failed: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-
-    @classmethod
-    def parse(cls, data: Any) -> "RunCounts":
-        d = _map(data)
-        return cls(_int(d.get("studies_done")), _int(d.get("studies_failed")), _int(d.get("bytes_in")),
-                   _int(d.get("bytes_out")))
 
 
 def _months(data: Any) -> Tuple[Tuple[str, int, int], ...]:
