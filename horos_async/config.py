@@ -124,8 +124,28 @@ class Config:
 
     @property
     def work_dir(self) -> Path:
-        """Lock, temp and live-progress files."""
+        """Lock, temp and live-progress files (the backup volume's temp folder)."""
         return self.backup_dir / ".tmp"
+
+    @property
+    def lock_path(self) -> Path:
+        """The run lock: held by ``run``, ``verify`` and ``rebuild-ledger``, read by ``doctor``."""
+        return self.work_dir / "run.lock"
+
+    @property
+    def live_status_path(self) -> Path:
+        """The live status file a running engine replaces about twice a second (``state.live``)."""
+        return self.work_dir / "status.json"
+
+    @property
+    def verify_state_path(self) -> Path:
+        """Where an interrupted ``verify`` pass remembers how far it got."""
+        return self.work_dir / "verify_state.json"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Damaged ZIPs moved aside, never deleted (``<month>/<name>.zip`` inside)."""
+        return self.backup_dir / ".quarantine"
 
     @property
     def issues_csv(self) -> Path:

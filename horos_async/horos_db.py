@@ -35,8 +35,7 @@ STUDY_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZNAME", "ZPATIENTI
                  "ZDATEADDED", "ZMODALITY", "ZSTUDYNAME", "ZACCESSIONNUMBER")
 SCAN_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZDATE", "ZDATEADDED")
 SERIES_COLUMNS = ("Z_PK", "ZSTUDY", "ZID", "ZNAME", "ZMODALITY")
-IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING",
-                 "ZSTOREDINDATABASEFOLDER")
+IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING")
 
 _TRANSIENT = ("database is locked", "database table is locked", "readonly", "unable to open",
               "disk i/o error", "locking protocol")
@@ -53,8 +52,6 @@ class ImageRef:
     instance_number: Optional[int]
     path_number: Optional[int]
     path_string: Optional[str]
-    in_database_folder: Optional[int]
-    """``ZSTOREDINDATABASEFOLDER``: NULL means inside DATABASE.noindex, 0 a linked file."""
     pk: int = 0
     """``ZIMAGE.Z_PK`` (named in reports about the row)."""
 
@@ -287,7 +284,7 @@ class HorosReader:
                             images[r[0]].append(ImageRef(
                                 series_pk=int(r[5]), series_number=_int(r[1]), series_description=str(r[2] or ""),
                                 modality=str(r[3] or "OT").strip().upper(), instance_number=_int(r[6]),
-                                path_number=_int(r[8]), path_string=r[9], in_database_folder=_int(r[10]),
+                                path_number=_int(r[8]), path_string=r[9],
                                 pk=int(r[4])))
             finally:
                 await db.execute("COMMIT")

@@ -1,8 +1,9 @@
 """A read-only snapshot of the engine for any front end (CLI ``status``, ``horos-tui``); no Textual here.
 
 Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
-replaces about twice a second, and the ledger opened ``mode=ro``. A live file whose heartbeat is older
-than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
+replaces about twice a second (format and parser: ``state.live``), and the ledger opened ``mode=ro``. A
+live file whose heartbeat is older than ``STALE_SECONDS`` while its process is gone is reported as stale,
+never as idle.
 
 State that cannot be read (backup volume not mounted, ledger damaged or unreadable) is ``unreadable``
 with the reason and the exit code ``status`` returns, never "0 studies backed up". The archive counts
@@ -12,7 +13,6 @@ agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` 
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import time
@@ -21,42 +21,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from horos_async import guards, platform
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.models import DONE, FAILED
+from horos_async.state import live as live_file
 from horos_async.state.ledger_read import LedgerReader
 from horos_async.state.ledger_records import IssueRecord, RunRecord, StateTotals
+from horos_async.state.live import Finished, Job, LiveStatus  # noqa: F401 (the live file's records, shown as they are)
 
 STALE_SECONDS = 10.0
-LIVE_FILE = "status.json"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One running ZIP job."""
-
-    uid: str
-    label: str
-    """ZIP file name (what the operator sees on disk)."""
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    started: float
-    """Unix seconds."""
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A study finished in the current batch."""
-
-    uid: str
-    label: str
-    status: str
-    """``done``, ``partial`` or ``failed``."""
-    code: str
-    seconds: float
-    bytes: int
 
 
 IssueRow = IssueRecord
@@ -71,8 +45,8 @@ class Snapshot:
 
     taken: float
     engine: str
-    """``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine died or hung),
-    ``never-run`` or ``unreadable``."""
+    """``codes.EngineState``: ``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine
+    died or hung), ``never-run`` or ``unreadable``."""
     detail: str
     """One human line explaining ``engine``."""
     pid: Optional[int] = None
@@ -138,16 +112,13 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
 
 
 
-def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
-    path = cfg.work_dir / LIVE_FILE
+def _read_live(cfg: Config) -> Optional[LiveStatus]:
+    path = cfg.live_status_path
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        return live_file.load(path)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid JSON: {exc}"
         raise VolumeError(f"cannot read the engine's live state {path} ({why})") from None
-    return data if isinstance(data, dict) else None
 
 
 def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
@@ -194,16 +165,16 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     now = time.time() if now is None else now
     missing = guards.backup_dir_missing(cfg)
     if missing:
-        return Snapshot(taken=now, engine="unreadable", detail=missing, exit_code=EXIT_VOLUME,
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=missing, exit_code=EXIT_VOLUME,
                         host=socket.gethostname())
     try:
         live = _read_live(cfg)
         led = _ledger_part(cfg, issues_limit, runs_limit)
     except (LedgerError, VolumeError) as exc:
-        return Snapshot(taken=now, engine="unreadable", detail=str(exc), exit_code=exc.exit_code,
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=str(exc), exit_code=exc.exit_code,
                         host=socket.gethostname())
     except OSError as exc:
-        return Snapshot(taken=now, engine="unreadable", exit_code=EXIT_VOLUME, host=socket.gethostname(),
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, exit_code=EXIT_VOLUME, host=socket.gethostname(),
                         detail=f"cannot read the engine's state in {cfg.backup_dir} ({exc.strerror or exc}): "
                                f"is the backup volume still mounted, and readable by this user?")
     installed = launchd_plist_path().exists()
@@ -215,47 +186,36 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
                 host=socket.gethostname())
     if live is None:
         if runs:
-            return Snapshot(engine="idle", detail="no live state; last run recorded in the ledger", **base)
-        return Snapshot(engine="never-run", detail="horos-backup has not run yet with this backup folder", **base)
-    totals = live.get("totals") or {}
-    months = tuple((m, int(v[0]), int(v[1])) for m, v in sorted((live.get("months") or {}).items()))
-    inc = live.get("incoming") or {}
-    guard = live.get("guard") or {}
-    batch = live.get("batch") or {}
-    state = str(live.get("state", ""))
-    alive = guards.pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
-    beat = float(live.get("heartbeat") or 0)
-    if state in ("running", "stopping"):
+            return Snapshot(engine=EngineState.IDLE, detail="no live state; last run recorded in the ledger", **base)
+        return Snapshot(engine=EngineState.NEVER_RUN, detail="horos-backup has not run yet with this backup folder",
+                        **base)
+    alive = guards.pid_alive(live.pid) if live.host in (None, socket.gethostname()) else True
+    beat = live.heartbeat
+    if live.state == EngineState.RUNNING:
         if not alive or now - beat > STALE_SECONDS:
-            engine = "stale"
+            engine = EngineState.STALE
             detail = (f"the engine stopped updating {now - beat:.0f}s ago"
                       + ("" if alive else " and its process is gone (killed or crashed); the next run resumes"))
         else:
-            engine, detail = "running", f"running since {time.strftime('%H:%M:%S', time.localtime(live.get('started', now)))}, batch {batch.get('index', 0)}"
-    elif state == "paused":
-        engine, detail = "paused", guard.get("detail") or live.get("message") or "paused by a guard"
+            since = time.strftime('%H:%M:%S', time.localtime(now if live.started is None else live.started))
+            engine, detail = EngineState.RUNNING, f"running since {since}, batch {live.batch.index}"
+    elif live.state == EngineState.PAUSED:
+        engine, detail = EngineState.PAUSED, live.guard.detail or live.message or "paused by a guard"
     else:
-        engine, detail = "idle", live.get("message") or "last run finished"
-    eligible = totals.get("eligible")
+        engine, detail = EngineState.IDLE, live.message or "last run finished"
+    eligible = live.totals.eligible
     # "done" is the ledger's, read now; "eligible" is from the last scan, which may be minutes old in a
     # long batch or a killed run: pending derived from both, so the three numbers always add up.
-    pending = max(0, int(eligible) - led["done"]) if eligible is not None else None
+    pending = max(0, eligible - led["done"]) if eligible is not None else None
+    months = live.months
     if led.get("read"):  # per month too: done from the ledger, eligible from the scan
         months = tuple((m, e, led["months"].get(m, 0)) for m, e, _ in months)
     return Snapshot(
-        engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
-        phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
-        guard_detail=str(guard.get("detail", "")), incoming_count=inc.get("count"),
-        incoming_limit=int(inc.get("limit") or cfg.incoming_max_files), incoming_capped=bool(inc.get("capped")),
-        jobs=tuple(Job(j.get("uid", ""), j.get("label", ""), int(j.get("files_done", 0)), int(j.get("files_total", 0)),
-                       int(j.get("bytes_done", 0)), int(j.get("bytes_total", 0)), float(j.get("started", 0)))
-                   for j in live.get("jobs") or ()),
-        queued=tuple(batch.get("queued") or ()),
-        finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
-                                float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
-        batch_index=int(batch.get("index") or 0), eligible=eligible, pending=pending, months=months,
-        throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
-        **base)
+        engine=engine, detail=detail, pid=live.pid, run_started=live.started, phase=live.phase,
+        guard_code=live.guard.code, guard_detail=live.guard.detail, incoming_count=live.incoming.count,
+        incoming_limit=live.incoming.limit or cfg.incoming_max_files, incoming_capped=live.incoming.capped,
+        jobs=live.jobs, queued=live.batch.queued, finished=live.batch.finished, batch_index=live.batch.index,
+        eligible=eligible, pending=pending, months=months, throughput=live.samples, **base)
 
 
 def to_json(snap: Snapshot) -> Dict[str, Any]:
@@ -276,7 +236,7 @@ def _when(ts: Optional[float]) -> str:
 def render(snap: Snapshot) -> str:
     """Human-readable status."""
     lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
-    if snap.engine == "unreadable":
+    if snap.engine == EngineState.UNREADABLE:
         lines.append("Archive: unknown (the backup state could not be read; see above)")
         return "\n".join(lines)
     if snap.eligible is not None:

@@ -148,7 +148,7 @@ def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
 def test_lock_held_is_reported_once(setup, capsys):
     lib, cfg, path = setup
     cfg.work_dir.mkdir(parents=True)
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
     err = capsys.readouterr().err
     assert err.count("holds") == 1, err

@@ -25,6 +25,14 @@ def test_defaults_mirror_the_classic_layout():
     assert cfg.ledger_path == Path("/Volumes/PACS/Backup/export_state.sqlite")
 
 
+def test_every_state_path_is_a_property_under_backup_dir():
+    """README "Where things are": the run lock, live status, verify state and quarantine, named once."""
+    cfg = config.load(None, env={}).with_overrides(backup_dir=Path("/b"))
+    assert (cfg.work_dir, cfg.lock_path, cfg.live_status_path, cfg.verify_state_path, cfg.quarantine_dir) == (
+        Path("/b/.tmp"), Path("/b/.tmp/run.lock"), Path("/b/.tmp/status.json"), Path("/b/.tmp/verify_state.json"),
+        Path("/b/.quarantine"))
+
+
 def test_file_values_relative_paths_and_env(tmp_path):
     p = write(tmp_path, 'horos_data = "lib/Horos Data"\nbackup_dir = "/b"\nmodalities = ["ct", "MR", "CT"]\n'
                         'concurrency = 4\nsleep_between_studies = 0\ntimezone = "America/Sao_Paulo"\n'

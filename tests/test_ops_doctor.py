@@ -205,10 +205,10 @@ def test_mount_table_parsers():
 def test_lock_free_held_and_never_blocking(backed_up):
     lib, cfg = backed_up
     assert doctor.check_lock(cfg).status == PASS
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         c = doctor.check_lock(cfg)
         assert c.status == PASS and f"held by pid {os.getpid()}" in c.message
-    with RunLock(cfg.work_dir / "run.lock"):  # doctor released its probe: the lock can be taken
+    with RunLock(cfg.lock_path):  # doctor released its probe: the lock can be taken
         pass
     assert "free" in doctor.check_lock(cfg).message
 

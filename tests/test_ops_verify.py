@@ -120,7 +120,7 @@ def test_a_pass_resumes_where_it_stopped(backed_up):
     total = len(zips(cfg.backup_dir))
     first = do_verify(cfg, deep=True, max_zips=5)
     assert (first.checked, first.finished) == (5, False) and "max-zips" in first.stopped
-    state = json.loads(verify.state_path(cfg).read_text())
+    state = json.loads(cfg.verify_state_path.read_text())
     assert state["checked"] == 5 and state["cursor"] and state["deep"] is True and not state["finished"]
     second = do_verify(cfg, deep=True)
     assert (second.skipped, second.checked, second.finished) == (5, total - 5, True)
@@ -150,7 +150,7 @@ def test_scope_month_and_since(backed_up):
 
 def test_refuses_while_a_run_holds_the_lock(backed_up):
     lib, cfg = backed_up
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         with pytest.raises(LockHeld, match="a backup run is in progress.*try again later"):
             do_verify(cfg)
 

@@ -25,6 +25,7 @@ from horos_async import allocator, durable, guards
 from horos_async.backup import archive, planner, reconcile
 from horos_async.backup.job import JobContext, StudyJob, compression_flags
 from horos_async.blocking import Offload
+from horos_async.codes import EngineState, GuardCode, RunOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, HorosBackupError
 from horos_async.horos_db import HorosReader
@@ -42,7 +43,7 @@ class RunResult:
     """What one run did; ``cli`` turns it into a message and exit code."""
 
     exit_code: int = EXIT_OK
-    outcome: str = "ok"
+    outcome: str = RunOutcome.OK
     """``ok``, ``nothing-to-do``, ``paused``, ``interrupted`` or an error class name."""
     message: str = ""
     done: int = 0
@@ -69,7 +70,7 @@ class Engine:
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 1, thread_name_prefix="zip")
         self._offload = Offload(self.pool)  # the run's one way into its threads
         self.result = RunResult()
-        self.live = LiveState(cfg.work_dir / "status.json", incoming_limit=cfg.incoming_max_files)
+        self.live = LiveState(cfg.live_status_path, incoming_limit=cfg.incoming_max_files)
         self.ledger: Optional[Ledger] = None
         self.fatal: Optional[BaseException] = None
         self.started = time.monotonic()
@@ -103,7 +104,7 @@ class Engine:
         allocator.tune()  # before the ZIP threads start: no page-fault churn on their 1 MiB buffers
         durable.ensure_dir(cfg.backup_dir)
         durable.ensure_dir(cfg.work_dir)
-        lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
+        lock = guards.RunLock(cfg.lock_path).acquire()
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
@@ -138,13 +139,13 @@ class Engine:
     async def _finish(self) -> None:
         r = self.result
         if self.stop.is_set() and r.exit_code == EXIT_OK:
-            r.exit_code, r.outcome = EXIT_INTERRUPTED, "interrupted"
+            r.exit_code, r.outcome = EXIT_INTERRUPTED, RunOutcome.INTERRUPTED
             r.message = r.message or "interrupted: stopped cleanly; the next run resumes"
         try:
             await self.ledger.end_run(r.outcome, r.exit_code, r.done, r.failed, r.bytes_in, r.bytes_out, r.message)
         except Exception as exc:  # the backup volume may be gone: the ledger commit is what failed
             log.error("could not record the end of the run in the ledger: %s", exc)
-        self.live.state = "paused" if r.outcome == "paused" else "idle"
+        self.live.state = EngineState.PAUSED if r.outcome == RunOutcome.PAUSED else EngineState.IDLE
         self.live.phase = "finished"
         self.live.message = r.message
         self.live.jobs.clear()
@@ -191,7 +192,7 @@ class Engine:
         self.live.phase = "reconcile"
         await reconcile.reconcile(cfg, self.ledger, self._offload, self.announce)
         if await self._incoming_busy():
-            r.outcome = "paused"
+            r.outcome = RunOutcome.PAUSED
             return
         longer = bool(self.until_done or self.max_studies or self.max_minutes)
         async with HorosReader(cfg) as reader:
@@ -214,7 +215,7 @@ class Engine:
                     break
                 self.live.phase = "export"
                 await self._export_all(reader, candidates, index, one_batch=not longer)
-                if not longer or r.outcome == "paused":
+                if not longer or r.outcome == RunOutcome.PAUSED:
                     break
             if r.done or r.failed:
                 index = await self.ledger.index()
@@ -224,12 +225,12 @@ class Engine:
                 await self._offload(update_month_markers, cfg, totals.months)
             else:
                 await self._offload(update_month_markers, cfg, self.live.months)
-        if r.outcome == "ok" and not (r.done or r.failed):
-            r.outcome = "nothing-to-do"
+        if r.outcome == RunOutcome.OK and not (r.done or r.failed):
+            r.outcome = RunOutcome.NOTHING_TO_DO
 
     def _should_stop(self) -> bool:
         """No new study may start (stop asked, fatal error, guard paused, --max-minutes reached)."""
-        if self.stop.is_set() or self.fatal is not None or self.result.outcome == "paused":
+        if self.stop.is_set() or self.fatal is not None or self.result.outcome == RunOutcome.PAUSED:
             return True
         if self.max_minutes is not None and time.monotonic() - self.started > self.max_minutes * 60:
             return True
@@ -253,10 +254,10 @@ class Engine:
                               "checked": time.time()}
         detail = (f"INCOMING.noindex holds more than {cfg.incoming_max_files} files: Horos is importing; "
                   f"backup paused until it catches up")
-        if await self.ledger.condition("INCOMING_OVER_LIMIT", busy, detail):
-            await self.ledger.issue("INCOMING_OVER_LIMIT", detail)
+        if await self.ledger.condition(GuardCode.INCOMING_OVER_LIMIT, busy, detail):
+            await self.ledger.issue(GuardCode.INCOMING_OVER_LIMIT, detail)
         if busy:
-            self.live.guard_code, self.live.guard_detail = "INCOMING_OVER_LIMIT", detail
+            self.live.guard_code, self.live.guard_detail = GuardCode.INCOMING_OVER_LIMIT, detail
             self.result.message = detail
             log.warning(detail)
         else:
@@ -332,7 +333,7 @@ class Engine:
         if self._should_stop():
             return
         if await self._incoming_busy():
-            self.result.outcome = "paused"
+            self.result.outcome = RunOutcome.PAUSED
             return
         try:
             outcome = await StudyJob(ctx, plan, index.get(plan.study.key), flags).run()
@@ -361,7 +362,7 @@ class Engine:
                                          o.detail)
             if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
                 self._space_ok_recorded = True
-                await self.ledger.condition("DISK_FULL", False)
+                await self.ledger.condition(GuardCode.DISK_FULL, False)
         label = o.zip_relpath.rsplit("/", 1)[-1] if o.zip_relpath else _label(plan)
         self.live.finished.append({"uid": s.uid, "label": label, "status": o.status, "code": o.code,
                                    "seconds": round(o.seconds, 2), "bytes": o.bytes_in})

@@ -27,6 +27,7 @@ from horos_async.backup import archive
 from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async.blocking import Offload
 from horos_async.config import Config
+from horos_async.codes import GuardCode, IssueCode
 from horos_async.errors import DiskFull, HorosBackupError, VolumeError
 from horos_async.horos_db import HorosReader
 from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
@@ -97,7 +98,7 @@ class StudyJob:
         if _unchanged(self.entry, plan):
             return Outcome(s.key, UNCHANGED)
         if not plan.files:
-            return self._fail("NO_FILES", f"none of the study's {len(plan.missing)} files exist on disk; "
+            return self._fail(IssueCode.NO_FILES, f"none of the study's {len(plan.missing)} files exist on disk; "
                                           f"first: {', '.join(plan.missing[:3]) or '-'}", plan.missing[:5])
         state = DONE
         code = detail = ""
@@ -105,8 +106,8 @@ class StudyJob:
             detail = (f"{len(plan.missing)} of {len(plan.missing) + len(plan.files)} files missing; first: "
                       f"{', '.join(plan.missing[:3])}")
             if not ctx.config.allow_partial:
-                return self._fail("MISSING_FILES", detail, plan.missing[:5])
-            state, code = PARTIAL, "PARTIAL"
+                return self._fail(IssueCode.MISSING_FILES, detail, plan.missing[:5])
+            state, code = PARTIAL, IssueCode.PARTIAL
         rel: Optional[str] = None
         try:
             await self._claim_space()
@@ -158,7 +159,7 @@ class StudyJob:
                 durable.discard(tmp)
         if fault is not None:
             raise await self._backup_fault(fault, rel) from None
-        return self._fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
+        return self._fail(IssueCode.ZIP_FAIL, f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
 
     async def _attempt(self, tmp: Path, final: Path, rel: str, created: List[Path], members, identity: StudyPlan,
                        state: str, code: str, detail: str, progress: JobProgress) -> Outcome:
@@ -169,19 +170,19 @@ class StudyJob:
             built, digest = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
                                               progress.update)
         except archive.SourceMissing as exc:
-            return self._fail("MISSING_FILES", f"a file vanished while zipping: {exc}", [str(exc)])
+            return self._fail(IssueCode.MISSING_FILES, f"a file vanished while zipping: {exc}", [str(exc)])
         except archive.SourceReadError as exc:
-            return self._fail("READ_ERROR", f"a file could not be read: {exc}", [str(exc)])
+            return self._fail(IssueCode.READ_ERROR, f"a file could not be read: {exc}", [str(exc)])
         except OSError as exc:
             raise _VolumeFailed(exc) from None
         now_rows = await self._image_rows()
         if now_rows is not None and now_rows != plan.image_rows:
-            return self._fail("STUDY_CHANGED", f"Horos changed the study while it was zipped ({plan.image_rows} "
+            return self._fail(IssueCode.STUDY_CHANGED, f"Horos changed the study while it was zipped ({plan.image_rows} "
                                                f"image rows planned, {now_rows} now); exported again later")
         try:
             size = await ctx.offload(_publish, tmp, final, created)
         except durable.AlreadyExists:
-            return self._fail("ZIP_FAIL", f"{redact_zip_path(rel, ctx.config.log_patient_names)} appeared while "
+            return self._fail(IssueCode.ZIP_FAIL, f"{redact_zip_path(rel, ctx.config.log_patient_names)} appeared while "
                                           f"this study was being written; will retry")
         except OSError as exc:
             raise _VolumeFailed(exc) from None
@@ -223,15 +224,15 @@ class StudyJob:
                 msg = (f"only {guards.human_bytes(free)} free on the backup volume, {guards.human_bytes(need)} "
                        f"needed for the next study plus the floor (min_free_gb/horos_free_gb); free space and "
                        f"run again")
-                if await ctx.ledger.condition("DISK_LOW", True, msg):
-                    await ctx.ledger.issue("DISK_LOW", msg)
-                ctx.live.guard_code, ctx.live.guard_detail = "DISK_LOW", msg
+                if await ctx.ledger.condition(GuardCode.DISK_LOW, True, msg):
+                    await ctx.ledger.issue(GuardCode.DISK_LOW, msg)
+                ctx.live.guard_code, ctx.live.guard_detail = GuardCode.DISK_LOW, msg
                 raise DiskFull(msg)
             if ctx.should_stop():
                 raise archive.Cancelled("stopping")
             await asyncio.sleep(SPACE_POLL_SECONDS)  # a running job finishes or fails, freeing its claim
         ctx.claims[key] = own
-        await ctx.ledger.condition("DISK_LOW", False)
+        await ctx.ledger.condition(GuardCode.DISK_LOW, False)
 
     async def _backup_fault(self, exc: OSError, rel: str) -> HorosBackupError:
         """The run-level error an OSError on the backup volume means; a full disk is also recorded
@@ -240,10 +241,10 @@ class StudyJob:
         cfg = ctx.config
         err = _run_level(exc, f"{cfg.backup_dir}/{redact_zip_path(rel, cfg.log_patient_names)}")
         if isinstance(err, DiskFull):
-            ctx.live.guard_code, ctx.live.guard_detail = "DISK_FULL", str(err)
+            ctx.live.guard_code, ctx.live.guard_detail = GuardCode.DISK_FULL, str(err)
             try:
-                if await ctx.ledger.condition("DISK_FULL", True, str(err)):
-                    await ctx.ledger.issue("DISK_FULL", str(err), s.key, s.uid, rel)
+                if await ctx.ledger.condition(GuardCode.DISK_FULL, True, str(err)):
+                    await ctx.ledger.issue(GuardCode.DISK_FULL, str(err), s.key, s.uid, rel)
             except Exception as record_exc:  # the ledger is on the full disk too: the exit code still says it
                 log.warning("could not record DISK_FULL in the ledger: %s", record_exc)
         return err

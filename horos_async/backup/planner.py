@@ -211,7 +211,7 @@ async def _merge_duplicates(reader: HorosReader, first: Dict[str, int], more: Di
             pks = tuple(pk for pk in (first[key], *more[key]) if pk in by_pk)
             if not pks:
                 continue
-            pk0, uid, _pu, date, added0 = by_pk[first[key]] if first[key] in by_pk else by_pk[pks[0]]
+            _pk, uid, _pu, date, added0 = by_pk[first[key]] if first[key] in by_pk else by_pk[pks[0]]
             dates = [cocoa_to_unix(by_pk[pk][4]) for pk in pks]
             newest = max((d for d in dates if d is not None), default=None)
             old, month = _judge(index.get(key), key, date, cocoa_to_unix(added0), cfg, now, attempted, months)

@@ -26,6 +26,7 @@ from horos_async.backup import archive
 from horos_async.backup.identity import members_digest, read_identity
 from horos_async import durable, naming, platform
 from horos_async.blocking import Offload, offload as default_offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.state.ledger import Ledger
 
@@ -70,7 +71,7 @@ def shown(cfg: Config, rel) -> str:
 def quarantine(cfg: Config, rel: str) -> Optional[Path]:
     """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted)."""
     src = cfg.backup_dir / rel
-    dst = cfg.backup_dir / ".quarantine" / rel
+    dst = cfg.quarantine_dir / rel
     durable.ensure_dir(dst.parent)
     n = 1
     while dst.exists():
@@ -136,7 +137,8 @@ async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offl
         if members is None:
             stats["invalid"] += 1
             moved = await offload(quarantine, cfg, rel)
-            await ledger.issue("ZIP_INVALID", f"unrecorded ZIP {shown(cfg, rel)} failed verification ({why}); "
+            await ledger.issue(IssueCode.ZIP_INVALID,
+                               f"unrecorded ZIP {shown(cfg, rel)} failed verification ({why}); "
                                f"{_where(cfg, moved)}; the study will be exported again",
                                ident.get("key", ""), ident.get("uid", ""), rel)
             continue
@@ -150,17 +152,18 @@ async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offl
             continue
         if rel not in disk:
             stats["missing"] += 1
-            await ledger.mark_zip_bad(rel, "missing", "ZIP_MISSING", f"{shown(cfg, rel)} is recorded but not on disk")
-            await ledger.issue("ZIP_MISSING", f"{shown(cfg, rel)} is recorded as done but is not on disk; the study "
-                               f"is queued for export again", key, key.split("|", 1)[0], rel)
+            await ledger.mark_zip_bad(rel, "missing", IssueCode.ZIP_MISSING,
+                                      f"{shown(cfg, rel)} is recorded but not on disk")
+            await ledger.issue(IssueCode.ZIP_MISSING, f"{shown(cfg, rel)} is recorded as done but is not on disk; "
+                               f"the study is queued for export again", key, key.split("|", 1)[0], rel)
         elif disk[rel] != z.zip_size:
             members, why = await offload(check_zip, cfg.backup_dir / rel, True)
             if members is None:
                 stats["invalid"] += 1
                 moved = await offload(quarantine, cfg, rel)
-                await ledger.mark_zip_bad(rel, "bad", "ZIP_INVALID", why)
-                await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed size on disk and fails verification "
-                                   f"({why}); {_where(cfg, moved)}; the study is queued again",
+                await ledger.mark_zip_bad(rel, "bad", IssueCode.ZIP_INVALID, why)
+                await ledger.issue(IssueCode.ZIP_INVALID, f"{shown(cfg, rel)} changed size on disk and fails "
+                                   f"verification ({why}); {_where(cfg, moved)}; the study is queued again",
                                    key, key.split("|", 1)[0], rel)
     return stats
 
@@ -174,7 +177,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload: Offload, rel: str, 
     """
     path = cfg.backup_dir / rel
     why = await offload(readable_zip, path, False)  # central directory only: cheap, on every run
-    condition = f"FOREIGN_FILE {rel}"  # one condition per file: reported once, not every run
+    condition = f"{IssueCode.FOREIGN_FILE} {rel}"  # one condition per file: reported once, not every run
     if not why:
         detail = (f"{shown(cfg, rel)} is a valid ZIP not written by horos-backup (no identity comment); left "
                   f"alone, and its name is never used for a backup; move it out of the month folder if it "
@@ -187,7 +190,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload: Offload, rel: str, 
         if not why:
             stats["foreign"] += 1
             log.warning("%s", detail)
-            await ledger.issue("FOREIGN_FILE", detail, "", _uid_of(rel), rel)
+            await ledger.issue(IssueCode.FOREIGN_FILE, detail, "", _uid_of(rel), rel)
             return
     await ledger.condition(condition, False)
     stats["invalid"] += 1
@@ -195,7 +198,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload: Offload, rel: str, 
     detail = (f"{shown(cfg, rel)} is not a valid ZIP ({why}); {_where(cfg, moved)}; its study, if any, "
               f"is exported again under its normal name")
     log.warning("%s", detail)
-    await ledger.issue("ZIP_INVALID", detail, "", _uid_of(rel), rel)
+    await ledger.issue(IssueCode.ZIP_INVALID, detail, "", _uid_of(rel), rel)
 
 
 def _uid_of(rel: str) -> str:

@@ -331,7 +331,7 @@ def check_filesystem(path: Path, mounts: Mounts) -> Check:
 # -- state ---------------------------------------------------------------------------------------------
 def check_lock(cfg: Config) -> Check:
     """Who holds the run lock, without ever making a run fail to take it."""
-    path = cfg.work_dir / "run.lock"
+    path = cfg.lock_path
     if not path.exists():
         return Check("run lock", PASS, "free (no run yet)")
     pid = guards.read_lock_pid(path)

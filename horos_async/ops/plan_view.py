@@ -6,6 +6,7 @@ import time
 from typing import Any, Dict, List
 
 from horos_async.backup import planner
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader
 from horos_async.models import DONE, FAILED
@@ -46,7 +47,7 @@ async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
             "file_paths": [{"path": str(f.source.path), "member": f.member, "size": f.size} for f in p.files],
         })
         if p.missing:
-            code = "NO_FILES" if not p.files else "MISSING_FILES"
+            code = IssueCode.NO_FILES if not p.files else IssueCode.MISSING_FILES
             problems.append({"uid": s.uid, "code": code, "zip_path": p.zip_relpath,
                              "detail": f"{len(p.missing)} of {len(p.missing) + len(p.files)} files missing",
                              "first_missing": list(p.missing[:5])})

@@ -27,13 +27,13 @@ from horos_async.backup import archive, reconcile
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
 from horos_async.blocking import offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
 from horos_async.state.ledger import Ledger
 from horos_async.state.ledger_records import ZipToVerify
 from horos_async.backup.months import withdraw_month_marker
 
-STATE_NAME = "verify_state.json"
 STATE_VERSION = 1
 FLUSH_EVERY = 25
 """Good results are committed to the ledger (``verified_at``) and the state file this often (ZIPs) ..."""
@@ -101,15 +101,10 @@ def check_month(text: Optional[str]) -> Optional[str]:
     return text or None
 
 
-def state_path(cfg: Config) -> Path:
-    """``backup_dir/.tmp/verify_state.json``."""
-    return cfg.work_dir / STATE_NAME
-
-
 def read_state(cfg: Config) -> Optional[Dict[str, Any]]:
     """The saved pass, or None when there is none (or it is unreadable: a new pass then starts)."""
     try:
-        data = json.loads(state_path(cfg).read_text(encoding="utf-8"))
+        data = json.loads(cfg.verify_state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("version") == STATE_VERSION else None
@@ -151,9 +146,9 @@ class Verifier:
                               f"disk, run 'horos-backup rebuild-ledger' first (it adopts them), then verify")
         durable.ensure_dir(cfg.work_dir)
         try:
-            lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
+            lock = guards.RunLock(cfg.lock_path).acquire()
         except LockHeld:
-            pid = guards.read_lock_pid(cfg.work_dir / "run.lock")
+            pid = guards.read_lock_pid(cfg.lock_path)
             raise LockHeld("a backup run is in progress" + (f" (pid {pid})" if pid else "")
                            + "; try again later") from None
         try:
@@ -302,9 +297,9 @@ class Verifier:
         self.result.missing += 1
         await self._month_incomplete(z)
         detail = f"{self._label(z)} is recorded as done but is not on disk; the study is queued for export again"
-        await self.ledger.mark_zip_bad(z.path, "missing", "ZIP_MISSING", detail)
-        await self.ledger.issue("ZIP_MISSING", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_MISSING {self._label(z)}")
+        await self.ledger.mark_zip_bad(z.path, "missing", IssueCode.ZIP_MISSING, detail)
+        await self.ledger.issue(IssueCode.ZIP_MISSING, detail, z.key, z.key.split("|", 1)[0], z.path)
+        self._bad(f"{IssueCode.ZIP_MISSING} {self._label(z)}")
 
     async def _invalid(self, z: ZipToVerify, why: str) -> None:
         self.result.invalid += 1
@@ -315,9 +310,9 @@ class Verifier:
         where = (f"moved to .quarantine/{z.path.split('/', 1)[0]}/" if moved
                  else "could NOT be moved aside (see the log): do not restore from it")
         detail = f"{self._label(z)} fails verification ({why}); {where}; the study is queued for export again"
-        await self.ledger.mark_zip_bad(z.path, "bad", "ZIP_INVALID", detail)
-        await self.ledger.issue("ZIP_INVALID", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
+        await self.ledger.mark_zip_bad(z.path, "bad", IssueCode.ZIP_INVALID, detail)
+        await self.ledger.issue(IssueCode.ZIP_INVALID, detail, z.key, z.key.split("|", 1)[0], z.path)
+        self._bad(f"{IssueCode.ZIP_INVALID} {self._label(z)}: {why}")
 
     async def _month_incomplete(self, z: ZipToVerify) -> None:
         """The month lost a verified ZIP: its ``.month_done`` must not claim otherwise."""
@@ -342,7 +337,7 @@ class Verifier:
             self._verified = []
         if self.state:
             self.state["updated_at"] = time.time()
-            await offload(durable.write_atomic, state_path(self.cfg),
+            await offload(durable.write_atomic, self.cfg.verify_state_path,
                           json.dumps(self.state, indent=1).encode("utf-8"), overwrite=True)
 
 
@@ -361,5 +356,5 @@ def summary(cfg: Config, r: VerifyResult, deep: bool) -> str:
         lines.append(f"{r.stopped or 'stopped'}; run the same command again to continue (--restart starts over)")
     if r.bad:
         lines.append(f"{r.bad} bad ZIP(s) recorded in {cfg.issues_csv}; invalid ones were moved to "
-                     f"{cfg.backup_dir / '.quarantine'}; the next 'horos-backup run' exports those studies again")
+                     f"{cfg.quarantine_dir}; the next 'horos-backup run' exports those studies again")
     return "\n".join(lines)
