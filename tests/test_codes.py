@@ -186,6 +186,7 @@ async def f(self, ledger, live, r):
     assert unregistered({"x.py": source}) == [
         "x.py:3: issue code 'NEW_PROBLEM'", "x.py:5: issue code 'IssueCode.NO_SUCH (no such member)'",
         "x.py:6: guard code 'SENTINEL_MISSING'", "x.py:7: state code 'stopping'", "x.py:9: outcome code 'crashed'",
+        "x.py:10: issue code 'UNCHANGED'",
     ]
 
 
