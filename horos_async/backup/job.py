@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async import durable, guards, naming
 from horos_async.errors import DiskFull, HorosBackupError, VolumeError
@@ -134,7 +134,7 @@ class StudyExport:
         """Blocking: build the temp ZIP (synced inside), then read it back fully against the sources."""
         built = archive.build_zip(tmp, members, level=self.cfg.compression_level,
                                   comment=zip_comment(plan, state), progress=progress, cancel=self.cancel)
-        archive.verify_zip(tmp, built, deep=True, cancel=self.cancel)
+        zipcheck.verify_zip(tmp, built, deep=True, cancel=self.cancel)
         return built
 
     async def _claim_space(self, plan: StudyPlan) -> None:

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async.backup.identity import members_digest, read_identity
 from horos_async import durable, naming, platform
 from horos_async.config import Config
@@ -54,7 +54,7 @@ def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
 def check_zip(path: Path, deep: bool) -> Tuple[Optional[List[archive.BuiltMember]], str]:
     """(members, "") when the ZIP is valid, (None, reason) when not."""
     try:
-        return archive.verify_zip(path, None, deep=deep), ""
+        return zipcheck.verify_zip(path, None, deep=deep), ""
     except archive.ZipInvalid as exc:
         return None, str(exc)
     except OSError as exc:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from horos_async.backup import archive, reconcile
+from horos_async.backup import archive, reconcile, zipcheck
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
 from horos_async.config import Config
@@ -286,7 +286,7 @@ class Verifier:
             seen[0] = nbytes
 
         try:
-            members = archive.verify_zip(path, deep=self.deep, progress=progress if self.deep else None,
+            members = zipcheck.verify_zip(path, deep=self.deep, progress=progress if self.deep else None,
                                          cancel=self.cancel)
         except archive.ZipInvalid as exc:
             return None, str(exc), int(seen[0] * ratio)
