@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import shutil
 import struct
+import subprocess
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -12,6 +16,7 @@ import pytest
 from horos_async.backup import archive, zipcheck
 from horos_async.backup.archive import BuiltMember
 
+from helpers import backed_up_library, zips
 from test_archive import CountdownEvent, build, study  # noqa: F401 (study is a fixture)
 
 
@@ -156,3 +161,152 @@ def test_verify_empty_and_non_zip_files(tmp_path):
 def test_empty_study_zip_is_valid(tmp_path):
     out, built = build(tmp_path, [])
     assert built == [] and zipcheck.verify_zip(out, []) == []
+
+
+# --- bit rot: what verify --deep passes, unzip -t and restore accept -----------------------------
+
+UNZIP = shutil.which("unzip")
+
+
+@pytest.fixture(scope="module")
+def demo_zip(tmp_path_factory) -> bytes:
+    """A real study ZIP the engine wrote from the demo library: the smallest with several deflated members."""
+    lib, cfg = backed_up_library(tmp_path_factory.mktemp("sweep"), studies=1)
+    candidates = []
+    for p in zips(cfg.backup_dir):
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+        if len(infos) >= 3 and all(i.compress_type == zipfile.ZIP_DEFLATED for i in infos):
+            candidates.append((p.stat().st_size, p))
+    return min(candidates)[1].read_bytes()
+
+
+def _regions(data: bytes):
+    """(local header spans, central directory + end record span, comment span, ends of deflate streams)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos, comment = zf.infolist(), zf.comment
+    locals_, stream_ends = [], []
+    for info in infos:
+        name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+        start = info.header_offset + 30 + name_len + extra_len
+        locals_.append(range(info.header_offset, start))
+        stream_ends.append(range(start + info.compress_size - 4, start + info.compress_size))
+    cd_start = struct.unpack_from("<L", data, len(data) - len(comment) - 22 + 16)[0]
+    return locals_, range(cd_start, len(data) - len(comment)), range(len(data) - len(comment), len(data)), stream_ends
+
+
+def _flips(data: bytes):
+    """Every byte flipped whole (XOR 0xFF); every bit on its own in the headers, the directory and the
+    last bytes of each compressed stream; in the archive comment (free text: the identity JSON) every
+    eighth byte."""
+    locals_, central, comment, ends = _regions(data)
+    bitwise = set().union(*locals_, central, *ends)
+    for offset in range(len(data)):
+        if offset in comment and offset % 8:
+            continue
+        masks = [1 << bit for bit in range(8)] + [0xFF] if offset in bitwise else [0xFF]
+        for mask in masks:
+            yield offset, mask
+
+
+@pytest.mark.skipif(UNZIP is None, reason="unzip is not installed (CI installs it)")
+def test_what_verify_deep_passes_unzip_and_restore_accept_over_a_sweep_of_flips(tmp_path, demo_zip):
+    """Bit rot in a real ZIP: every flip verify --deep lets through must pass ``unzip -t`` and restore's checks."""
+    from horos_async.ops.restore import Refused, safe_members
+
+    path = tmp_path / "flipped.zip"
+    path.write_bytes(demo_zip)
+    tried = rejected = 0
+    slipped = []
+    t0 = time.monotonic()
+    with open(path, "r+b", buffering=0) as f:
+        for offset, mask in _flips(demo_zip):
+            f.seek(offset)
+            f.write(bytes([demo_zip[offset] ^ mask]))
+            tried += 1
+            try:
+                zipcheck.verify_zip(path, deep=True)
+            except archive.ZipInvalid:
+                rejected += 1
+            else:
+                done = subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True, text=True)
+                try:
+                    safe_members(path)
+                    refused = ""
+                except Refused as exc:
+                    refused = str(exc)
+                if done.returncode or refused:
+                    slipped.append((offset, hex(mask), done.returncode, (done.stdout + done.stderr)[:120], refused))
+            f.seek(offset)
+            f.write(demo_zip[offset:offset + 1])
+    assert not slipped, f"{len(slipped)} of {tried} flips pass verify --deep but not unzip -t/restore: {slipped[:8]}"
+    assert tried > len(demo_zip) and rejected > 0.9 * len(demo_zip)
+    assert time.monotonic() - t0 < 120
+
+
+def _first_and_last(data: bytes):
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos, comment = zf.infolist(), zf.comment
+    first = infos[0]
+    name_len, extra_len = struct.unpack_from("<HH", data, first.header_offset + 26)
+    data_end = first.header_offset + 30 + name_len + extra_len + first.compress_size
+    cd_end = len(data) - len(comment) - 22
+    last_entry = data.rfind(b"PK\x01\x02", 0, cd_end)
+    first_entry = struct.unpack_from("<L", data, cd_end + 16)[0]
+    return first.header_offset, data_end, first_entry, last_entry
+
+
+# (what is damaged, offset from (first local header, end of first member's data, first central entry,
+#  last central entry), XOR mask): each one passed verify --deep before it parsed the headers itself
+ROT = [
+    ("local header CRC", lambda o: o[0] + 14, 0xFF),
+    ("local header size", lambda o: o[0] + 19, 0x01),
+    ("local header method", lambda o: o[0] + 8, 0x02),
+    ("local header flags (name encoding)", lambda o: o[0] + 7, 0x08),
+    ("end of the compressed stream", lambda o: o[1] - 1, 0xFF),
+    ("central name length runs past the directory", lambda o: o[3] + 28, 0xFF),
+    ("central flags", lambda o: o[2] + 9, 0xFF),
+    ("external attributes: a symbolic link", lambda o: o[2] + 41, 0x20),
+]
+
+
+@pytest.mark.parametrize("what, where, mask", ROT, ids=[r[0] for r in ROT])
+def test_verify_deep_finds_rot_zipfile_overlooks(tmp_path, demo_zip, what, where, mask):
+    from horos_async.ops.restore import Refused, safe_members
+
+    data = bytearray(demo_zip)
+    data[where(_first_and_last(demo_zip))] ^= mask
+    path = tmp_path / "rot.zip"
+    path.write_bytes(bytes(data))
+    with pytest.raises(archive.ZipInvalid):
+        zipcheck.verify_zip(path, deep=True)
+    with pytest.raises(Refused):
+        safe_members(path)
+    if UNZIP and "attributes" not in what:  # unzip tests a link's target like a file; restore refuses it
+        assert subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True).returncode != 0
+
+
+def test_verify_deep_reads_a_streamed_zip_with_data_descriptors(tmp_path):
+    """A ZIP written to a pipe carries data descriptors after each member: still whole, still valid."""
+    class Pipe(io.RawIOBase):  # not seekable: zipfile then writes descriptors
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.data += b
+            return len(b)
+
+    pipe = Pipe()
+    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/one.dcm", b"first member " * 500)
+        zf.writestr(zipfile.ZipInfo("a/two.dcm"), b"second " * 300, zipfile.ZIP_STORED)
+    path = tmp_path / "streamed.zip"
+    path.write_bytes(bytes(pipe.data))
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.flag_bits & 0x08 for i in zf.infolist())
+    assert [m.name for m in zipcheck.verify_zip(path, deep=True)] == ["a/one.dcm", "a/two.dcm"]
+    if UNZIP:
+        assert subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True).returncode == 0
