@@ -52,9 +52,10 @@ def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
 
 
 def check_zip(path: Path, deep: bool) -> Tuple[Optional[List[archive.BuiltMember]], str]:
-    """(members, "") when the ZIP is valid, (None, reason) when not."""
+    """(members, "") when the ZIP is valid, (None, reason) when not: invalid on a second reading too
+    (``zipcheck.verify_stored``), so one transient read error never quarantines a good ZIP."""
     try:
-        return zipcheck.verify_zip(path, None, deep=deep), ""
+        return zipcheck.verify_stored(path, deep=deep), ""
     except archive.ZipInvalid as exc:
         return None, str(exc)
     except OSError as exc:

@@ -17,7 +17,8 @@ of these, and so must we. So :func:`verify_zip` parses the records itself:
 
 Every defect is a :class:`~horos_async.backup.archive.ZipInvalid` naming the member. Errors of the
 disk (EIO, ENXIO, a vanished file) propagate as the original ``OSError``: a loose cable must never
-make a good ZIP look bad.
+make a good ZIP look bad. For a ZIP already on the backup disk, :func:`verify_stored` reads it a second
+time before anyone calls it bad: one transient read error must not send a good ZIP to quarantine.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import os
 import stat
 import struct
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
 from horos_async.backup.archive import BuiltMember, Cancelled, Progress, Stream, ZipInvalid, safe_member_name
 from horos_async.naming import redact_zip_path
@@ -50,6 +52,10 @@ _MAX_VERSION = 45  # 4.5: ZIP64; what zipfile writes for stored and deflated mem
 _UTF8, _DESCRIPTOR, _DEFLATE_OPTIONS = 0x800, 0x08, 0x06
 _KNOWN_FLAGS = _UTF8 | _DESCRIPTOR | _DEFLATE_OPTIONS  # encryption and the rest are not ours
 _SAT32, _SAT16 = 0xFFFFFFFF, 0xFFFF
+_FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
+
+RETRY_PAUSE = 1.0
+"""Seconds between the two readings of a ZIP whose first reading failed (a USB hiccup passes)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,52 @@ def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, 
                 raise
             raise ZipInvalid(f"{type(exc).__name__}: {exc}", member) from exc
     return found
+
+
+def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
+                  cancel: Optional[threading.Event] = None, on_retry: Optional[Callable[[str], None]] = None,
+                  pause: float = RETRY_PAUSE) -> List[BuiltMember]:
+    """:func:`verify_zip` for a ZIP on the backup disk, read twice before it is called bad.
+
+    A first reading that fails (a defect, or a read error such as EIO) is reported to ``on_retry`` and
+    logged, then the file is read again, from the disk rather than the page cache where the system
+    allows; only that second reading decides. A missing file, a permission error or a cancel is final
+    at once (reading again cannot change them).
+    """
+    try:
+        return verify_zip(path, deep=deep, progress=progress, cancel=cancel)
+    except ZipInvalid as exc:
+        first = str(exc)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) or exc.errno in (errno.EACCES, errno.EPERM):
+            raise
+        first = f"read error: {exc.strerror or exc}"
+    log.warning("%s failed its first reading (%s); reading it again", redact_zip_path(Path(path).name), first)
+    if on_retry is not None:
+        on_retry(first)
+    _drop_cached(path)
+    if cancel is not None:
+        cancel.wait(pause)
+    else:
+        time.sleep(pause)
+    return verify_zip(path, deep=deep, progress=progress, cancel=cancel)
+
+
+def _drop_cached(path: Path) -> None:
+    """Ask the kernel to forget the file's cached pages, so a second reading comes from the disk (Linux;
+    macOS has no posix_fadvise and simply reads again). Errors are ignored: the reading reports them."""
+    if _FADV_DONTNEED is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_comment(path: Path) -> bytes:

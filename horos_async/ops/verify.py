@@ -258,8 +258,14 @@ class Verifier:
     async def _one(self, z: ZipRow) -> None:
         path = self.cfg.backup_dir / z.path
         loop = asyncio.get_running_loop()
-        members, why, nbytes = await loop.run_in_executor(None, self._check, path, z)  # the one offload
+        retried: List[str] = []
+        members, why, nbytes = await loop.run_in_executor(None, self._check, path, z, retried.append)  # the one offload
         self.result.bytes_read += nbytes
+        for first in retried:
+            outcome = "still bad" if why or members == "missing" else "good"
+            hint = (" (a read error that goes away can announce a failing disk: run 'horos-backup doctor')"
+                    if outcome == "good" and first.startswith("read error") else "")
+            self.progress(f"verify: {self._label(z)} failed a first reading ({first}); read again: {outcome}{hint}")
         if members == "missing":
             self._volume_still_there(path)
             await self._missing(z)
@@ -270,8 +276,9 @@ class Verifier:
             self.result.good += 1
             self._verified.append((time.time(), z.path))
 
-    def _check(self, path: Path, z: ZipRow) -> Tuple[Any, str, int]:
-        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes)."""
+    def _check(self, path: Path, z: ZipRow, on_retry: Callable[[str], None]) -> Tuple[Any, str, int]:
+        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes). A ZIP that fails is
+        read a second time (``zipcheck.verify_stored``): only a second failure makes it bad."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -282,12 +289,14 @@ class Verifier:
         seen = [0]
 
         def progress(_files: int, nbytes: int) -> None:
+            if nbytes < seen[0]:  # the second reading of a ZIP starts over
+                seen[0] = 0
             self.throttle.add((nbytes - seen[0]) * ratio)  # estimate of bytes read from the disk
             seen[0] = nbytes
 
         try:
-            members = zipcheck.verify_zip(path, deep=self.deep, progress=progress if self.deep else None,
-                                         cancel=self.cancel)
+            members = zipcheck.verify_stored(path, deep=self.deep, progress=progress if self.deep else None,
+                                             cancel=self.cancel, on_retry=on_retry)
         except archive.ZipInvalid as exc:
             return None, str(exc), int(seen[0] * ratio)
         except FileNotFoundError:
@@ -296,7 +305,7 @@ class Verifier:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise VolumeError(f"cannot read {path}: {exc.strerror} (macOS privacy? run 'horos-backup doctor'); "
                                   f"nothing was changed for this ZIP") from None
-            return None, f"unreadable: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
+            return None, f"unreadable, twice: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
         nbytes = z.zip_size if self.deep else 0
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes
