@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -246,3 +247,27 @@ def test_log_patient_names_true_shows_the_full_name(backed_up):
     run(cfg, until_done=True)
     assert any(victim.name in r["detail"] for r in issues(cfg, "ZIP_MISSING"))
 
+
+
+# -- a recorded ZIP changed on disk -----------------------------------------------------------------
+ZIP_TOOL = shutil.which("zip")
+
+
+@pytest.mark.skipif(ZIP_TOOL is None, reason="the zip tool is not installed (CI installs it)")
+def test_a_zip_that_lost_a_member_is_requeued_by_the_next_run(backed_up):
+    """``zip -d`` leaves a valid ZIP with one member fewer: the next run's reconcile must not call it done."""
+    lib, cfg = backed_up
+    victim = next(p for p in named_zips(cfg) if len(zipfile.ZipFile(p).infolist()) >= 3)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    gone = zipfile.ZipFile(victim).infolist()[1].filename
+    done = subprocess.run([ZIP_TOOL, "-q", "-d", str(victim), gone], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert gone not in zipfile.ZipFile(victim).namelist()
+
+    result = run(cfg, until_done=True)
+    assert result.done == 1  # exported again from Horos
+    bad = issues(cfg, "ZIP_INVALID")
+    assert [r["study_uid"] for r in bad] == [uid_of(victim)] and "members" in bad[0]["detail"]
+    assert (cfg.backup_dir / ".quarantine" / rel).exists()  # the altered copy is kept aside, not deleted
+    assert_backup_complete(lib, cfg.backup_dir)
+    assert run(cfg, until_done=True).done == 0

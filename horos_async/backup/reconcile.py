@@ -3,8 +3,10 @@
 - temp files left by a crash are removed;
 - a ZIP of ours on disk that the ledger does not know (crash between rename and commit, or a lost
   ledger) is verified and adopted, never written twice;
-- a recorded ZIP that is missing, or whose size changed and no longer verifies, is reported and its
-  study queued again; an invalid file is moved to ``.quarantine/``, never deleted;
+- a recorded ZIP that is missing is reported and its study queued again; one whose size changed is
+  looked at: its end record's member count against the ledger's (cheap: a tool such as ``zip -d``
+  removed a member), then a full verification; a ZIP that lost members or no longer verifies is
+  moved to ``.quarantine/`` (never deleted), reported ``ZIP_INVALID`` and its study queued again;
 - an unknown ``.zip`` that is not a valid ZIP (truncated, garbage, CRC error; a ZIP of ours whose end
   and comment were cut off looks like this) is moved to ``.quarantine/`` and reported ``ZIP_INVALID``,
   so its study is exported under its normal name; a *valid* ZIP without our identity comment is
@@ -143,7 +145,7 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
                                members_digest(members))
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
-    for rel, (key, _version, _files, size, status) in known.items():
+    for rel, (key, _version, files, size, status) in known.items():
         if status != "ok":
             continue
         if rel not in disk:
@@ -152,15 +154,26 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
             await ledger.issue("ZIP_MISSING", f"{shown(cfg, rel)} is recorded as done but is not on disk; the study "
                                f"is queued for export again", key, key.split("|", 1)[0], rel)
         elif disk[rel] != size:
-            members, why = await offload(check_zip, cfg.backup_dir / rel, True)
-            if members is None:
+            why = await offload(_changed_zip_fault, cfg.backup_dir / rel, files)
+            if why:
                 stats["invalid"] += 1
                 moved = await offload(quarantine, cfg, rel)
                 await ledger.mark_zip_bad(rel, "bad", "ZIP_INVALID", why)
-                await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed size on disk and fails verification "
-                                   f"({why}); {_where(cfg, moved)}; the study is queued again",
-                                   key, key.split("|", 1)[0], rel)
+                await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed on disk ({why}); {_where(cfg, moved)}; "
+                                   f"the study is queued again", key, key.split("|", 1)[0], rel)
     return stats
+
+
+def _changed_zip_fault(path: Path, files: int) -> str:
+    """Why a recorded ZIP whose size changed is no longer the backup the ledger recorded, or "" when it
+    still is (valid, with the recorded number of members)."""
+    count = zipcheck.member_count(path)  # cheap: one read at the end of the file
+    if count is not None and count != files:
+        return f"holds {count} members, the ledger recorded {files}: members were removed or added"
+    members, why = check_zip(path, True)
+    if members is not None and len(members) != files:
+        return f"holds {len(members)} members, the ledger recorded {files}: members were removed or added"
+    return why
 
 
 async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Dict[str, int]) -> None:

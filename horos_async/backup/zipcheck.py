@@ -168,6 +168,16 @@ def _drop_cached(path: Path) -> None:
         os.close(fd)
 
 
+def member_count(path: Path) -> Optional[int]:
+    """How many members the ZIP's end record says it holds (one small read at the end of the file), or
+    None when that record cannot be read: the cheap first look at a ZIP that changed on disk."""
+    try:
+        with open(path, "rb") as f:
+            return _check_end(f).entries
+    except (ZipInvalid, OSError, struct.error):
+        return None
+
+
 def read_comment(path: Path) -> bytes:
     """The ZIP's archive comment (the engine's identity JSON), or b"" when it cannot be read."""
     try:
