@@ -271,3 +271,52 @@ def test_a_zip_that_lost_a_member_is_requeued_by_the_next_run(backed_up):
     assert (cfg.backup_dir / ".quarantine" / rel).exists()  # the altered copy is kept aside, not deleted
     assert_backup_complete(lib, cfg.backup_dir)
     assert run(cfg, until_done=True).done == 0
+
+
+def _ledger_rows(cfg, sql, *params):
+    con = sqlite3.connect(cfg.ledger_path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("where", ["same month", "another month"])
+def test_a_zip_renamed_by_the_user_keeps_its_new_name_and_is_not_exported_again(backed_up, where):
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    old = victim.relative_to(cfg.backup_dir).as_posix()
+    folder = victim.parent if where == "same month" else next(
+        p.parent for p in zips(cfg.backup_dir) if p.parent != victim.parent)
+    renamed = folder / "exame do joelho (guardar).zip"
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    data = victim.read_bytes()
+    victim.rename(renamed)
+    before = rels(cfg)
+
+    result = run(cfg, until_done=True)
+    assert result.done == 0  # no duplicate export
+    assert rels(cfg) == before and renamed.read_bytes() == data  # the user's name is kept, the file untouched
+    assert not issues(cfg, "ZIP_MISSING") and not issues(cfg, "ZIP_INVALID")
+    assert _ledger_rows(cfg, "SELECT zip_path, status FROM zips WHERE zip_path IN (?, ?)", old, new) == [(new, "ok")]
+    assert _ledger_rows(cfg, "SELECT state FROM studies WHERE zip_path = ?", new) == [("done",)]
+    assert run(cfg, until_done=True).done == 0
+    from horos_async.ops import verify
+    checked = asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert checked.bad == 0 and checked.total == len(before)
+
+
+def test_a_renamed_zip_that_verify_reported_missing_is_adopted_not_exported_again(backed_up):
+    """verify before any run: the old name is ZIP_MISSING; the next run finds the renamed ZIP by its
+    identity and takes it back instead of exporting the study again."""
+    from horos_async.ops import verify
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    renamed = victim.with_name("meu nome.zip")
+    victim.rename(renamed)
+    assert asyncio.run(verify.Verifier(cfg).run()).missing == 1
+    assert run(cfg, until_done=True).done == 0
+    assert renamed.exists() and not victim.exists()
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    assert _ledger_rows(cfg, "SELECT state, zip_path FROM studies WHERE zip_path = ?", new) == [("done", new)]

@@ -3,6 +3,10 @@
 - temp files left by a crash are removed;
 - a ZIP of ours on disk that the ledger does not know (crash between rename and commit, or a lost
   ledger) is verified and adopted, never written twice;
+- a recorded ZIP renamed (or moved to another month folder) by someone is found by its identity
+  comment: when a ZIP unknown to the ledger carries the study key, version, size and members of a
+  recorded ZIP no longer at its path, the ledger follows the new name (the person's name is kept), and
+  the study is not exported again;
 - a recorded ZIP that is missing is reported and its study queued again; one whose size changed is
   looked at: its end record's member count against the ledger's (cheap: a tool such as ``zip -d``
   removed a member), then a full verification; a ZIP that lost members or no longer verifies is
@@ -115,7 +119,7 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
     """Bring ledger and disk into agreement; returns counts of what was done."""
 
-    stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
+    stats = {"temps_removed": 0, "adopted": 0, "renamed": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)
     stats["temps_removed"] = len(removed)
     for p in removed:
@@ -123,6 +127,10 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
     disk = await offload(zips_on_disk, cfg.backup_dir)
     known = await ledger.zip_rows()
     unknown = [rel for rel in sorted(disk) if rel not in known]
+    gone: Dict[str, List[str]] = {}  # study key -> its recorded ZIPs no longer at their path
+    for rel, (key, _version, _files, _size, status) in known.items():
+        if status == "ok" and rel not in disk:
+            gone.setdefault(key, []).append(rel)
     deep = len(unknown) <= deep_limit
     if len(unknown) > deep_limit:
         announce(f"rebuilding the ledger from {len(unknown)} ZIPs on disk (central directories checked; "
@@ -141,8 +149,15 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
                                f"{_where(cfg, moved)}; the study will be exported again",
                                ident.get("key", ""), ident.get("uid", ""), rel)
             continue
-        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members),
-                               members_digest(members))
+        digest = members_digest(members)
+        old = await _renamed_from(ledger, gone, known, ident, rel, disk[rel], members, digest)
+        if old is not None:
+            stats["renamed"] += 1
+            del known[old]  # followed, not missing
+            log.info("the ZIP of study %s was renamed by someone (%s -> %s): the ledger follows the new name; "
+                     "nothing is exported again", ident.get("uid", ""), shown(cfg, old), shown(cfg, rel))
+            continue
+        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members), digest)
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
     for rel, (key, _version, files, size, status) in known.items():
@@ -162,6 +177,20 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
                 await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed on disk ({why}); {_where(cfg, moved)}; "
                                    f"the study is queued again", key, key.split("|", 1)[0], rel)
     return stats
+
+
+async def _renamed_from(ledger: Ledger, gone: Dict[str, List[str]], known: Dict[str, tuple], ident: dict,
+                        rel: str, size: int, members, digest: str) -> Optional[str]:
+    """The recorded path that the unknown ZIP ``rel`` was renamed from, after moving its ledger row there;
+    None when it matches no recorded ZIP that left its path (same key, version, size, member count and
+    members)."""
+    for old in gone.get(ident.get("key", ""), []):
+        _key, version, files, recorded_size, _status = known[old]
+        if ((version, files, recorded_size) == (int(ident.get("version", 1)), len(members), size)
+                and await ledger.move_zip(old, rel, digest)):
+            gone[ident["key"]].remove(old)
+            return old
+    return None
 
 
 def _changed_zip_fault(path: Path, files: int) -> str:

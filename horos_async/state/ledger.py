@@ -331,6 +331,19 @@ class Ledger:
                 "WHERE key=? AND zip_path=?", (code, detail, key, zip_path))
         return key
 
+    async def move_zip(self, old: str, new: str, members_digest: str) -> bool:
+        """A recorded ZIP now lies at ``new`` (renamed by someone; same identity and members): its row and
+        its study follow the new path. False, changing nothing, when ``old`` is not an ``ok`` ZIP with
+        these members."""
+        async with self._txn():
+            cur = await self.db.execute(
+                "UPDATE zips SET zip_path=? WHERE zip_path=? AND status='ok' "
+                "AND (members_digest IS NULL OR members_digest='' OR members_digest=?)", (new, old, members_digest))
+            if cur.rowcount != 1:
+                return False
+            await self.db.execute("UPDATE studies SET zip_path=? WHERE zip_path=?", (new, old))
+        return True
+
     async def issue(self, code: str, detail: str, key: str = "", uid: str = "", zip_path: str = "",
                     now: Optional[float] = None) -> None:
         """Append one issue to the ledger and to issues.csv."""
