@@ -320,3 +320,35 @@ def test_a_renamed_zip_that_verify_reported_missing_is_adopted_not_exported_agai
     assert renamed.exists() and not victim.exists()
     new = renamed.relative_to(cfg.backup_dir).as_posix()
     assert _ledger_rows(cfg, "SELECT state, zip_path FROM studies WHERE zip_path = ?", new) == [("done", new)]
+
+
+def test_quarantine_syncs_the_folders_it_creates(backed_up, monkeypatch):
+    """``.quarantine/<month>`` made for the first time: its entries in ``.quarantine`` and ``backup_dir``
+    are synced, or after a power cut the bad ZIP could be back in its month folder beside its re-export."""
+    from horos_async import platform
+    from horos_async.backup import reconcile
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    synced = []
+    real = platform.sync_dir
+    monkeypatch.setattr(platform, "sync_dir", lambda p: (real(p), synced.append(Path(p)))[0])
+    moved = reconcile.quarantine(cfg, rel)
+    assert moved == cfg.backup_dir / ".quarantine" / rel
+    assert {cfg.backup_dir, cfg.backup_dir / ".quarantine", moved.parent, victim.parent} <= set(synced)
+
+
+def test_zips_adopted_without_a_crc_pass_are_not_stamped_verified(backed_up):
+    lib, cfg = backed_up
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg))  # central directories only
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    from horos_async.ops import verify
+    asyncio.run(verify.Verifier(cfg).run())  # a quick pass reads no member either
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg, deep=True))  # every CRC read: stamped
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]

@@ -74,7 +74,8 @@ def shown(cfg: Config, rel) -> str:
 
 
 def quarantine(cfg: Config, rel: str) -> Optional[Path]:
-    """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted)."""
+    """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted); ``ensure_dir``
+    syncs the parents of the folders it creates, so ``.quarantine/<month>`` itself survives a power cut."""
     src = cfg.backup_dir / rel
     dst = cfg.backup_dir / ".quarantine" / rel
     durable.ensure_dir(dst.parent)
@@ -157,7 +158,8 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
             log.info("the ZIP of study %s was renamed by someone (%s -> %s): the ledger follows the new name; "
                      "nothing is exported again", ident.get("uid", ""), shown(cfg, old), shown(cfg, rel))
             continue
-        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members), digest)
+        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members), digest,
+                               crc_checked=deep)
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
     for rel, (key, _version, files, size, status) in known.items():

@@ -274,7 +274,8 @@ class Verifier:
             await self._invalid(z, why)
         else:
             self.result.good += 1
-            self._verified.append((time.time(), z.path))
+            if self.deep:  # ``verified_at``: every member's CRC read back; a quick pass reads none
+                self._verified.append((time.time(), z.path))
 
     def _check(self, path: Path, z: ZipRow, on_retry: Callable[[str], None]) -> Tuple[Any, str, int]:
         """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes). A ZIP that fails is

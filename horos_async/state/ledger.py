@@ -254,15 +254,18 @@ class Ledger:
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
-                        members_digest: str, now: Optional[float] = None) -> None:
-        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild)."""
+                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
+        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
+
+        ``crc_checked=False`` (only its central directory was read) leaves ``verified_at`` empty until a
+        ``verify --deep`` reads every member."""
         now = time.time() if now is None else now
         key = ident["key"]
         version = int(ident.get("version", 1))
         async with self._txn():
             await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
-                                   ident.get("exported_at", now), now))
+                                   ident.get("exported_at", now), now if crc_checked else None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:
