@@ -310,3 +310,25 @@ def test_verify_deep_reads_a_streamed_zip_with_data_descriptors(tmp_path):
     assert [m.name for m in zipcheck.verify_zip(path, deep=True)] == ["a/one.dcm", "a/two.dcm"]
     if UNZIP:
         assert subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True).returncode == 0
+
+
+def test_verify_deep_reads_zip64_local_headers(tmp_path):
+    """A member over 4 GiB gets a ZIP64 local header (sizes 0xFFFFFFFF, real ones in the extra field),
+    as force_zip64 makes for a small one: its sizes are read from there and checked."""
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(zipfile.ZipInfo("big/part.dcm"), "w", force_zip64=True) as member:
+            member.write(b"pretend this is 4 GiB " * 1000)
+        zf.writestr("after.dcm", b"small")
+    data = path.read_bytes()
+    assert struct.unpack_from("<LL", data, 18) == (0xFFFFFFFF, 0xFFFFFFFF)
+    assert len(zipcheck.verify_zip(path, deep=True)) == 2
+    if UNZIP:
+        assert subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True).returncode == 0
+    damaged = bytearray(data)
+    name_len = struct.unpack_from("<H", data, 26)[0]
+    damaged[30 + name_len + 4] ^= 0x01  # the uncompressed size in the local ZIP64 extra field
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(archive.ZipInvalid) as info:
+        zipcheck.verify_zip(path, deep=True)
+    assert info.value.member == "big/part.dcm"

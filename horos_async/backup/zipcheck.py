@@ -1,10 +1,9 @@
 """Blocking ZIP reading: prove a ZIP on disk is whole, and read its archive comment.
 
-The reading half of the ZIP work (``archive`` writes). It follows docs/design/durability.md §3 and
-does not lean on ``zipfile``'s reader, which trusts the central directory alone: it ignores the CRC,
-sizes and method in each local header, stops inflating once it has the bytes it expects (a damaged
-end of a deflate stream goes unseen), and reads past a damaged name length. ``unzip -t`` rejects all
-of these, and so must we. So :func:`verify_zip` parses the records itself:
+The reading half of the ZIP work (``archive`` writes); docs/design/durability.md §3. ``zipfile``'s
+reader trusts the central directory alone: it ignores each local header's CRC, sizes and method, stops
+inflating once it has the bytes it expects (a damaged end of a stream goes unseen) and reads past a
+damaged name length. ``unzip -t`` rejects all of these, so :func:`verify_zip` parses the records itself:
 
 * the file ends exactly at its end record, and the central directory fills exactly the space that
   record gives it, entry after entry;
@@ -23,6 +22,7 @@ time before anyone calls it bad: one transient read error must not send a good Z
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -33,7 +33,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from horos_async.backup.archive import BuiltMember, Cancelled, Progress, Stream, ZipInvalid, safe_member_name
 from horos_async.naming import redact_zip_path
@@ -51,7 +51,7 @@ _STORED, _DEFLATED = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
 _MAX_VERSION = 45  # 4.5: ZIP64; what zipfile writes for stored and deflated members
 _UTF8, _DESCRIPTOR, _DEFLATE_OPTIONS = 0x800, 0x08, 0x06
 _KNOWN_FLAGS = _UTF8 | _DESCRIPTOR | _DEFLATE_OPTIONS  # encryption and the rest are not ours
-_SAT32, _SAT16 = 0xFFFFFFFF, 0xFFFF
+_SAT32 = 0xFFFFFFFF
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") else None
 
 RETRY_PAUSE = 1.0
@@ -74,9 +74,8 @@ class _Entry:
     attributes: int
 
 
-@dataclass(frozen=True)
-class _End:
-    """What the end record (or the ZIP64 end record) says."""
+class _End(NamedTuple):
+    """What the end record (or the ZIP64 end record) says: entry count, directory offset and size."""
 
     entries: int
     cd_offset: int
@@ -102,9 +101,8 @@ def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, 
             if not deep:
                 _check_layout(entries, end)
             else:  # in file order (sequential reads); by entry, never by name
-                ordered = sorted(entries, key=lambda e: e.offset)
                 at = 0
-                for e in ordered:
+                for e in sorted(entries, key=lambda e: e.offset):
                     member = e.name
                     if e.offset != at:
                         raise ZipInvalid("bytes before or between members, or members overlapping", e.name)
@@ -145,7 +143,7 @@ def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
         on_retry(first)
     _drop_cached(path)
     if cancel is not None:
-        cancel.wait(pause)
+        cancel.wait(pause)  # a stop request cuts the pause short; the second reading then stops at once
     else:
         time.sleep(pause)
     return verify_zip(path, deep=deep, progress=progress, cancel=cancel)
@@ -154,18 +152,13 @@ def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
 def _drop_cached(path: Path) -> None:
     """Ask the kernel to forget the file's cached pages, so a second reading comes from the disk (Linux;
     macOS has no posix_fadvise and simply reads again). Errors are ignored: the reading reports them."""
-    if _FADV_DONTNEED is None:
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if _FADV_DONTNEED is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def member_count(path: Path) -> Optional[int]:
@@ -246,7 +239,7 @@ def _read_directory(f: IO[bytes], end: _End) -> List[_Entry]:
         raw = cd[pos + 46:pos + 46 + nlen]
         name = raw.decode("utf-8" if flags & _UTF8 else "cp437")
         extra = _extra_fields(cd[pos + 46 + nlen:pos + 46 + nlen + xlen], name)
-        usize, csize, offset, disk = _zip64_values(extra.get(1, b""), name, (usize, csize, offset), disk)
+        usize, csize, offset = _zip64_values(extra.get(1, b""), name, (usize, csize, offset))
         e = _Entry(name, raw, flags, method, (time_, date), crc, csize, usize, offset, attributes)
         if name in seen:
             raise ZipInvalid("duplicate member name", name)
@@ -255,7 +248,7 @@ def _read_directory(f: IO[bytes], end: _End) -> List[_Entry]:
             raise ZipInvalid("unsafe member name (absolute, '..', backslash or drive)", name)
         if flags & ~_KNOWN_FLAGS or method not in (_STORED, _DEFLATED):
             raise ZipInvalid("encrypted, unknown flags or unexpected compression method", name)
-        if version > _MAX_VERSION or disk:
+        if version > _MAX_VERSION or disk:  # (a disk of 0xFFFF, "see ZIP64", is no single-file ZIP either)
             raise ZipInvalid(f"needs ZIP version {version / 10:.1f} or another disk to extract", name)
         if method == _STORED and csize != usize:
             raise ZipInvalid(f"stored member of {usize} bytes takes {csize} bytes", name)
@@ -272,9 +265,7 @@ def _extra_fields(data: bytes, name: str) -> Dict[int, bytes]:
     out: Dict[int, bytes] = {}
     pos = 0
     while pos < len(data):
-        if pos + 4 > len(data):
-            raise ZipInvalid("damaged extra field", name)
-        hid, size = struct.unpack_from("<HH", data, pos)
+        hid, size = struct.unpack_from("<HH", data, pos) if pos + 4 <= len(data) else (0, len(data))
         if pos + 4 + size > len(data):
             raise ZipInvalid("damaged extra field", name)
         out[hid] = data[pos + 4:pos + 4 + size]
@@ -282,8 +273,8 @@ def _extra_fields(data: bytes, name: str) -> Dict[int, bytes]:
     return out
 
 
-def _zip64_values(z64: bytes, name: str, values: Tuple[int, ...], disk: int = 0) -> Tuple[int, ...]:
-    """Replace each saturated 32-bit value (then the disk number) by the next 64-bit one of ``z64``."""
+def _zip64_values(z64: bytes, name: str, values: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Replace each saturated 32-bit value by the next 64-bit one of ``z64`` (a ZIP64 extra field)."""
     out, pos = [], 0
     for v in values:
         if v == _SAT32:
@@ -292,11 +283,7 @@ def _zip64_values(z64: bytes, name: str, values: Tuple[int, ...], disk: int = 0)
             v = struct.unpack_from("<Q", z64, pos)[0]
             pos += 8
         out.append(v)
-    if disk == _SAT16:
-        if pos + 4 > len(z64):
-            raise ZipInvalid("ZIP64 disk number missing from the extra field", name)
-        disk = struct.unpack_from("<L", z64, pos)[0]
-    return tuple(out) + (disk,)
+    return tuple(out)
 
 
 def _check_attributes(e: _Entry) -> None:
