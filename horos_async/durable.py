@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
@@ -36,6 +37,7 @@ _NO_LINKS = frozenset(
     if e
 )
 _NAME_MAX = 255  # bytes in one path component, on APFS, HFS+, exFAT and ext4 alike
+_DIRS_LOCK = threading.Lock()  # see ensure_dir
 
 
 class AlreadyExists(FileExistsError):
@@ -76,24 +78,33 @@ def sync_file(f: IO[bytes], *, path: Optional[Path] = None, trace: Trace = None)
 
 
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> List[Path]:
-    """``mkdir -p path``; return the directories it newly created, outermost first."""
-    missing: List[Path] = []
-    current = Path(path)
-    while not current.is_dir():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    created: List[Path] = []
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            if not directory.is_dir():
-                raise
-            continue
-        created.append(directory)
-    return created
+    """``mkdir -p path``; return the directories it newly created, outermost first.
+
+    A folder it creates is durable when it returns: the parent of each new folder is synced first
+    (docs/design/durability.md §1). One lock covers the check, the creation and the syncs, so a second
+    caller (another job in the same new month) waits until then: nobody can publish into a folder, and
+    record a ZIP there as done, while the folder's own entry could still vanish in a power cut.
+    """
+    with _DIRS_LOCK:
+        missing: List[Path] = []
+        current = Path(path)
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        created: List[Path] = []
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, mode)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise
+                continue
+            created.append(directory)
+        for directory in reversed(created):  # innermost first, as _sync_dirs
+            platform.sync_dir(directory.parent)
+        return created
 
 
 def publish(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -246,3 +247,108 @@ def test_log_patient_names_true_shows_the_full_name(backed_up):
     run(cfg, until_done=True)
     assert any(victim.name in r["detail"] for r in issues(cfg, "ZIP_MISSING"))
 
+
+
+# -- a recorded ZIP changed on disk -----------------------------------------------------------------
+ZIP_TOOL = shutil.which("zip")
+
+
+@pytest.mark.skipif(ZIP_TOOL is None, reason="the zip tool is not installed (CI installs it)")
+def test_a_zip_that_lost_a_member_is_requeued_by_the_next_run(backed_up):
+    """``zip -d`` leaves a valid ZIP with one member fewer: the next run's reconcile must not call it done."""
+    lib, cfg = backed_up
+    victim = next(p for p in named_zips(cfg) if len(zipfile.ZipFile(p).infolist()) >= 3)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    gone = zipfile.ZipFile(victim).infolist()[1].filename
+    done = subprocess.run([ZIP_TOOL, "-q", "-d", str(victim), gone], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert gone not in zipfile.ZipFile(victim).namelist()
+
+    result = run(cfg, until_done=True)
+    assert result.done == 1  # exported again from Horos
+    bad = issues(cfg, "ZIP_INVALID")
+    assert [r["study_uid"] for r in bad] == [uid_of(victim)] and "members" in bad[0]["detail"]
+    assert (cfg.backup_dir / ".quarantine" / rel).exists()  # the altered copy is kept aside, not deleted
+    assert_backup_complete(lib, cfg.backup_dir)
+    assert run(cfg, until_done=True).done == 0
+
+
+def _ledger_rows(cfg, sql, *params):
+    con = sqlite3.connect(cfg.ledger_path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("where", ["same month", "another month"])
+def test_a_zip_renamed_by_the_user_keeps_its_new_name_and_is_not_exported_again(backed_up, where):
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    old = victim.relative_to(cfg.backup_dir).as_posix()
+    folder = victim.parent if where == "same month" else next(
+        p.parent for p in zips(cfg.backup_dir) if p.parent != victim.parent)
+    renamed = folder / "exame do joelho (guardar).zip"
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    data = victim.read_bytes()
+    victim.rename(renamed)
+    before = rels(cfg)
+
+    result = run(cfg, until_done=True)
+    assert result.done == 0  # no duplicate export
+    assert rels(cfg) == before and renamed.read_bytes() == data  # the user's name is kept, the file untouched
+    assert not issues(cfg, "ZIP_MISSING") and not issues(cfg, "ZIP_INVALID")
+    assert _ledger_rows(cfg, "SELECT zip_path, status FROM zips WHERE zip_path IN (?, ?)", old, new) == [(new, "ok")]
+    assert _ledger_rows(cfg, "SELECT state FROM studies WHERE zip_path = ?", new) == [("done",)]
+    assert run(cfg, until_done=True).done == 0
+    from horos_async.ops import verify
+    checked = asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert checked.bad == 0 and checked.total == len(before)
+
+
+def test_a_renamed_zip_that_verify_reported_missing_is_adopted_not_exported_again(backed_up):
+    """verify before any run: the old name is ZIP_MISSING; the next run finds the renamed ZIP by its
+    identity and takes it back instead of exporting the study again."""
+    from horos_async.ops import verify
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    renamed = victim.with_name("meu nome.zip")
+    victim.rename(renamed)
+    assert asyncio.run(verify.Verifier(cfg).run()).missing == 1
+    assert run(cfg, until_done=True).done == 0
+    assert renamed.exists() and not victim.exists()
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    assert _ledger_rows(cfg, "SELECT state, zip_path FROM studies WHERE zip_path = ?", new) == [("done", new)]
+
+
+def test_quarantine_syncs_the_folders_it_creates(backed_up, monkeypatch):
+    """``.quarantine/<month>`` made for the first time: its entries in ``.quarantine`` and ``backup_dir``
+    are synced, or after a power cut the bad ZIP could be back in its month folder beside its re-export."""
+    from horos_async import platform
+    from horos_async.backup import reconcile
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    synced = []
+    real = platform.sync_dir
+    monkeypatch.setattr(platform, "sync_dir", lambda p: (real(p), synced.append(Path(p)))[0])
+    moved = reconcile.quarantine(cfg, rel)
+    assert moved == cfg.backup_dir / ".quarantine" / rel
+    assert {cfg.backup_dir, cfg.backup_dir / ".quarantine", moved.parent, victim.parent} <= set(synced)
+
+
+def test_zips_adopted_without_a_crc_pass_are_not_stamped_verified(backed_up):
+    lib, cfg = backed_up
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg))  # central directories only
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    from horos_async.ops import verify
+    asyncio.run(verify.Verifier(cfg).run())  # a quick pass reads no member either
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg, deep=True))  # every CRC read: stamped
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from horos_async import durable, guards, naming
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async.blocking import Offload
 from horos_async.config import Config
@@ -200,7 +200,7 @@ class StudyJob:
         cancel = self.ctx.cancel
         built = archive.build_zip(tmp, members, level=self.ctx.config.compression_level,
                                   comment=zip_comment(identity, state), progress=progress, cancel=cancel)
-        archive.verify_zip(tmp, built, deep=True, cancel=cancel)
+        zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
         return built, members_digest(built)
 
     async def _claim_space(self) -> None:

@@ -1,6 +1,6 @@
 """``horos-backup restore``: get studies back out of their ZIPs, safely.
 
-Each ZIP is verified first (every member's CRC, ``archive.verify_zip``), and refused whole if any
+Each ZIP is verified first (every member's CRC, ``zipcheck.verify_zip``), and refused whole if any
 member name could escape the destination (absolute, ``..``, backslash, drive letter) or is a symbolic
 link. Files are written under a hidden temp name, synced, and moved into place without ever replacing
 an existing file (an existing file is skipped and reported).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import RestoreError
@@ -57,7 +57,7 @@ class Restored:
 def safe_members(path: Path) -> List[zipfile.ZipInfo]:
     """Verify the whole ZIP (CRCs included) and return its members; raise Refused otherwise."""
     try:
-        archive.verify_zip(path, deep=True)
+        zipcheck.verify_zip(path, deep=True)
     except archive.ZipInvalid as exc:
         raise Refused(f"fails verification: {exc}") from None
     except OSError as exc:

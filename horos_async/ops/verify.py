@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from horos_async.backup import archive, reconcile
+from horos_async.backup import archive, reconcile, zipcheck
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
 from horos_async.blocking import offload
@@ -231,8 +231,14 @@ class Verifier:
     # -- one ZIP -----------------------------------------------------------------------------------
     async def _one(self, z: ZipToVerify) -> None:
         path = self.cfg.backup_dir / z.path
-        members, why, nbytes = await offload(self._check, path, z)
+        retried: List[str] = []
+        members, why, nbytes = await offload(self._check, path, z, retried.append)
         self.result.bytes_read += nbytes
+        for first in retried:
+            outcome = "still bad" if why or members == "missing" else "good"
+            hint = (" (a read error that goes away can announce a failing disk: run 'horos-backup doctor')"
+                    if outcome == "good" and first.startswith("read error") else "")
+            self.progress(f"verify: {self._label(z)} failed a first reading ({first}); read again: {outcome}{hint}")
         if members == "missing":
             self._volume_still_there(path)
             await self._missing(z)
@@ -241,10 +247,12 @@ class Verifier:
             await self._invalid(z, why)
         else:
             self.result.good += 1
-            self._verified.append((time.time(), z.path))
+            if self.deep:  # ``verified_at``: every member's CRC read back; a quick pass reads none
+                self._verified.append((time.time(), z.path))
 
-    def _check(self, path: Path, z: ZipToVerify) -> Tuple[Any, str, int]:
-        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes)."""
+    def _check(self, path: Path, z: ZipToVerify, on_retry: Callable[[str], None]) -> Tuple[Any, str, int]:
+        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes). A ZIP that fails is
+        read a second time (``zipcheck.verify_stored``): only a second failure makes it bad."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -255,12 +263,14 @@ class Verifier:
         seen = [0]
 
         def progress(_files: int, nbytes: int) -> None:
+            if nbytes < seen[0]:  # the second reading of a ZIP starts over
+                seen[0] = 0
             self.throttle.add((nbytes - seen[0]) * ratio)  # estimate of bytes read from the disk
             seen[0] = nbytes
 
         try:
-            members = archive.verify_zip(path, deep=self.deep, progress=progress if self.deep else None,
-                                         cancel=self.cancel)
+            members = zipcheck.verify_stored(path, deep=self.deep, progress=progress if self.deep else None,
+                                             cancel=self.cancel, on_retry=on_retry)
         except archive.ZipInvalid as exc:
             return None, str(exc), int(seen[0] * ratio)
         except FileNotFoundError:
@@ -269,7 +279,7 @@ class Verifier:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise VolumeError(f"cannot read {path}: {exc.strerror} (macOS privacy? run 'horos-backup doctor'); "
                                   f"nothing was changed for this ZIP") from None
-            return None, f"unreadable: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
+            return None, f"unreadable, twice: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
         nbytes = z.zip_size if self.deep else 0
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes

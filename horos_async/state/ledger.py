@@ -232,15 +232,18 @@ class Ledger:
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
-                        members_digest: str, now: Optional[float] = None) -> None:
-        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild)."""
+                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
+        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
+
+        ``crc_checked=False`` (only its central directory was read) leaves ``verified_at`` empty until a
+        ``verify --deep`` reads every member."""
         now = time.time() if now is None else now
         key = ident["key"]
         version = int(ident.get("version", 1))
         async with self._txn():
             await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
-                                   ident.get("exported_at", now), now))
+                                   ident.get("exported_at", now), now if crc_checked else None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:
@@ -314,6 +317,19 @@ class Ledger:
         if verified:
             async with self._txn():
                 await self.db.executemany("UPDATE zips SET verified_at=? WHERE zip_path=?", verified)
+
+    async def move_zip(self, old: str, new: str, members_digest: str) -> bool:
+        """A recorded ZIP now lies at ``new`` (renamed by someone; same identity and members): its row and
+        its study follow the new path. False, changing nothing, when ``old`` is not an ``ok`` ZIP with
+        these members."""
+        async with self._txn():
+            cur = await self.db.execute(
+                "UPDATE zips SET zip_path=? WHERE zip_path=? AND status='ok' "
+                "AND (members_digest IS NULL OR members_digest='' OR members_digest=?)", (new, old, members_digest))
+            if cur.rowcount != 1:
+                return False
+            await self.db.execute("UPDATE studies SET zip_path=? WHERE zip_path=?", (new, old))
+        return True
 
     async def issue(self, code: str, detail: str, key: str = "", uid: str = "", zip_path: str = "",
                     now: Optional[float] = None) -> None:
