@@ -102,8 +102,8 @@ class Engine:
         guards.check_sentinel(cfg)
         guards.check_volumes(cfg)
         allocator.tune()  # before the ZIP threads start: no page-fault churn on their 1 MiB buffers
-        durable.ensure_dir(cfg.backup_dir)
-        durable.ensure_dir(cfg.work_dir)
+        await self._offload(durable.ensure_dir, cfg.backup_dir)  # creating a folder syncs its parent
+        await self._offload(durable.ensure_dir, cfg.work_dir)
         lock = guards.RunLock(cfg.lock_path).acquire()
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)

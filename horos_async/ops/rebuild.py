@@ -16,7 +16,7 @@ async def rebuild(cfg: Config, *, deep: bool = False, announce=lambda text: None
     """Adopt every valid ZIP of ours into the ledger (creating it); refuses while another run holds the lock."""
     guards.check_sentinel(cfg)
     guards.check_volumes(cfg)
-    durable.ensure_dir(cfg.work_dir)
+    await offload(durable.ensure_dir, cfg.work_dir)  # creating a folder syncs its parent
     with guards.RunLock(cfg.lock_path):
         async with Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names) as ledger:
             limit = 10 ** 9 if deep else 0

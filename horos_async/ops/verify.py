@@ -144,7 +144,7 @@ class Verifier:
         if not cfg.ledger_path.exists():
             raise LedgerError(f"no ledger at {cfg.ledger_path}: nothing is recorded to verify. If ZIPs exist on "
                               f"disk, run 'horos-backup rebuild-ledger' first (it adopts them), then verify")
-        durable.ensure_dir(cfg.work_dir)
+        await offload(durable.ensure_dir, cfg.work_dir)  # creating a folder syncs its parent
         try:
             lock = guards.RunLock(cfg.lock_path).acquire()
         except LockHeld:
