@@ -146,11 +146,13 @@ def member_names(files: Sequence[SourceFile]) -> List[str]:
     """One portable member name per file, in the same order as ``files``.
 
     Layout: ``<series folder>/IM00001.dcm``. Series are told apart by their Horos series row, so two
-    series with the same number and description get ``..._2``. Files are numbered within their series
-    in the order given (the planner sorts by series, then instance number, then path).
+    series with the same number and description get ``..._2``; so do two whose folder names differ
+    only by case (``Head`` and ``HEAD``), because APFS, HFS+ and exFAT (case-insensitive by default)
+    would make them one folder when the ZIP is extracted on a Mac. Files are numbered within their
+    series in the order given (the planner sorts by series, then instance number, then path).
     """
     folders: Dict[int, str] = {}
-    used = set()
+    used = set()  # casefolded folder names already given
     counters: Dict[int, int] = {}
     names = []
     for src in files:
@@ -158,10 +160,10 @@ def member_names(files: Sequence[SourceFile]) -> List[str]:
         if folder is None:
             base = series_folder(src)
             folder, n = base, 1
-            while folder in used:
+            while folder.casefold() in used:
                 n += 1
                 folder = f"{base}_{n}"
-            used.add(folder)
+            used.add(folder.casefold())
             folders[src.series_pk] = folder
         counters[src.series_pk] = counters.get(src.series_pk, 0) + 1
         names.append(f"{folder}/IM{counters[src.series_pk]:05d}{_extension(src)}")
