@@ -1,7 +1,8 @@
 """ZIP names, month folders and member names: portable, unique, and never outside ``backup_dir``.
 
 The classic name is ``Patient_DOB_StudyDate_UID.zip`` in a ``YYYY_MM`` folder of the study's local
-date. Names are ASCII (accents transliterated, ``José Conceição`` → ``Jose_Conceicao``), the full
+date. Names are ASCII (accents dropped, ``José Conceição`` → ``Jose_Conceicao``; other scripts
+transliterated, ``Иванов Пётр`` → ``Ivanov_Petr``), the full
 Study Instance UID is always kept (it is how a lost ledger is rebuilt), and the patient part is what
 gets shortened to honour ``max_name_length``.
 """
@@ -14,6 +15,8 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from anyascii import anyascii
 
 from horos_async.models import SourceFile, StudyRow
 
@@ -31,9 +34,17 @@ _UID_UNSAFE = re.compile(r"[^0-9A-Za-z.-]+")
 
 
 def transliterate(text: str) -> str:
-    """ASCII approximation: ``Conceição`` → ``Conceicao``; what has no ASCII form is dropped."""
+    """ASCII approximation: ``Conceição`` → ``Conceicao``, ``Иванов^Пётр`` → ``Ivanov^Petr``.
+
+    Latin letters go through NFKD (accents dropped: the names clinics already know stay as they were);
+    letters and digits of other scripts (Cyrillic, Greek, Chinese, Japanese, Arabic...) through
+    anyascii's tables; what is left (combining marks, symbols, emoji) is dropped.
+    """
     text = unicodedata.normalize("NFKD", text.translate(_SPECIAL))
-    return text.encode("ascii", "ignore").decode("ascii")
+    if text.isascii():
+        return text
+    return "".join(ch if ch.isascii() else anyascii(ch) if unicodedata.category(ch)[0] in "LN" else ""
+                   for ch in text)
 
 
 def clean_component(text: Optional[str], fallback: str = UNKNOWN, limit: int = 0) -> str:

@@ -156,3 +156,24 @@ def test_a_study_with_head_and_HEAD_series_gives_a_zip_a_mac_can_extract(tmp_pat
     folders = sorted({n.split("/")[0] for n in names})
     assert folders == ["S0001_CT_HEAD_2", "S0001_CT_Head"]
     assert len({n.casefold() for n in names}) == len(names) == len(set(study.files))
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("Иванов^Пётр", "Ivanov_Petr"),  # anyascii's reading of ё is "e" (not "yo"): "Petr", as in Russian passports
+    ("Παπαδόπουλος^Γιώργος", "Papadopoylos_Giorgos"),
+    ("王^小明", "Wang_XiaoMing"),
+    ("山田^太郎", "ShanTian_TaiLang"),  # kanji get their Chinese reading; a romaji group in the name is kept as is
+    ("محمد^علي", "mhmd_ly"),  # Arabic is written without most vowels, and so is its transliteration
+])
+def test_names_in_other_scripts_are_transliterated_not_unknown(name, patient):
+    """Hardening 18: NFKD maps nothing of these scripts; they used to become UNKNOWN."""
+    assert naming.zip_stem(study(name=name)) == f"{patient}_19800517_20240331_{UID}"
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("José^Conceição", "Jose_Conceicao"), ("MARÍA^PEÑA", "MARIA_PENA"), ("Gonçalves^Ângela", "Goncalves_Angela"),
+    ("Straße^Jürgen", "Strasse_Jurgen"), ("Æsir^Øyvind", "AEsir_Oyvind"), ("Łukasz^Þór", "Lukasz_THor"),
+    ("Ünïcödé 🙂^Test", "Unicode_Test"), ("", "UNKNOWN"), ("🙂", "UNKNOWN"),
+])
+def test_latin_names_keep_their_earlier_form(name, patient):
+    assert naming.zip_stem(study(name=name)) == f"{patient}_19800517_20240331_{UID}"

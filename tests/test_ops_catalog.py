@@ -78,6 +78,13 @@ def test_search_ignores_accents_and_case_and_matches_uids(backed_up):
     assert catalog.search(rows, "nobody-has-this-name") == []
 
 
+def test_search_finds_names_in_other_scripts_by_their_latin_spelling():
+    rows = [catalog.Row("Иванов Пётр", "", "", "CT", "1.2.3", "2024_01/Ivanov_Petr_1.2.3.zip", 1, 1, "", 1, "done"),
+            catalog.Row("José Conceição", "", "", "CT", "1.2.4", "2024_01/Jose_1.2.4.zip", 1, 1, "", 1, "done")]
+    assert [r.study_uid for r in catalog.search(rows, "ivanov petr")] == ["1.2.3"]
+    assert [r.study_uid for r in catalog.search(rows, "ИВАНОВ")] == ["1.2.3"]
+
+
 def test_text_table_is_aligned(backed_up):
     lib, cfg = backed_up
     text = catalog.to_table(catalog.from_ledger(cfg))
