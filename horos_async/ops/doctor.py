@@ -1,4 +1,4 @@
-"""``horos-backup doctor``: every precondition of a safe run checked, each PASS/WARN/FAIL with a one-line fix.
+"""``horos-backup doctor``: every precondition of a safe run checked, each PASS/WARN/FAIL/SKIP with a one-line fix.
 
 Doctor only looks. It opens Horos's database read-only (URI ``mode=ro`` plus ``query_only``), reads the
 ledger read-only, never takes the run lock in a way that could make a run fail, and writes exactly one
@@ -80,6 +80,9 @@ def check_lock(cfg: Config) -> Check:
     """Who holds the run lock, without ever making a run fail to take it."""
     path = cfg.work_dir / "run.lock"
     if not path.exists():
+        if not cfg.backup_dir.parent.is_dir():  # the volume is not there: "no run yet" would be a guess
+            return Check("run lock", SKIP, f"not checked: the backup folder {cfg.backup_dir} was not found",
+                         "fix the 'backup folder' FAIL above, then run doctor again")
         return Check("run lock", PASS, "free (no run yet)")
     pid = guards.read_lock_pid(path)
     if not guards.pid_alive(pid):
@@ -156,16 +159,23 @@ def check_launchd(cfg: Config, *, macos: bool, runner: Optional[launchd.Runner] 
 
 
 def check_access(cfg: Config, *, macos: bool, lister: Callable[[Path], Any] = os.listdir) -> Check:
-    """Listing the Horos and backup folders works (macOS privacy blocks background access to volumes)."""
+    """Listing the Horos and backup folders works (macOS privacy blocks background access to volumes).
+
+    A folder that is not there is not listed, and the check says so: SKIP when neither could be tried,
+    never a PASS for a listing that did not happen.
+    """
     python = os.path.realpath(sys.executable)
-    denied = []
+    denied, listed, absent = [], [], []
     for folder in (cfg.horos_data, cfg.backup_dir):
         if not folder.is_dir():
+            absent.append(str(folder))
             continue
         try:
             lister(folder)
         except PermissionError as exc:
             denied.append(f"{folder} ({exc.strerror or 'Operation not permitted'})")
+        else:
+            listed.append(str(folder))
     if denied:
         if macos:
             fix = ("System Settings → Privacy & Security → Full Disk Access → + → add "
@@ -173,8 +183,13 @@ def check_access(cfg: Config, *, macos: bool, lister: Callable[[Path], Any] = os
         else:
             fix = "check the folders' permissions (ls -ld) for the user that runs horos-backup"
         return Check("disk access", FAIL, "cannot list " + "; ".join(denied), fix)
+    if not listed:
+        return Check("disk access", SKIP, f"not checked: neither {' nor '.join(absent)} was found",
+                     "fix the folder FAILs above, then run doctor again")
     note = f" from this process; launchd runs {python}, which needs Full Disk Access too" if macos else ""
-    return Check("disk access", PASS, "Horos and backup folders can be listed" + note)
+    missing = f" ({', '.join(absent)} not found: not checked)" if absent else ""
+    what = "Horos and backup folders can" if not absent else f"{listed[0]} can"
+    return Check("disk access", PASS, f"{what} be listed{note}{missing}")
 
 
 # -- output -------------------------------------------------------------------------------------------
@@ -193,7 +208,7 @@ def render(checks: Sequence[Check]) -> str:
 
 def summary(checks: Sequence[Check]) -> Dict[str, int]:
     """Number of checks per status."""
-    return {s: sum(1 for c in checks if c.status == s) for s in (PASS, WARN, FAIL, INFO)}
+    return {s: sum(1 for c in checks if c.status == s) for s in (PASS, WARN, FAIL, SKIP, INFO)}
 
 
 def to_json(checks: Sequence[Check]) -> Dict[str, Any]:

@@ -41,7 +41,7 @@ class Check:
     name: str
     """Short name of what was checked (``sentinel``, ``database``...)."""
     status: str
-    """PASS, WARN, FAIL or INFO."""
+    """PASS, WARN, FAIL, SKIP (could not run: what it looks at is missing) or INFO."""
     message: str
     """What was found, naming the path at fault."""
     fix: str = ""
@@ -153,7 +153,9 @@ def check_backup(cfg: Config, *, volumes_root: Path, mounts: Optional[Mounts]) -
     else:
         out.append(Check("backup folder", FAIL, f"neither {target} nor its parent exists",
                          "mount the backup disk, or fix 'backup_dir'"))
-        return out
+        skipped = f"not checked: the backup folder {target} and its parent were not found"
+        return out + [Check(name, SKIP, skipped, "fix the 'backup folder' FAIL above, then run doctor again")
+                      for name in ("same disk", "free space", "filesystem")]
     try:
         root = cfg.data_root
     except ConfigError:
@@ -164,6 +166,9 @@ def check_backup(cfg: Config, *, volumes_root: Path, mounts: Optional[Mounts]) -
                          "failure loses both, and filling it can make Horos auto-clean (delete) old studies",
                          "back up to another disk; if you cannot, keep 'horos_free_gb' well above Horos's "
                          "auto-cleaning threshold"))
+    elif not root.exists():  # nothing to compare with: never a PASS for a check that did not run
+        out.append(Check("same disk", SKIP, f"not checked: the Horos data folder {root} was not found",
+                         "fix the 'horos data' FAIL above, then run doctor again"))
     else:
         out.append(Check("same disk", PASS, "backup and Horos data are on different disks"))
     free = guards.free_bytes(target)
