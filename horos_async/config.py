@@ -112,6 +112,14 @@ class Config:
             raise ConfigError(f"cannot read {marker}: {exc.strerror}; check the Horos data volume") from exc
         return Path(text) if text else self.horos_data
 
+    def horos_data_hint(self) -> str:
+        """" did you mean …/Horos Data?" when ``horos_data`` names the folder above ``Horos Data`` (the
+        likeliest mistake: Horos shows the folder that holds it), else ""."""
+        inner = self.horos_data / "Horos Data"
+        if self.database.exists() or not inner.is_dir():
+            return ""
+        return f"; 'horos_data' must be the 'Horos Data' folder itself: did you mean '{inner}'?"
+
     @property
     def incoming_dir(self) -> Path:
         """Horos's drop box of files waiting to be indexed."""

@@ -31,8 +31,12 @@ def check_volumes(cfg: Config) -> None:
     check_horos_data(cfg)
     noindex = cfg.data_root / "DATABASE.noindex"
     if not noindex.is_dir():
-        what = "is not a folder (a Finder alias? replace it with a symbolic link)" if noindex.exists() \
-            else "does not exist (is the volume named in DBFOLDER_LOCATION mounted?)"
+        if noindex.exists():
+            what = "is not a folder (a Finder alias? replace it with a symbolic link)"
+        elif (cfg.horos_data / "DBFOLDER_LOCATION").exists():
+            what = f"does not exist (is the volume named in {cfg.horos_data / 'DBFOLDER_LOCATION'} mounted?)"
+        else:
+            what = "does not exist" + (cfg.horos_data_hint() or "; check 'horos_data' names the 'Horos Data' folder")
         raise VolumeError(f"Horos image folder {noindex} {what}. Nothing was written")
     problem = backup_dir_missing(cfg)
     if problem:

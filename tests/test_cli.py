@@ -191,6 +191,32 @@ def test_plan_with_a_missing_horos_folder_exits_like_run(setup, tmp_path, capsys
         assert f"Horos data folder {gone} not found" in capsys.readouterr().err
 
 
+def test_horos_data_naming_the_folder_above_horos_data_says_did_you_mean(setup, capsys):
+    """Hardening 21: the likeliest mistake; there is no DBFOLDER_LOCATION to blame."""
+    lib, cfg, path = setup
+    above = lib.horos_data.parent
+    assert lib.horos_data.name == "Horos Data"
+    for cmd in ("plan", "run"):
+        assert cli.main([cmd, "--config", str(path), "--horos-data", str(above)]) == EXIT_VOLUME, cmd
+        err = capsys.readouterr().err
+        assert f"did you mean '{lib.horos_data}'?" in err, err
+        assert "DBFOLDER_LOCATION" not in err
+    assert cli.main(["doctor", "--config", str(path), "--horos-data", str(above)]) == 9
+    out = capsys.readouterr().out
+    assert out.count(f"did you mean '{lib.horos_data}'?") == 2, out  # database and DATABASE.noindex
+
+
+def test_a_missing_database_sql_is_a_missing_volume_not_busy(setup, capsys):
+    """Hardening 24: exit 5 says "busy, will retry"; a Database.sql that is not there is exit 7."""
+    lib, cfg, path = setup
+    (lib.horos_data / "Database.sql").rename(lib.horos_data / "Database.sql.moved")
+    for cmd in ("plan", "run"):
+        assert cli.main([cmd, "--config", str(path)]) == EXIT_VOLUME, cmd
+        err = capsys.readouterr().err
+        assert f"Horos database not found at {lib.horos_data / 'Database.sql'}" in err
+        assert "retry" not in err and "Traceback" not in err
+
+
 def test_demo_prints_commands_that_work_without_the_venv_on_path(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # as after 'make demo': .venv/bin is not on PATH
     assert cli.main(["demo", "--dir", str(tmp_path / "d"), "--studies", "1"]) == 0

@@ -61,7 +61,7 @@ def check_horos(cfg: Config) -> List[Check]:
         out.append(Check("hot journal", WARN, f"{journal.name} exists and is not empty: Horos crashed mid-write? "
                          f"(or was saving this very second)", "open Horos so it recovers the database, then run "
                          "doctor again; runs meanwhile exit 'database unavailable' and retry"))
-    out += check_database(cfg.database, hot_journal=hot)
+    out += check_database(cfg.database, hot_journal=hot, hint=cfg.horos_data_hint())
     try:
         root = cfg.data_root
     except ConfigError as exc:
@@ -73,7 +73,7 @@ def check_horos(cfg: Config) -> List[Check]:
         out.append(Check("DATABASE.noindex", FAIL, f"{noindex} is not a folder (a Finder alias, or a broken link?)",
                          "replace it with the real folder or a symbolic link (ln -s), never a Finder alias"))
     else:
-        out.append(Check("DATABASE.noindex", FAIL, f"{noindex} not found: no image can be read",
+        out.append(Check("DATABASE.noindex", FAIL, f"{noindex} not found: no image can be read{cfg.horos_data_hint()}",
                          "check 'horos_data' and Horos Data/DBFOLDER_LOCATION point at the real data folder"))
     count = guards.incoming_count(cfg.incoming_dir, cfg.incoming_max_files)
     if count > cfg.incoming_max_files:
@@ -84,12 +84,12 @@ def check_horos(cfg: Config) -> List[Check]:
     return out
 
 
-def check_database(path: Path, *, hot_journal: bool = False) -> List[Check]:
+def check_database(path: Path, *, hot_journal: bool = False, hint: str = "") -> List[Check]:
     """Open Database.sql read-only: readable, journal mode, tables and columns horos-backup needs."""
     from horos_async.horos_db import REQUIRED
 
     if not path.is_file():
-        return [Check("database", FAIL, f"{path} not found", "fix 'horos_data': it must hold Horos's Database.sql")]
+        return [Check("database", FAIL, f"{path} not found{hint}", "fix 'horos_data': it must hold Horos's Database.sql")]
     if not os.access(path, os.R_OK):
         return [Check("database", FAIL, f"{path} is not readable by this user", f"check permissions: ls -l '{path}'")]
     try:
