@@ -21,7 +21,7 @@ def check_sentinel(cfg: Config) -> None:
         return
     if not cfg.sentinel.exists():
         raise SentinelMissing(
-            f"sentinel file {cfg.sentinel} is missing: the PACS volume is not mounted, or is mounted under "
+            f"sentinel file {cfg.sentinel} is missing: the backup volume is not mounted, or is mounted under "
             f"another name (e.g. '{cfg.sentinel.parent.name} 1'). Nothing was written. Mount the volume, or "
             f"create the sentinel on the right disk: touch '{cfg.sentinel}'")
 

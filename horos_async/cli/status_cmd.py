@@ -7,7 +7,7 @@ import json
 import sys
 
 from horos_async import status
-from horos_async.cli.common import add_common, config_from
+from horos_async.cli.common import add_common, config_from, defaults_note
 
 
 def build_parser_status(sub) -> None:
@@ -27,4 +27,5 @@ def do_status(args: argparse.Namespace) -> int:
     if snap.exit_code:  # the state could not be read: an error with its exit code, never "0 backed up"
         sys.stdout.flush()
         print(f"horos-backup: status unknown: {snap.detail}", file=sys.stderr)
+        defaults_note(args)
     return snap.exit_code
