@@ -187,3 +187,53 @@ def sort_files(files: Iterable[SourceFile]) -> List[SourceFile]:
         return (f.series_number if f.series_number is not None else 1 << 30, f.series_pk,
                 f.instance_number if f.instance_number is not None else 1 << 30, str(f.path))
     return sorted(files, key=key)
+
+
+# -- names on an 80-column terminal line (catalog, status) -------------------------------------------------
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an ESC sequence in a patient name could
+    drive the terminal) shown as ``?``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def cells(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (CJK) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def _take(text: str, width: int) -> str:
+    """The longest start of ``text`` that fits in ``width`` columns."""
+    used, out = 0, []
+    for c in text:
+        w = cells(c)
+        if used + w > width:
+            break
+        used += w
+        out.append(c)
+    return "".join(out)
+
+
+def fit_end(text: str, width: int) -> str:
+    """``text`` in at most ``width`` columns, cut at the end with ``…`` when it does not fit."""
+    if cells(text) <= width:
+        return text
+    return _take(text, max(0, width - 1)) + "…" if width >= 1 else ""
+
+
+def fit_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` columns, its middle replaced by ``…`` (keeps a ZIP's month folder
+    and the UID at its end)."""
+    if cells(text) <= width:
+        return text
+    if width < 3:
+        return fit_end(text, width)
+    tail_room = (width - 1) // 2
+    tail = _take(text[::-1], tail_room)[::-1]
+    return _take(text, width - 1 - cells(tail)) + "…" + tail
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` fitted to ``width`` columns and padded with spaces to exactly that width."""
+    text = fit_end(text, width)
+    return text + " " * (width - cells(text))

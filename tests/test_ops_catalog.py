@@ -94,6 +94,24 @@ def test_text_table_is_aligned(backed_up):
     assert all(line[zip_col - 2:zip_col] == "  " for line in lines[1:-1])
 
 
+def test_terminal_table_fits_80_columns_and_wide_shows_everything(backed_up, capsys, monkeypatch):
+    """Hardening 23: catalog lines were 316 columns; over SSH every one wrapped."""
+    lib, cfg = backed_up
+    rows = catalog.from_ledger(cfg)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["catalog", "--config", str(cfg.source)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(columns(line) for line in lines) <= 80, max(lines, key=columns)
+    assert len(lines) == 2 + 2 * len(rows) + 2 and "--wide" in lines[-1]
+    hostile = next(line for line in lines if "etc/passwd" in line)
+    assert hostile.isprintable(), "a control character in a patient name reached the terminal"
+    accented = lines.index(next(line for line in lines if line.startswith("José Conceição")))
+    assert lines[accented + 1].startswith("  done  2024_01/Jose_Conceicao_") and "…" in lines[accented + 1]
+    assert cli.main(["catalog", "--wide", "--config", str(cfg.source)]) == 0
+    wide = capsys.readouterr().out
+    assert all(r.zip_path in wide for r in rows)  # every ZIP path in full, to copy into restore
+
+
 def test_cli_csv_out_and_search(backed_up, tmp_path, capsys):
     lib, cfg = backed_up
     out = tmp_path / "catalogo.csv"
@@ -166,3 +184,10 @@ def test_unmounted_backup_volume_is_a_volume_error_and_a_lost_ledger_a_ledger_er
     (tmp_path / "Backup").mkdir()
     with pytest.raises(LedgerError, match="--from-zips"):
         catalog.from_ledger(empty)
+
+
+def columns(line: str) -> int:
+    """Terminal columns of ``line`` (wide CJK/emoji characters take two), measured independently of the code."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from horos_async import status
@@ -23,7 +24,7 @@ def do_status(args: argparse.Namespace) -> int:
     if args.json:  # also when unreadable: scripts get "engine": "unreadable" and the reason
         print(json.dumps(status.to_json(snap), indent=2, ensure_ascii=False))
     elif not snap.exit_code:
-        print(status.render(snap))
+        print(status.render(snap, width=shutil.get_terminal_size((80, 24)).columns))
     if snap.exit_code:  # the state could not be read: an error with its exit code, never "0 backed up"
         sys.stdout.flush()
         print(f"horos-backup: status unknown: {snap.detail}", file=sys.stderr)
