@@ -101,6 +101,17 @@ def test_demo_command_builds_and_backs_up(tmp_path, capsys):
     assert "0 exported" in capsys.readouterr().out
 
 
+def test_demo_plan_only_says_what_plan_says(tmp_path, capsys):
+    """Hardening 24: 'demo --plan-only' listed 50 studies where 'plan' (and the next run) does one batch."""
+    import re
+
+    assert cli.main(["demo", "--dir", str(tmp_path / "d"), "--studies", "1", "--plan-only"]) == 0
+    demo_says = re.search(r"Next run exports (\d+) studies", capsys.readouterr().out)
+    assert cli.main(["plan", "--config", str(tmp_path / "d" / "horos-backup.toml")]) == 0
+    plan_says = re.search(r"Next run exports (\d+) studies", capsys.readouterr().out)
+    assert demo_says and plan_says and demo_says.group(1) == plan_says.group(1) == "8"  # the demo's batch_size
+
+
 # -- a read-only backup volume, the run lock, pipes, unmounted volumes ----------------------------------
 def _clean_close(cfg) -> None:
     """The ledger as a clean close leaves it on macOS: no -wal/-shm beside it (the case that needs
@@ -150,9 +161,13 @@ def test_lock_held_is_reported_once(setup, capsys):
     cfg.work_dir.mkdir(parents=True)
     with RunLock(cfg.work_dir / "run.lock"):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
-    err = capsys.readouterr().err
-    assert err.count("holds") == 1, err
-    assert "LockHeld" in (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8")  # still in the log
+    captured = capsys.readouterr()
+    assert captured.out.count("holds") == 1 and "holds" not in captured.err, captured
+    # Hardening 24: expected every 10 minutes under launchd: one INFO line in the log, not an ERROR
+    log = (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8").splitlines()
+    held = [line for line in log if "holds" in line]
+    assert len(held) == 1 and " INFO " in held[0] and "exit 4" in held[0], held
+    assert not [line for line in log if " ERROR " in line], log
 
 
 def _to_closed_pipe(argv, path) -> subprocess.CompletedProcess:

@@ -118,6 +118,7 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
     for p in removed:
         log.info("removed temp file left by an interrupted run: %s", shown(cfg, _relative(cfg, p)))
     disk = await offload(zips_on_disk, cfg.backup_dir)
+    stats["on_disk"] = len(disk)
     known = await ledger.zip_rows()
     unknown = [rel for rel in sorted(disk) if rel not in known]
     deep = len(unknown) <= deep_limit
