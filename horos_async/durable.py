@@ -176,8 +176,23 @@ def discard(path: Path) -> None:
         log.warning("could not remove temp file %s: %s", naming.redact_zip_path(str(path)), exc.strerror or exc)
 
 
+def is_own_temp(name: str, pid: Optional[int] = None) -> bool:
+    """True for a temp name whose tag starts with this process's pid (``.x.<pid>.partial``,
+    ``.x.<pid>-<n>.partial``): a file this process is writing now, not one a crash left."""
+    if not is_temp_name(name):
+        return False
+    tag = name[:-len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
+    mine = str(os.getpid() if pid is None else pid)
+    return tag == mine or tag.startswith(mine + "-")
+
+
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
-    """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it)."""
+    """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it).
+
+    This process's own temp files (the live status file being replaced while the run starts) are
+    kept: they are not left by anyone. A crashed process whose pid we now have left one only by
+    chance; the next run, with another pid, removes it.
+    """
     removed: List[Path] = []
     root = Path(directory)
     if not root.is_dir():
@@ -190,7 +205,7 @@ def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
                 if entry.is_dir(follow_symlinks=False):
                     if depth < max_depth:
                         pending.append((Path(entry.path), depth + 1))
-                elif is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                elif is_temp_name(entry.name) and not is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
                     try:
                         os.unlink(entry.path)
                     except FileNotFoundError:

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple
 import aiosqlite
 
 from horos_async.config import Config
-from horos_async.errors import DatabaseUnavailable, SchemaError
+from horos_async.errors import DatabaseUnavailable, SchemaError, VolumeError
 from horos_async.models import StudyRow
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone, system_zone
 
@@ -126,9 +126,11 @@ class HorosReader:
 
     async def _open(self) -> None:
         if not self.path.is_file():
-            raise DatabaseUnavailable(
-                f"Horos database not found at {self.path}; check 'horos_data' in the config and that the "
-                f"Horos volume is mounted")
+            # Not "busy, will retry": nothing is there to wait for (a wrong 'horos_data', or the volume
+            # is not mounted), the same as a missing Horos folder (exit 7).
+            raise VolumeError(
+                f"Horos database not found at {self.path}{self.cfg.horos_data_hint()}; check 'horos_data' in "
+                f"the config and that the Horos volume is mounted. Nothing was written")
         await self.close()
         # as_uri() quotes '#', '?' and spaces: a hand-built "file:" URI could open another (empty) file.
         uri = self.path.resolve().as_uri() + "?mode=ro"

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from horos_async import guards, platform
+from horos_async import guards, naming, platform
 from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
@@ -233,12 +234,15 @@ def _when(ts: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
-def render(snap: Snapshot) -> str:
-    """Human-readable status."""
+def render(snap: Snapshot, width: int = 80) -> str:
+    """Human-readable status, every line at most ``width`` columns (an 80-column SSH terminal): long
+    sentences wrap, a ZIP name or UID is shortened in the middle with ``…``, an issue's detail takes
+    at most two lines (all of it is in issues.csv)."""
+    width = max(width, 60)
     lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
     if snap.engine == EngineState.UNREADABLE:
         lines.append("Archive: unknown (the backup state could not be read; see above)")
-        return "\n".join(lines)
+        return _wrapped(lines, width)
     if snap.eligible is not None:
         lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
@@ -248,8 +252,10 @@ def render(snap: Snapshot) -> str:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")
     for j in snap.jobs:
-        lines.append(f"  zipping {j.label}: {j.files_done}/{j.files_total} files, "
-                     f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        counts = (f": {j.files_done}/{j.files_total} files, "
+                  f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        label = naming.fit_middle(naming.printable(j.label), width - len("  zipping ") - len(counts))
+        lines.append(f"  zipping {label}{counts}")
     if snap.next_run:
         lines.append(f"Next scheduled run: about {_when(snap.next_run)}")
     if snap.runs:
@@ -260,5 +266,22 @@ def render(snap: Snapshot) -> str:
     if snap.issues:
         lines.append("Recent issues:")
         for i in snap.issues[:10]:
-            lines.append(f"  {_when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
-    return "\n".join(lines)
+            head = f"  {_when(i.ts)}  {i.code:<19} "
+            lines.append(head + naming.fit_middle(i.uid or "-", width - len(head)))
+            detail = textwrap.wrap(naming.printable(i.detail), width - 6) or [""]
+            if len(detail) > 2:
+                detail = [detail[0], naming.fit_end(" ".join(detail[1:]), width - 6)]
+            lines += [f"      {d}" for d in detail if d]
+    return _wrapped(lines, width)
+
+
+def _wrapped(lines, width: int) -> str:
+    """Lines longer than ``width`` wrapped, the continuation indented two more than the line."""
+    out = []
+    for line in lines:
+        if naming.cells(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [line[:width]]
+    return "\n".join(out)

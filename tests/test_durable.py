@@ -215,6 +215,19 @@ def test_remove_stale_temps_removes_only_partials(tmp_path):
     assert durable.remove_stale_temps(tmp_path / "missing") == []
 
 
+def test_remove_stale_temps_keeps_the_temp_files_of_this_process(tmp_path):
+    """Hardening 24: every run logged "removed temp file left by an interrupted run" for the live
+    status file it was itself replacing."""
+    pid = os.getpid()
+    mine = [_write(tmp_path / f".status.json.{pid}.partial", b"{}"),
+            _write(tmp_path / f".a.zip.{pid}-1.partial", b"being written")]
+    left = [_write(tmp_path / f".status.json.{pid + 1}.partial", b"{}"),
+            _write(tmp_path / f".a.zip.{pid}1-1.partial", b"another pid that starts with ours")]
+    assert sorted(durable.remove_stale_temps(tmp_path)) == sorted(left)
+    assert all(p.exists() for p in mine)
+    assert durable.is_own_temp(f".x.{pid}-ab.partial") and not durable.is_own_temp(f".x.{pid}.zip")
+
+
 # --- platform: full_fsync and sync_dir -----------------------------------------------------------
 
 

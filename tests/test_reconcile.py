@@ -352,3 +352,32 @@ def test_zips_adopted_without_a_crc_pass_are_not_stamped_verified(backed_up):
     lose_ledger(cfg)
     asyncio.run(rebuild.rebuild(cfg, deep=True))  # every CRC read: stamped
     assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]
+
+
+def test_a_clean_run_reports_no_temp_file_left_by_an_interrupted_run(backed_up, caplog):
+    """Hardening 24: each run logged the removal of its own live-status temp file as a crash's leftover."""
+    lib, cfg = backed_up
+    dead = durable.temp_path_for(cfg.work_dir / "status.json", "999999999")  # what a killed run leaves
+    dead.write_bytes(b"{}")
+    with caplog.at_level(logging.INFO, logger="horos_async"):
+        for _ in range(5):
+            run(cfg, until_done=True)
+    removed = [r.getMessage() for r in caplog.records if "removed temp file" in r.getMessage()]
+    assert len(removed) == 1 and "999999999" in removed[0], removed
+    assert not dead.exists()
+
+
+def test_rebuild_ledger_on_a_healthy_ledger_says_nothing_to_rebuild(backed_up, capsys):
+    """Hardening 24: it printed "ledger rebuilt: 0 ZIPs adopted" for a ledger that needed nothing."""
+    from horos_async import cli, config as config_mod
+
+    lib, cfg = backed_up
+    cfg.source.write_text(config_mod.render_toml(cfg), encoding="utf-8")
+    n = len(zips(cfg.backup_dir))
+    assert cli.main(["rebuild-ledger", "--config", str(cfg.source)]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing to rebuild: the ledger already records every ZIP on disk ({n} ZIPs)" in out
+    assert "rebuilt" not in out
+    lose_ledger(cfg)
+    assert cli.main(["rebuild-ledger", "--config", str(cfg.source)]) == 0
+    assert f"ledger rebuilt: {n} ZIPs adopted" in capsys.readouterr().out

@@ -208,3 +208,32 @@ def test_a_damaged_or_older_live_file_never_raises(tmp_path, demo_lib):
     assert [j.files_done for j in snap.jobs] == [0, 2] and snap.finished[1].uid == ""
     assert snap.months == (("2019_02", 3, 1),) and snap.throughput == ((1.5, 2, 3),)
     assert "Engine: STALE" in status.render(snap)
+
+
+def test_status_text_fits_an_80_column_terminal(tmp_path, capsys, monkeypatch):
+    """Hardening 23: issue lines were ~200 columns, the detail cut at 90 characters without a '…'."""
+    uid = "1.2.826.0.1.3680043.10.1234.1.123456789012345678901234567890"
+    long_detail = "12 of 388 files missing, e.g. " + "/Volumes/PACS/Database/Horos Data/DATABASE.noindex/10000/" * 4
+    snap = status.Snapshot(taken=time.time(), engine="idle", detail="last run ok " + "and a long explanation " * 6,
+                           issues=(status.IssueRow(time.time(), "MISSING_FILES", uid, "", long_detail),
+                                   status.IssueRow(time.time(), "INCOMING_OVER_LIMIT", "", "", "short")))
+    text = status.render(snap, width=80)
+    lines = text.splitlines()
+    assert max(columns(line) for line in lines) <= 80, max(lines, key=columns)
+    uid_line = next(line for line in lines if "MISSING_FILES" in line)
+    assert uid_line.endswith(uid[-18:]) and "…" in uid_line  # the UID's end is what tells studies apart
+    detail = lines[lines.index(uid_line) + 1: lines.index(uid_line) + 3]
+    assert detail[0].strip().startswith("12 of 388 files missing") and detail[1].endswith("…")
+    assert "      short" in lines
+    lib, cfg = backed_up_library(tmp_path, studies=1)  # a real run leaves MISSING_FILES / NO_FILES issues
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["status", "--config", str(write_config(cfg))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "Recent issues:" in out and max(columns(line) for line in out) <= 80, max(out, key=columns)
+
+
+def columns(line: str) -> int:
+    """Terminal columns of ``line`` (wide CJK/emoji characters take two), measured independently of the code."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)

@@ -130,6 +130,7 @@ async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offl
     for p in removed:
         log.info("removed temp file left by an interrupted run: %s", shown(cfg, _relative(cfg, p)))
     disk = await offload(zips_on_disk, cfg.backup_dir)
+    stats["on_disk"] = len(disk)
     known = await ledger.zip_rows()
     unknown = [rel for rel in sorted(disk) if rel not in known]
     gone: Dict[str, List[str]] = {}  # study key -> its recorded ZIPs no longer at their path

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import astuple, dataclass, fields
 from typing import Iterable, List, Optional
 
-from horos_async import guards
+from horos_async import guards, naming
 from horos_async.backup import reconcile
 from horos_async.backup.identity import read_identity
 from horos_async.config import Config
@@ -137,16 +137,53 @@ def to_csv(rows: Iterable[Row], delimiter: str = ",") -> str:
     return BOM + buf.getvalue()
 
 
-def to_table(rows: List[Row], name_width: int = 32) -> str:
-    """An aligned text table for the terminal."""
+def to_table(rows: List[Row], name_width: int = 32, width: Optional[int] = None) -> str:
+    """An aligned text table for the terminal: one line per study with every column (``width`` None,
+    ``catalog --wide``), or two lines per study that fit ``width`` columns (an 80-column SSH terminal):
+    the patient, dates, modalities, size and version, then the state and the ZIP path (its middle
+    shortened with ``…`` only when it cannot fit)."""
+    if width is not None:
+        return _narrow_table(rows, width)
     def short(text: str, width: int) -> str:
         return text if len(text) <= width else text[:width - 1] + "…"
 
     head = ("Patient", "Born", "Study date", "Mod", "Study UID", "ZIP", "MB", "Exported", "v", "State")
-    body = [(short(r.patient_name, name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
+    body = [(short(naming.printable(r.patient_name), name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
              f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version), r.state) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    lines.append(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}")
+    lines.append(_count(rows))
+    return "\n".join(lines)
+
+
+def _count(rows: List[Row]) -> str:
+    return f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}"
+
+
+def _narrow_table(rows: List[Row], width: int) -> str:
+    width = max(width, 60)
+    facts = [(r.birth_date, r.study_date, naming.fit_end(r.modalities, 11), f"{r.zip_bytes / 1e6:.1f}",
+              str(r.version)) for r in rows]
+    head = ("Born", "Study date", "Mod", "MB", "v")
+    cols = [max([len(h)] + [len(f[i]) for f in facts]) for i, h in enumerate(head)]
+    patient = max(12, width - sum(cols) - 2 * len(cols))
+    right = (False, False, False, True, True)
+
+    def line(first: str, cells: tuple) -> str:
+        parts = [naming.pad(first, patient)]
+        parts += [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, cols, right)]
+        return "  ".join(parts).rstrip()
+
+    lines = [line("Patient", head), "  State  ZIP (in backup_dir)"]
+    shortened = False
+    for r, f in zip(rows, facts):
+        lines.append(line(naming.printable(r.patient_name), f))
+        room = width - 4 - naming.cells(r.state)
+        shown = naming.fit_middle(r.zip_path, room)
+        shortened = shortened or shown != r.zip_path
+        lines.append(f"  {r.state}  {shown}".rstrip())
+    lines.append(_count(rows))
+    if shortened:
+        lines.append("ZIP names shortened with …: 'catalog --wide' or '--csv' shows them in full")
     return "\n".join(lines)

@@ -92,7 +92,7 @@ def describe(snapshot: Optional[Snapshot], zone: Optional[dt.tzinfo]) -> HeaderV
 
 def _schedule(s: Snapshot, zone: Optional[dt.tzinfo]) -> str:
     if not s.launchd_installed:
-        return "launchd agent not installed: no scheduled runs"
+        return "not scheduled: no launchd agent"  # short: it shares an 80-column line with the last run
     if s.next_run is None:
         return "next run: when launchd starts it"
     return f"next ≈ {fmt.clock_time(s.next_run, zone, s.taken)} ({fmt.ago(s.next_run, s.taken)})"
