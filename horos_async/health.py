@@ -3,12 +3,13 @@
 docs/design/durability.md §7: a run refused before it can write anything (sentinel missing, backup folder
 missing or read-only, database unavailable, lock held) leaves nothing on the backup volume, so ``status``
 could only say "idle". This module owns the health file, ``<state_dir>/health.json`` on the Mac's own
-disk (``Config.health_dir``): the format both ways (:func:`dumps`, :func:`read`) and how an attempt
+disk (``Config.health_path``): the format both ways (:func:`dumps`, :func:`read`) and how an attempt
 changes it (:func:`add`: the last :data:`KEEP_ATTEMPTS` are kept; the summary fields, failing since, last
 success, last export, survive the trimming). ``state.attempts`` writes it, durably and under a lock;
-this module writes nothing, so ``status`` and the TUI can read it without reaching a writer. :func:`evaluate` turns it, with what ``status`` read, into a
-:class:`Health`: ``ok``, ``failing``, ``stalled``, ``no-progress`` or ``not-scheduled``, each with the
-exit code ``status`` returns (README "Health").
+this module writes nothing, so ``status`` and the TUI can read it without reaching a writer.
+:func:`evaluate` turns it, with what ``status`` read, into a :class:`Health`: ``ok``, ``failing``,
+``stalled``, ``no-progress`` or ``not-scheduled``, each with the exit code ``status`` returns (README
+"Health").
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from horos_async.codes import EngineState, HealthCode, HealthState
 from horos_async.config import Config
 from horos_async.errors import (EXIT_DATABASE, EXIT_DISK, EXIT_HEALTH_FAILING, EXIT_HEALTH_NO_PROGRESS,
                                 EXIT_HEALTH_NOT_SCHEDULED, EXIT_HEALTH_STALLED, EXIT_INTERNAL,
                                 EXIT_INTERRUPTED, EXIT_LEDGER, EXIT_LOCKED, EXIT_OK, EXIT_SENTINEL,
                                 EXIT_SOURCE, EXIT_VOLUME)
 
-HEALTH_FILE = "health.json"
 VERSION = 1
 KEEP_ATTEMPTS = 200
 """Attempts kept in the file (about 33 hours at the default 10-minute interval; ~60 kB)."""
@@ -36,8 +36,9 @@ MISSED_INTERVALS = 3
 NO_PROGRESS_SECONDS = 24 * 3600.0
 """Nothing exported for this long while studies are due: no progress."""
 
-OK, FAILING, STALLED, NO_PROGRESS, NOT_SCHEDULED = "ok", "failing", "stalled", "no-progress", "not-scheduled"
-STATES = (OK, FAILING, STALLED, NO_PROGRESS, NOT_SCHEDULED)
+OK, FAILING, STALLED, NO_PROGRESS, NOT_SCHEDULED = (HealthState.OK, HealthState.FAILING, HealthState.STALLED,
+                                                   HealthState.NO_PROGRESS, HealthState.NOT_SCHEDULED)
+STATES = tuple(HealthState)
 EXIT_CODES = {OK: EXIT_OK, FAILING: EXIT_HEALTH_FAILING, STALLED: EXIT_HEALTH_STALLED,
               NO_PROGRESS: EXIT_HEALTH_NO_PROGRESS, NOT_SCHEDULED: EXIT_HEALTH_NOT_SCHEDULED}
 
@@ -45,37 +46,33 @@ NEUTRAL_EXITS = (EXIT_LOCKED, EXIT_INTERRUPTED)
 """A start that found a run going, or a run stopped by a signal: neither a failure nor a success."""
 
 # The condition code of a failed attempt, by exit code (DISK_LOW and DISK_FULL share exit 6: the caller
-# says which), and the short fix ``status`` shows under a FAILING line.
-CONDITIONS: Dict[int, Tuple[str, str]] = {
-    EXIT_SENTINEL: ("SENTINEL_MISSING", "mount the backup volume, or create the sentinel on the right disk"),
-    EXIT_DATABASE: ("DATABASE_UNAVAILABLE", "let Horos finish (or open it so it recovers its database); "
-                                            "run 'horos-backup doctor' if it lasts"),
-    EXIT_DISK: ("DISK_FULL", "free space on the backup volume, or move the backup to a bigger disk"),
-    EXIT_VOLUME: ("VOLUME_UNAVAILABLE", "mount the volume named above, or make the backup folder writable"),
-    EXIT_LEDGER: ("LEDGER_DAMAGED", "move the ledger aside and run 'horos-backup rebuild-ledger'"),
-    EXIT_SOURCE: ("HOROS_DB_SHRANK", "mount the right Horos Data; if the change was deliberate, run "
-                                     "'horos-backup run --accept-horos-db' once"),
-    EXIT_INTERNAL: ("INTERNAL_ERROR", "a bug: report it with the traceback from the log"),
+# says which); its ``action`` is the short fix ``status`` shows under a FAILING line.
+CONDITIONS: Dict[int, HealthCode] = {
+    EXIT_SENTINEL: HealthCode.SENTINEL_MISSING, EXIT_DATABASE: HealthCode.DATABASE_UNAVAILABLE,
+    EXIT_DISK: HealthCode.DISK_FULL, EXIT_VOLUME: HealthCode.VOLUME_UNAVAILABLE,
+    EXIT_LEDGER: HealthCode.LEDGER_DAMAGED, EXIT_SOURCE: HealthCode.HOROS_DB_SHRANK,
+    EXIT_INTERNAL: HealthCode.INTERNAL_ERROR,
 }
-REFUSED_CODES = ("SENTINEL_MISSING", "DATABASE_UNAVAILABLE", "VOLUME_UNAVAILABLE", "LEDGER_DAMAGED",
-                 "HOROS_DB_SHRANK")
+REFUSED_CODES: Tuple[HealthCode, ...] = (HealthCode.SENTINEL_MISSING, HealthCode.DATABASE_UNAVAILABLE,
+                                         HealthCode.VOLUME_UNAVAILABLE, HealthCode.LEDGER_DAMAGED,
+                                         HealthCode.HOROS_DB_SHRANK)
 """Conditions whose runs are refused before anything is written."""
 
 
 def condition_of(exit_code: int, disk_code: str = "") -> str:
     """The condition code of an attempt that failed with ``exit_code`` ("" for success or neutral ends)."""
-    if exit_code == EXIT_DISK and disk_code in ("DISK_LOW", "DISK_FULL"):
-        return disk_code
+    if exit_code == EXIT_DISK and disk_code in (HealthCode.DISK_LOW, HealthCode.DISK_FULL):
+        return HealthCode(disk_code)
     if exit_code in (EXIT_OK,) + NEUTRAL_EXITS:
         return ""
-    return CONDITIONS.get(exit_code, ("RUN_FAILED", ""))[0]
+    return CONDITIONS.get(exit_code, HealthCode.RUN_FAILED)
 
 
 def fix_for(code: str) -> str:
-    """The short next step for a condition code ("" when unknown)."""
-    if code == "DISK_LOW":
-        code = "DISK_FULL"
-    return next((fix for c, fix in CONDITIONS.values() if c == code), "")
+    """The short next step for a failed attempt's condition code ("" when unknown or not a failure's)."""
+    if code in CONDITIONS.values() or code == HealthCode.DISK_LOW:
+        return HealthCode(code).action
+    return ""
 
 
 @dataclass(frozen=True)
@@ -143,15 +140,10 @@ class HealthRecord:
         return next((a.ended for a in reversed(self.attempts) if a.exit_code != EXIT_LOCKED), None)
 
 
-def health_path(cfg: Config) -> Path:
-    """``<state_dir>/health.json``."""
-    return cfg.health_dir / HEALTH_FILE
-
-
 def read(cfg: Config) -> HealthRecord:
     """The health file as it is (an empty record when there is none yet). Raises OSError/ValueError."""
     try:
-        raw = health_path(cfg).read_bytes()
+        raw = cfg.health_path.read_bytes()
     except FileNotFoundError:
         return HealthRecord()
     return loads(raw)
@@ -230,7 +222,7 @@ class Observed:
 def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None) -> Health:
     """The health verdict; the worst of FAILING > STALLED > NO PROGRESS > NOT SCHEDULED, else OK."""
     now = seen.now
-    progressing = seen.run_alive and seen.engine == "running" and \
+    progressing = seen.run_alive and seen.engine == EngineState.RUNNING and \
         (seen.progress_at is None or now - seen.progress_at < STALL_SECONDS)
     verdicts: List[Health] = []
     f = rec.failing
@@ -251,13 +243,13 @@ def evaluate(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo] = None
             verdicts.append(Health(
                 NO_PROGRESS, f"NO PROGRESS - nothing exported {since}, {_hours(now - ref)}, while "
                              f"{seen.due:,} studies are due",
-                "see 'Recent issues' and issues.csv; 'horos-backup run --progress' shows each study",
-                ref, 0, "NO_PROGRESS", rec.last_success, EXIT_HEALTH_NO_PROGRESS))
+                HealthCode.NO_PROGRESS.action, ref, 0, HealthCode.NO_PROGRESS, rec.last_success,
+                EXIT_HEALTH_NO_PROGRESS))
     if not seen.scheduled:
         verdicts.append(Health(
             NOT_SCHEDULED, "NOT SCHEDULED - the LaunchAgent is not installed: no backup runs unless started "
                            "by hand", "horos-backup launchd install --config <your config>", None, 0,
-            "NOT_SCHEDULED", rec.last_success, EXIT_HEALTH_NOT_SCHEDULED))
+            HealthCode.NOT_SCHEDULED, rec.last_success, EXIT_HEALTH_NOT_SCHEDULED))
     if verdicts:
         first = verdicts[0]
         problems = tuple((v.code, v.summary, v.fix) for v in verdicts if v.state != NOT_SCHEDULED)
@@ -275,7 +267,7 @@ def _stalled(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo]) -> Op
         if ref is not None and now - ref >= STALL_SECONDS:
             pid = f" (pid {seen.pid})" if seen.pid else ""
             return Health(STALLED, f"STALLED - the run started {stamp(seen.run_started, zone, now)}{pid} has "
-                                   f"made no progress for {_minutes(now - ref)}", fix, ref, 0, "STALLED",
+                                   f"made no progress for {_minutes(now - ref)}", fix, ref, 0, HealthCode.STALLED,
                           rec.last_success, EXIT_HEALTH_STALLED)
         return None
     if not seen.scheduled:
@@ -289,14 +281,14 @@ def _stalled(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo]) -> Op
                                                                      f"({stamp(ref, zone, now)})"
         return Health(STALLED, f"STALLED - no run has ended {last}, {MISSED_INTERVALS} intervals of "
                                f"{_minutes(seen.interval)} and more: launchd is not starting runs (Mac asleep, "
-                               f"user logged out?)", fix, ref, 0, "STALLED", rec.last_success,
+                               f"user logged out?)", fix, ref, 0, HealthCode.STALLED, rec.last_success,
                       EXIT_HEALTH_STALLED)
     return None
 
 
 def _ok_summary(rec: HealthRecord, seen: Observed, zone: Optional[dt.tzinfo]) -> str:
     now = seen.now
-    if seen.engine == "running":
+    if seen.engine == EngineState.RUNNING:
         return "OK - a run is going" + (f", last success {_ago(rec.last_success, now)}" if rec.last_success else "")
     if rec.last_success is not None:
         return f"OK - last success {_ago(rec.last_success, now)} ({stamp(rec.last_success, zone, now)})"

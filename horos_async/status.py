@@ -1,9 +1,10 @@
 """A read-only snapshot of the engine for any front end (CLI ``status``, ``horos-tui``); no Textual here.
 
 Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
-replaces about twice a second, the ledger opened ``mode=ro``, and the health file kept off the backup
-volume (``horos_async.health``), whose verdict leads every front end and sets ``status``'s exit code. A live file whose heartbeat is older
-than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
+replaces about twice a second (format and parser: ``state.live``), the ledger opened ``mode=ro``, and the
+health file kept off the backup volume (``horos_async.health``), whose verdict leads every front end and
+sets ``status``'s exit code. A live file whose heartbeat is older than ``STALE_SECONDS`` while its
+process is gone is reported as stale, never as idle.
 
 State that cannot be read (backup volume not mounted, ledger damaged or unreadable) is ``unreadable``
 with the reason and the exit code ``status`` returns, never "0 studies backed up". The archive counts
@@ -15,78 +16,35 @@ agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
 import sqlite3
+import textwrap
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from horos_async import guards, health as health_mod, platform
+from horos_async import guards, health as health_mod, naming, platform
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.health import Health
-from horos_async.state.ledger import open_readonly
+from horos_async.models import DONE, FAILED
+from horos_async.state import live as live_file
+from horos_async.state.ledger_read import LedgerReader
+from horos_async.state.ledger_records import IssueRecord, RunRecord, RunsSince, StateTotals
+from horos_async.state.live import Finished, Job, LiveStatus  # noqa: F401 (the live file's records, shown as they are)
 from horos_async.timezones import zone_of
 
 STALE_SECONDS = 10.0
-LIVE_FILE = "status.json"
 ACHIEVED_DAYS = 3.0
 """The ETA divides what is pending by the studies exported per hour over this many days of runs."""
 
 
-@dataclass(frozen=True)
-class Job:
-    """One running ZIP job."""
-
-    uid: str
-    label: str
-    """ZIP file name (what the operator sees on disk)."""
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    started: float
-    """Unix seconds."""
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A study finished in the current batch."""
-
-    uid: str
-    label: str
-    status: str
-    """``done``, ``partial`` or ``failed``."""
-    code: str
-    seconds: float
-    bytes: int
-
-
-@dataclass(frozen=True)
-class IssueRow:
-    """One row of the issue log."""
-
-    ts: float
-    code: str
-    uid: str
-    zip_path: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One past or current run."""
-
-    id: int
-    started: float
-    ended: Optional[float]
-    outcome: str
-    exit_code: Optional[int]
-    studies_done: int
-    studies_failed: int
-    bytes_in: int
+IssueRow = IssueRecord
+"""One row of the issue log (the ledger's record, under the name front ends know)."""
+RunRow = RunRecord
+"""One past or current run (the ledger's record, under the name front ends know)."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +53,8 @@ class Snapshot:
 
     taken: float
     engine: str
-    """``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine died or hung),
-    ``never-run`` or ``unreadable``."""
+    """``codes.EngineState``: ``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine
+    died or hung), ``never-run`` or ``unreadable``."""
     detail: str
     """One human line explaining ``engine``."""
     pid: Optional[int] = None
@@ -188,27 +146,26 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
 
 
 
-def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
-    path = cfg.work_dir / LIVE_FILE
+def _read_live(cfg: Config) -> Optional[LiveStatus]:
+    path = cfg.live_status_path
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        return live_file.load(path)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid JSON: {exc}"
         raise VolumeError(f"cannot read the engine's live state {path} ({why})") from None
-    return data if isinstance(data, dict) else None
 
 
 def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) -> Dict[str, Any]:
-    """Counts, months, issues and runs from the ledger; LedgerError when damaged, VolumeError when unreadable."""
+    """Counts, months, issues, runs and the runs of the last days from the ledger; LedgerError when damaged,
+    VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
-                           "achieved": (None, 0)}
+                           "achieved": RunsSince()}
     path = cfg.ledger_path
     if not path.exists():
         return out
     try:
-        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit, now)
+        with LedgerReader.open(path) as led:
+            return _query_ledger(led, out, issues_limit, runs_limit, now)
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None
@@ -219,31 +176,18 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) ->
             f"ZIPs on disk") from None
 
 
-def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: int,
+def _query_ledger(led: LedgerReader, out: Dict[str, Any], issues_limit: int,
                   runs_limit: int, now: float) -> Dict[str, Any]:
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"studies", "issues", "runs"} <= tables:
-            return out  # an empty ledger the engine is creating right now
-        out["read"] = True
-        for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
-            if state == "done":
-                out["done"], out["bytes_done"] = n, b
-            elif state == "failed":
-                out["failed"] = n
-        out["months"] = {m: n for m, n in con.execute(
-            "SELECT month, COUNT(*) FROM studies WHERE state='done' GROUP BY month")}
-        out["issues"] = tuple(IssueRow(r[0], r[1], r[2] or "", r[3] or "", r[4] or "") for r in con.execute(
-            "SELECT ts, code, uid, zip_path, detail FROM issues ORDER BY id DESC LIMIT ?", (issues_limit,)))
-        out["runs"] = tuple(RunRow(r[0], r[1], r[2], r[3] or "", r[4], r[5] or 0, r[6] or 0, r[7] or 0)
-                            for r in con.execute(
-            "SELECT id, started, ended, outcome, exit_code, studies_done, studies_failed, bytes_in FROM runs "
-            "ORDER BY id DESC LIMIT ?", (runs_limit,)))
-        first, studies = con.execute("SELECT MIN(started), COALESCE(SUM(studies_done), 0) FROM runs "
-                                     "WHERE started >= ?", (now - ACHIEVED_DAYS * 86400,)).fetchone()
-        out["achieved"] = (first, int(studies or 0))
-    finally:
-        con.close()
+    if not led.is_ready():
+        return out  # an empty ledger the engine is creating right now
+    out["read"] = True
+    totals = led.state_totals()
+    done, failed = totals.get(DONE, StateTotals()), totals.get(FAILED, StateTotals())
+    out["done"], out["bytes_done"], out["failed"] = done.studies, done.bytes_in, failed.studies
+    out["months"] = led.done_per_month()
+    out["issues"] = led.recent_issues(issues_limit)
+    out["runs"] = led.recent_runs(runs_limit)
+    out["achieved"] = led.runs_since(now - ACHIEVED_DAYS * 86400)
     return out
 
 
@@ -263,7 +207,7 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
 def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> Snapshot:
     """The Snapshot of the backup volume's state (live file and ledger), without the health verdict."""
     zone = zone_of(cfg.timezone)
-    unread = dict(taken=now, engine="unreadable", host=socket.gethostname(), timezone=cfg.timezone,
+    unread = dict(taken=now, engine=EngineState.UNREADABLE, host=socket.gethostname(), timezone=cfg.timezone,
                   launchd_installed=launchd_plist_path().exists())
     missing = guards.backup_dir_missing(cfg)
     if missing:
@@ -281,62 +225,49 @@ def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> 
     runs = led["runs"]
     last_end = next((r.ended for r in runs if r.ended), None)
     next_run = last_end + cfg.start_interval if installed and last_end else None
-    first, studies = led["achieved"]
+    first, studies = led["achieved"].first_started, led["achieved"].studies_done
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
                 host=socket.gethostname(), timezone=cfg.timezone)
     if live is None:
         base["achieved"] = (max(0.0, now - first) / 3600.0 if first else 0.0, studies)
         if runs:
-            return Snapshot(engine="idle", detail="no live state; last run recorded in the ledger", **base)
-        return Snapshot(engine="never-run", detail="horos-backup has not run yet with this backup folder", **base)
-    totals = live.get("totals") or {}
-    months = tuple((m, int(v[0]), int(v[1])) for m, v in sorted((live.get("months") or {}).items()))
-    inc = live.get("incoming") or {}
-    guard = live.get("guard") or {}
-    batch = live.get("batch") or {}
-    state = str(live.get("state", ""))
-    alive = guards.pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
-    beat = float(live.get("heartbeat") or 0)
-    if state in ("running", "stopping"):
+            return Snapshot(engine=EngineState.IDLE, detail="no live state; last run recorded in the ledger", **base)
+        return Snapshot(engine=EngineState.NEVER_RUN, detail="horos-backup has not run yet with this backup folder",
+                        **base)
+    alive = guards.pid_alive(live.pid) if live.host in (None, socket.gethostname()) else True
+    beat = live.heartbeat
+    if live.state == EngineState.RUNNING:
         if not alive or now - beat > STALE_SECONDS:
-            engine = "stale"
+            engine = EngineState.STALE
             detail = (f"the engine stopped updating {now - beat:.0f}s ago"
                       + ("" if alive else " and its process is gone (killed or crashed); the next run resumes"))
         else:
-            since = health_mod.stamp(float(live.get("started") or now), zone, now)
-            engine, detail = "running", f"running since {since}, batch {batch.get('index', 0)}"
-    elif state == "paused":
-        engine, detail = "paused", guard.get("detail") or live.get("message") or "paused by a guard"
+            since = health_mod.stamp(now if live.started is None else live.started, zone, now)
+            engine, detail = EngineState.RUNNING, f"running since {since}, batch {live.batch.index}"
+    elif live.state == EngineState.PAUSED:
+        engine, detail = EngineState.PAUSED, live.guard.detail or live.message or "paused by a guard"
     else:
-        engine, detail = "idle", live.get("message") or "last run finished"
-    eligible = totals.get("eligible")
+        engine, detail = EngineState.IDLE, live.message or "last run finished"
+    eligible = live.totals.eligible
     # "done" is the ledger's, read now; "eligible" is from the last scan, which may be minutes old in a
     # long batch or a killed run: pending derived from both, so the three numbers always add up.
-    pending = max(0, int(eligible) - led["done"]) if eligible is not None else None
+    pending = max(0, eligible - led["done"]) if eligible is not None else None
+    months = live.months
     if led.get("read"):  # per month too: done from the ledger, eligible from the scan
         months = tuple((m, e, led["months"].get(m, 0)) for m, e, _ in months)
-    if engine in ("running", "stale"):  # the run going now is in the ledger's runs without its count yet
-        studies += int((live.get("run") or {}).get("studies_done") or 0)
-        first = min(first, float(live.get("started") or now)) if first else float(live.get("started") or now)
+    if engine in (EngineState.RUNNING, EngineState.STALE):  # the run going now: in the ledger's runs, not its count
+        started = now if live.started is None else live.started
+        studies += live.run.studies_done
+        first = min(first, started) if first else started
     base["achieved"] = (max(0.0, now - first) / 3600.0 if first else 0.0, studies)
-    due = totals.get("due")
     return Snapshot(
-        engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
-        phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
-        guard_detail=str(guard.get("detail", "")), incoming_count=inc.get("count"),
-        incoming_limit=int(inc.get("limit") or cfg.incoming_max_files), incoming_capped=bool(inc.get("capped")),
-        jobs=tuple(Job(j.get("uid", ""), j.get("label", ""), int(j.get("files_done", 0)), int(j.get("files_total", 0)),
-                       int(j.get("bytes_done", 0)), int(j.get("bytes_total", 0)), float(j.get("started", 0)))
-                   for j in live.get("jobs") or ()),
-        queued=tuple(batch.get("queued") or ()),
-        finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
-                                float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
-        batch_index=int(batch.get("index") or 0), eligible=eligible, pending=pending, months=months,
-        due=int(due) if due is not None else None, run_alive=alive and state in ("running", "stopping"),
-        progress_at=float(live["progress_at"]) if live.get("progress_at") is not None else None,
-        throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
-        **base)
+        engine=engine, detail=detail, pid=live.pid, run_started=live.started, phase=live.phase,
+        guard_code=live.guard.code, guard_detail=live.guard.detail, incoming_count=live.incoming.count,
+        incoming_limit=live.incoming.limit or cfg.incoming_max_files, incoming_capped=live.incoming.capped,
+        jobs=live.jobs, queued=live.batch.queued, finished=live.batch.finished, batch_index=live.batch.index,
+        eligible=eligible, pending=pending, months=months, throughput=live.samples, due=live.totals.due,
+        run_alive=alive and live.state == EngineState.RUNNING, progress_at=live.progress_at, **base)
 
 
 def _with_health(cfg: Config, snap: Snapshot) -> Snapshot:
@@ -347,7 +278,7 @@ def _with_health(cfg: Config, snap: Snapshot) -> Snapshot:
     except (OSError, ValueError) as exc:
         rec = health_mod.HealthRecord()
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        note = f" (the health file {health_mod.health_path(cfg)} cannot be read: {why})"
+        note = f" (the health file {cfg.health_path} cannot be read: {why})"
     since = None
     if snap.launchd_installed:
         try:
@@ -389,8 +320,11 @@ def zone_line(snap: Snapshot) -> str:
     return f"Times: {name} ({health_mod.zone_label(now)})"
 
 
-def render(snap: Snapshot) -> str:
-    """Human-readable status, health first."""
+def render(snap: Snapshot, width: int = 80) -> str:
+    """Human-readable status, every line at most ``width`` columns (an 80-column SSH terminal): long
+    sentences wrap, a ZIP name or UID is shortened in the middle with ``…``, an issue's detail takes
+    at most two lines (all of it is in issues.csv)."""
+    width = max(width, 60)
     zone = zone_of(snap.timezone)
 
     def when(ts: Optional[float]) -> str:
@@ -405,10 +339,10 @@ def render(snap: Snapshot) -> str:
         if snap.health.fix:
             lines.append(f"  Fix: {snap.health.fix}")
     lines.append(f"Engine: {snap.engine.upper()} - {snap.detail}")
-    if snap.engine == "unreadable":
+    if snap.engine == EngineState.UNREADABLE:
         lines.append("Archive: unknown (the backup state could not be read; see above)")
         lines.append(zone_line(snap))
-        return "\n".join(lines)
+        return _wrapped(lines, width)
     if snap.eligible is not None:
         lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
@@ -419,8 +353,10 @@ def render(snap: Snapshot) -> str:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")
     for j in snap.jobs:
-        lines.append(f"  zipping {j.label}: {j.files_done}/{j.files_total} files, "
-                     f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        counts = (f": {j.files_done}/{j.files_total} files, "
+                  f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        label = naming.fit_middle(naming.printable(j.label), width - len("  zipping ") - len(counts))
+        lines.append(f"  zipping {label}{counts}")
     if snap.next_run:
         lines.append(f"Next scheduled run: about {when(snap.next_run)}")
     if snap.runs:
@@ -431,9 +367,26 @@ def render(snap: Snapshot) -> str:
     if snap.issues:
         lines.append("Recent issues:")
         for i in snap.issues[:10]:
-            lines.append(f"  {when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
+            head = f"  {when(i.ts)}  {i.code:<19} "
+            lines.append(head + naming.fit_middle(i.uid or "-", width - len(head)))
+            detail = textwrap.wrap(naming.printable(i.detail), width - 6) or [""]
+            if len(detail) > 2:
+                detail = [detail[0], naming.fit_end(" ".join(detail[1:]), width - 6)]
+            lines += [f"      {d}" for d in detail if d]
     lines.append(zone_line(snap))
-    return "\n".join(lines)
+    return _wrapped(lines, width)
+
+
+def _wrapped(lines, width: int) -> str:
+    """Lines longer than ``width`` wrapped, the continuation indented two more than the line."""
+    out = []
+    for line in lines:
+        if naming.cells(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [line[:width]]
+    return "\n".join(out)
 
 
 def rate_line(snap: Snapshot) -> str:
@@ -449,7 +402,7 @@ def rate_line(snap: Snapshot) -> str:
         text += "; archive complete"
     elif eta is not None:
         text += f"; ETA {_duration(eta)} for {snap.pending:,} pending"
-    if snap.engine == "running":
+    if snap.engine == EngineState.RUNNING:
         text += f"; now {snap.mb_per_s:.1f} MB/s"
     return text
 

@@ -69,7 +69,7 @@ def test_refused_runs_are_recorded_and_status_says_failing_with_the_fix(setup, c
     assert [a.exit_code for a in rec.attempts] == [EXIT_SENTINEL] * 3
     assert {a.code for a in rec.attempts} == {"SENTINEL_MISSING"} and str(sentinel) in rec.attempts[0].message
     assert rec.failing.count == 3 and rec.failing.since == rec.attempts[0].started
-    assert oct(health.health_path(cfg).stat().st_mode & 0o777) == "0o600"
+    assert oct(cfg.health_path.stat().st_mode & 0o777) == "0o600"
 
     # the backup folder is not there (its disk is unmounted): the state is unreadable (exit 7), and the
     # health file off that disk still says why every run was refused
@@ -131,13 +131,13 @@ def test_bounded_file_keeps_the_episode(tmp_path):
     rec = health.read(cfg)
     assert len(rec.attempts) == health.KEEP_ATTEMPTS and rec.attempts[-1].message == "refused 249"
     assert rec.failing.count == 250 and rec.failing.since == t0  # survives the trimming
-    assert health.health_path(cfg).stat().st_size < 80_000
+    assert cfg.health_path.stat().st_size < 80_000
 
 
 def test_damaged_health_file_is_replaced_not_fatal(tmp_path):
     cfg = config_mod.from_mapping({"state_dir": str(tmp_path / "state")})
     cfg.health_dir.mkdir()
-    health.health_path(cfg).write_text("{half", encoding="utf-8")
+    cfg.health_path.write_text("{half", encoding="utf-8")
     with pytest.raises(ValueError):
         health.read(cfg)
     rec = attempts.record(cfg, Attempt(started=1.0, ended=2.0, outcome="ok", exit_code=0))
@@ -149,7 +149,7 @@ def _live(cfg, **fields):
     doc = {"version": 1, "pid": os.getpid(), "host": os.uname().nodename, "state": "running",
            "heartbeat": time.time(), "started": time.time() - 3600, "totals": {"eligible": 10, "due": 4}}
     doc.update(fields)
-    (cfg.work_dir / "status.json").write_text(json.dumps(doc), encoding="utf-8")
+    cfg.live_status_path.write_text(json.dumps(doc), encoding="utf-8")
 
 
 def test_a_live_run_without_progress_for_30_minutes_is_stalled(setup, capsys, launchd_installed):

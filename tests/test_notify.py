@@ -202,7 +202,7 @@ def test_refused_runs_alert_once_then_daily_then_on_recovery(demo_lib, tmp_path,
 def test_a_start_that_finds_a_run_going_pings_nothing_and_alerts_nothing(demo_lib, tmp_path, web):
     cfg, path = setup_cli(demo_lib, tmp_path, **notify_table(tmp_path, web=web))
     cfg.work_dir.mkdir(parents=True)
-    with RunLock(cfg.work_dir / "run.lock"):  # this test process holds it, as a long run would
+    with RunLock(cfg.lock_path):  # this test process holds it, as a long run would
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
     assert web.requests == []
 
@@ -232,8 +232,8 @@ def test_disk_low_shrunk_database_and_stall_are_told(tmp_path, web):
     # start finds the lock held, exits 4, and tells of the stall
     doc = {"version": 1, "pid": os.getpid(), "host": os.uname().nodename, "state": "running",
            "heartbeat": time.time(), "started": time.time() - 3600, "progress_at": time.time() - 31 * 60}
-    (cfg.work_dir / "status.json").write_text(json.dumps(doc), encoding="utf-8")
-    with RunLock(cfg.work_dir / "run.lock"):
+    cfg.live_status_path.write_text(json.dumps(doc), encoding="utf-8")
+    with RunLock(cfg.lock_path):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
     stalled = [d for d in web.json() if d["code"] == "STALLED"]
     assert len(stalled) == 1 and "has made no progress for 31 min" in stalled[0]["message"]
@@ -345,7 +345,7 @@ def test_password_file_must_be_private_and_the_password_never_shows(demo_lib, tm
     assert "[notify]" in shown and table["smtp_password_file"] in shown and PASSWORD not in shown
     assert cli.main(["run", "--config", str(path), "--until-done"]) == EXIT_OK
     logs = "".join(p.read_text(encoding="utf-8") for p in cfg.log_dir.glob("*.log*"))
-    assert PASSWORD not in logs and PASSWORD not in health.health_path(cfg).read_text(encoding="utf-8")
+    assert PASSWORD not in logs and PASSWORD not in cfg.health_path.read_text(encoding="utf-8")
 
 
 def test_alerts_in_portuguese(demo_lib, tmp_path, smtp):

@@ -13,7 +13,7 @@ import pytest
 
 from horos_async import cli, config as config_mod, demo, health
 from horos_async.errors import EXIT_OK, EXIT_SOURCE, HorosDbShrank
-from horos_async.state.ledger import open_readonly
+from horos_async.state.ledger_read import open_readonly
 
 from helpers import make_config, run, zips
 
@@ -123,7 +123,7 @@ def test_another_path_is_another_database(backed_up, tmp_path):
 def test_first_run_against_an_existing_ledger_compares_with_the_studies_backed_up(backed_up):
     """An upgrade: a ledger, no record of the last database yet; an empty database is still refused."""
     lib, cfg = backed_up
-    (cfg.work_dir / "horos_source.json").unlink()
+    cfg.source_baseline_path.unlink()
     with sqlite3.connect(lib.database) as db:
         db.execute("DELETE FROM ZSERIES")
         db.execute("DELETE FROM ZSTUDY")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Protocol, Tuple
 
 from horos_async import status
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.status import Snapshot
 
@@ -92,7 +93,7 @@ def unreadable(why: str, now: float, previous: Optional[Snapshot] = None) -> Sna
     """A Snapshot saying the status could not be read; keeps the host name and health of the last read."""
     host = previous.host if previous is not None else ""
     health = previous.health if previous is not None else None
-    return Snapshot(taken=now, engine="unreadable", detail=why, host=host, health=health)
+    return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=why, host=host, health=health)
 
 
 def describe_error(exc: BaseException) -> str:

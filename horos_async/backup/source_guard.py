@@ -10,43 +10,36 @@ scan the engine calls :func:`check_source`, which refuses the run when
 * it holds fewer CT/MR studies than ``shrink_threshold`` times the count of the last run (the first
   time: times the studies the ledger has backed up).
 
-What the last run saw is kept per backup in ``backup_dir/.tmp/horos_source.json`` (this module owns
-that file). ``horos-backup run --accept-horos-db`` (:func:`accept`) makes the next check take the
-database as it is.
+What the last run saw is kept per backup in ``Config.source_baseline_path``
+(``backup_dir/.tmp/horos_source.json``; this module owns that file). ``horos-backup run
+--accept-horos-db`` (:func:`accept`) makes the next check take the database as it is.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from pathlib import Path
 from typing import Any, Dict
 
 from horos_async import durable
+from horos_async.blocking import Offload, offload as default_offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.errors import HorosDbShrank
 
 log = logging.getLogger(__name__)
 
-BASELINE_FILE = "horos_source.json"
-CODE = "HOROS_DB_SHRANK"
 ACCEPT_HINT = "horos-backup run --accept-horos-db"
-
-
-def baseline_path(cfg: Config) -> Path:
-    """The file holding what the last run read."""
-    return cfg.work_dir / BASELINE_FILE
 
 
 def read_baseline(cfg: Config) -> Dict[str, Any]:
     """What the last run read ({} when nothing is recorded or the file is unreadable)."""
     try:
-        data = json.loads(baseline_path(cfg).read_text(encoding="utf-8"))
+        data = json.loads(cfg.source_baseline_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s (%s); the next check starts afresh", baseline_path(cfg), exc)
+        log.warning("ignoring unreadable %s (%s); the next check starts afresh", cfg.source_baseline_path, exc)
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -58,11 +51,12 @@ def accept(cfg: Config) -> None:
     _write(cfg, base)
 
 
-async def check_source(cfg: Config, reader, ledger, totals) -> None:
+async def check_source(cfg: Config, reader, ledger, totals, offload: Offload = default_offload) -> None:
     """Raise :class:`HorosDbShrank` when the database shrank or was replaced; else remember it.
 
     ``reader`` is the open ``HorosReader``, ``ledger`` the engine's ``Ledger``, ``totals`` the scan's
-    ``planner.Totals``.
+    ``planner.Totals``; the baseline's durable write goes through ``offload`` (docs/design/architecture.md
+    "Blocking work").
     """
     ident = await reader.identity()
     base = read_baseline(cfg)
@@ -71,7 +65,7 @@ async def check_source(cfg: Config, reader, ledger, totals) -> None:
         log.warning("Horos database %s accepted as it is (%d CT/MR studies), as asked", ident.path,
                     totals.eligible)
         await _clear(ledger)
-        await _write_off_loop(cfg, now)
+        await offload(_write, cfg, now)
         return
     problem = _replaced(base, now) or await _shrunk(cfg, base, now, ledger)
     if problem:
@@ -80,12 +74,12 @@ async def check_source(cfg: Config, reader, ledger, totals) -> None:
                    f"record was touched. Mount the volume and check 'horos_data' in the config; if the "
                    f"change was deliberate (a rebuilt or moved database, studies removed on purpose), "
                    f"run once: {ACCEPT_HINT}")
-        if await ledger.condition(CODE, True, message):
-            await ledger.issue(CODE, message)
+        if await ledger.condition(IssueCode.HOROS_DB_SHRANK, True, message):
+            await ledger.issue(IssueCode.HOROS_DB_SHRANK, message)
         raise HorosDbShrank(message)
     await _clear(ledger)
     if any(base.get(k) != v for k, v in now.items()):
-        await _write_off_loop(cfg, now)
+        await offload(_write, cfg, now)
 
 
 def _replaced(base: Dict[str, Any], now: Dict[str, Any]) -> str:
@@ -106,8 +100,7 @@ async def _shrunk(cfg: Config, base: Dict[str, Any], now: Dict[str, Any], ledger
     """Why the database holds far fewer studies than before, or ""."""
     if not cfg.shrink_threshold:
         return ""
-    counts = await ledger.counts()
-    backed_up = counts.get("done", 0) + counts.get("partial", 0)
+    backed_up = await ledger.backed_up()
     if isinstance(base.get("studies"), int) and base["studies"] > 0:
         reference, what = base["studies"], f"the {base['studies']} it held at the last run"
     else:
@@ -119,13 +112,8 @@ async def _shrunk(cfg: Config, base: Dict[str, Any], now: Dict[str, Any], ledger
 
 
 async def _clear(ledger) -> None:
-    await ledger.condition(CODE, False)
-
-
-async def _write_off_loop(cfg: Config, data: Dict[str, Any]) -> None:
-    """The durable write (an fsync) in a thread, never on the event loop that drives the ZIP jobs."""
-    await asyncio.get_running_loop().run_in_executor(None, _write, cfg, data)
+    await ledger.condition(IssueCode.HOROS_DB_SHRANK, False)
 
 
 def _write(cfg: Config, data: Dict[str, Any]) -> None:
-    durable.write_atomic(baseline_path(cfg), json.dumps(data, indent=1).encode(), overwrite=True)
+    durable.write_atomic(cfg.source_baseline_path, json.dumps(data, indent=1).encode(), overwrite=True)

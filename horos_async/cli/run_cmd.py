@@ -19,9 +19,10 @@ from typing import Any, Callable, Optional
 from horos_async import guards, health, logs, notify, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable
+from horos_async.codes import RunOutcome
 from horos_async.config import Config
-from horos_async.state import attempts
 from horos_async.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, HorosBackupError, LockHeld
+from horos_async.state import attempts
 from horos_async.timezones import zone_of
 
 log = logging.getLogger("horos_async")
@@ -54,12 +55,12 @@ def do_run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     os.umask(0o027)  # ZIPs, ledger, logs: not world-readable (docs/design/durability.md §5)
     progress = args.progress or sys.stdout.isatty()
-    return recorded(cfg, lambda trace: _run(cfg, args, progress, trace), interactive=progress)
+    return recorded(cfg, lambda trace: _run(cfg, args, progress, trace))
 
 
 def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) -> int:
     if not args.now and not schedule.in_window(dt.datetime.now(zone_of(cfg.timezone)), cfg.run_window):
-        trace.outcome = "outside-window"
+        trace.outcome = RunOutcome.OUTSIDE_WINDOW
         trace.message = f"outside run_window {cfg.run_window} ({cfg.timezone or 'local time'})"
         print(f"horos-backup: {trace.message}; nothing done (use --now to override)")
         return EXIT_OK
@@ -75,11 +76,12 @@ def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) ->
                       max_minutes=args.max_minutes, progress=progress, trace=trace)
 
 
-def recorded(cfg: Config, body: Callable[[Trace], int], *, interactive: bool = False) -> int:
+def recorded(cfg: Config, body: Callable[[Trace], int]) -> int:
     """Run ``body`` and record how it ended in the health file, whatever happened; returns its exit code.
 
-    A start that finds a run going (exit 4) is no failure: it says so on stdout only to a person watching,
-    and in the log at INFO (launchd starts one every interval while a long run goes on).
+    Errors are recorded, then raised on to ``cli.main``, which turns them into their message and exit
+    code. A start that finds a run going (exit 4) is recorded as no failure (launchd starts one every
+    interval while a long run goes on); ``cli.main`` says so in one quiet line.
     """
     trace = Trace()
     started = time.time()
@@ -87,22 +89,20 @@ def recorded(cfg: Config, body: Callable[[Trace], int], *, interactive: bool = F
     try:
         code = body(trace)
     except LockHeld as exc:
-        _record(cfg, started, trace, EXIT_LOCKED, "lock-held", str(exc), pinging)
-        log.info("lock held, this start exits quietly: %s", exc, extra=logs.FILE_ONLY)
-        if interactive:
-            say(f"horos-backup: {exc}")
-        return EXIT_LOCKED
+        _record(cfg, started, trace, EXIT_LOCKED, RunOutcome.LOCK_HELD, str(exc), pinging)
+        raise
     except HorosBackupError as exc:
         _record(cfg, started, trace, exc.exit_code, "", str(exc), pinging)
         raise
     except KeyboardInterrupt:
-        _record(cfg, started, trace, EXIT_INTERRUPTED, "interrupted", "interrupted", pinging)
+        _record(cfg, started, trace, EXIT_INTERRUPTED, RunOutcome.INTERRUPTED, "interrupted", pinging)
         raise
     except Exception as exc:  # a bug: cli.main prints the traceback; the health file says a run failed
         _record(cfg, started, trace, EXIT_INTERNAL, "", f"unexpected error (a bug): {type(exc).__name__}: {exc}",
                 pinging)
         raise
-    _record(cfg, started, trace, code, trace.outcome or ("ok" if code == EXIT_OK else ""), trace.message, pinging)
+    _record(cfg, started, trace, code, trace.outcome or (RunOutcome.OK if code == EXIT_OK else ""), trace.message,
+            pinging)
     return code
 
 
@@ -131,7 +131,7 @@ def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: 
     try:
         attempts.record(cfg, attempt)
     except OSError as exc:  # the backup's own exit code stands; the person is told the trace is missing
-        print(f"horos-backup: warning: could not record this run in {health.health_path(cfg)} "
+        print(f"horos-backup: warning: could not record this run in {cfg.health_path} "
               f"({exc.strerror or exc}); 'status' will not show it. Check that folder ('state_dir')",
               file=sys.stderr, flush=True)
     if cfg.notify.channels:
@@ -160,9 +160,9 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
     summary = (f"{result.done} exported, {result.failed} not exported, {result.bytes_in / 1e6:.1f} MB read in "
                f"{took:.1f}s; archive: {result.eligible - result.pending}/{result.eligible} studies backed up")
     log.info("run ended (%s): %s", result.outcome, summary)
-    if result.outcome == "paused":
+    if result.outcome == RunOutcome.PAUSED:
         say(f"horos-backup: paused: {result.message}")
-    elif result.outcome == "interrupted":
+    elif result.outcome == RunOutcome.INTERRUPTED:
         print(f"horos-backup: {result.message}", file=sys.stderr)
     say(f"horos-backup: {summary}")
     if result.failed:

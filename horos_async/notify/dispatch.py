@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from horos_async import guards, status
+from horos_async.codes import HealthCode, IssueCode
 from horos_async.config import Config
+from horos_async.errors import EXIT_INTERRUPTED, EXIT_LOCKED
 from horos_async.health import Attempt, FAILING, REFUSED_CODES, fix_for, stamp
 from horos_async.notify import channels, episodes
 from horos_async.notify.messages import title, word
@@ -32,9 +34,12 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "notify.lock"
 SUMMARY_SECONDS = {"daily": 24 * 3600.0, "weekly": 7 * 24 * 3600.0}
-ALERT_CODES = REFUSED_CODES + ("DISK_FULL", "DISK_LOW", "INTERNAL_ERROR", "RUN_FAILED", "STALLED", "NO_PROGRESS")
+RUN_FAILURES = REFUSED_CODES + (HealthCode.DISK_FULL, HealthCode.DISK_LOW, HealthCode.RUN_FAILED,
+                                HealthCode.INTERNAL_ERROR)
+"""The conditions of failed runs (one FAILING episode, whichever of them is the latest)."""
+ALERT_CODES = RUN_FAILURES + (HealthCode.STALLED, HealthCode.NO_PROGRESS)
 """Conditions told once per episode, reminded daily, and when they recover."""
-SEVERITY = {"NO_PROGRESS": "warning", "DISK_LOW": "warning"}
+SEVERITY = {HealthCode.NO_PROGRESS: "warning", HealthCode.DISK_LOW: "warning"}
 
 
 @dataclass
@@ -150,13 +155,12 @@ def _after_run(cfg: Config, attempt: Attempt) -> List[Delivery]:
             msgs.append(_condition(cfg, snap, "reminder", code, detail, fix, ep.since))
     for code in [c for c in st.open if c not in active]:
         ep = st.open.pop(code)
-        if h is not None and h.state == FAILING and code in REFUSED_CODES + ("DISK_FULL", "DISK_LOW", "RUN_FAILED",
-                                                                             "INTERNAL_ERROR"):
+        if h is not None and h.state == FAILING and code in RUN_FAILURES:
             continue  # the runs still fail, for another reason now: that one is told instead
         msgs.append(_message(cfg, "recovered", code, "info", word(lang, "recovered", title=title(lang, code)),
                              [word(lang, "since", since=stamp(ep.since, zone_of(cfg.timezone), now)),
                               word(lang, "lasted", duration=_duration(now - ep.since))], snap))
-    failed_zips = sorted({i.uid for i in snap.issues if i.code == "ZIP_FAIL" and i.ts >= attempt.started and i.uid})
+    failed_zips = sorted({i.uid for i in snap.issues if i.code == IssueCode.ZIP_FAIL and i.ts >= attempt.started and i.uid})
     if failed_zips:
         msgs.append(_message(cfg, "ZIP_FAIL", "ZIP_FAIL", "warning", title(lang, "ZIP_FAIL"),
                              [word(lang, "zip_fail", count=len(failed_zips)), *failed_zips[:50]], snap))
@@ -168,7 +172,7 @@ def _after_run(cfg: Config, attempt: Attempt) -> List[Delivery]:
                              [word(lang, "summary", health=health_text, **_counts_text(cfg, snap))], snap))
     deliveries = _deliver(cfg, msgs, st)
     episodes.save(cfg, st)
-    if n.healthcheck_url and attempt.exit_code not in (4, 130):  # a start that found a run going, a stop
+    if n.healthcheck_url and attempt.exit_code not in (EXIT_LOCKED, EXIT_INTERRUPTED):  # a start that found a run going, a stop
         suffix = "" if not attempt.failed else "/fail"
         body = f"{attempt.outcome} (exit {attempt.exit_code}) {attempt.message}".strip()
         results = _send_all(cfg, [], ["healthcheck"], ping_suffix=suffix, ping_body=body)
@@ -309,7 +313,7 @@ def _quiet_ping(url: str, body: str) -> None:
 
 def _run_going(cfg: Config) -> bool:
     """A run appears to hold the run lock (its pid, written in the lock file, is alive)."""
-    return guards.pid_alive(guards.read_lock_pid(cfg.work_dir / "run.lock"))
+    return guards.pid_alive(guards.read_lock_pid(cfg.lock_path))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from horos_async import durable
@@ -19,7 +18,6 @@ from horos_async.config import Config
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "notify.json"
 REMIND_SECONDS = 24 * 3600.0
 OUTBOX_MAX = 20
 
@@ -43,22 +41,17 @@ class NotifyState:
     """Undelivered messages: ``{"message": {...}, "channels": [...]}``, oldest first."""
 
 
-def state_path(cfg: Config) -> Path:
-    """``<state_dir>/notify.json``."""
-    return cfg.health_dir / STATE_FILE
-
-
 def load(cfg: Config) -> NotifyState:
     """The state as saved (empty when none, or when the file is damaged: it only holds reminders)."""
     try:
-        d = json.loads(state_path(cfg).read_text(encoding="utf-8"))
+        d = json.loads(cfg.alerts_state_path.read_text(encoding="utf-8"))
         return NotifyState(
             open={k: Episode(**v) for k, v in (d.get("open") or {}).items()},
             last_summary=d.get("last_summary"), outbox=list(d.get("outbox") or []))
     except FileNotFoundError:
         return NotifyState()
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        log.warning("alert state %s unreadable (%s): starting afresh", state_path(cfg), exc)
+        log.warning("alert state %s unreadable (%s): starting afresh", cfg.alerts_state_path, exc)
         return NotifyState()
 
 
@@ -69,4 +62,4 @@ def save(cfg: Config, st: NotifyState) -> None:
                     len(st.outbox) - OUTBOX_MAX)
         del st.outbox[:-OUTBOX_MAX]
     durable.ensure_dir(cfg.health_dir, 0o700)
-    durable.write_atomic(state_path(cfg), json.dumps(asdict(st), indent=1).encode(), mode=0o600, overwrite=True)
+    durable.write_atomic(cfg.alerts_state_path, json.dumps(asdict(st), indent=1).encode(), mode=0o600, overwrite=True)

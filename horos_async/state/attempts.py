@@ -31,7 +31,7 @@ def record(cfg: Config, attempt: Attempt) -> HealthRecord:
         except ValueError:  # a damaged file is replaced: it holds history, never "done"
             old = HealthRecord()
         new = health.add(old, attempt)
-        durable.write_atomic(health.health_path(cfg), health.dumps(new), mode=0o600, overwrite=True)
+        durable.write_atomic(cfg.health_path, health.dumps(new), mode=0o600, overwrite=True)
         return new
     finally:
         os.close(fd)

@@ -14,6 +14,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
+from horos_async.codes import EngineState
 from horos_async.status import Snapshot
 from tui import formatting as fmt
 from tui.widgets.state import set_state, set_text
@@ -75,7 +76,7 @@ def remaining(s: Snapshot) -> str:
 def rate_text(s: Snapshot) -> str:
     """The live speed while a run is going; otherwise the rate achieved over the last days (no stale
     live figure shown as if current)."""
-    if s.engine == "running":
+    if s.engine == EngineState.RUNNING:
         return f"{s.mb_per_s:.1f} MB/s · {fmt.rate(s.studies_per_hour)} studies/h "
     hours = s.achieved[0]
     if hours <= 0:
@@ -112,7 +113,7 @@ class ArchiveProgress(Widget):
     def _show(self, s: Optional[Snapshot]) -> None:
         counts = self.query_one("#archive-counts", Label)
         meter = self.query_one("#archive-meter", Meter)
-        if s is None or s.engine == "unreadable":
+        if s is None or s.engine == EngineState.UNREADABLE:
             set_text(counts, "archive state unknown")
             meter.fraction = None
             set_state(self, "-stale")
@@ -122,7 +123,7 @@ class ArchiveProgress(Widget):
         meter.fraction = None if pct is None else pct / 100.0
         set_text(self.query_one("#archive-bytes", Label), f"{fmt.size(s.bytes_done)} · {remaining(s)}")
         set_text(self.query_one("#archive-rate", Label), rate_text(s))
-        self.query_one("#archive-spark", Sparkline).data = rate_history(s) if s.engine == "running" else []
+        self.query_one("#archive-spark", Sparkline).data = rate_history(s) if s.engine == EngineState.RUNNING else []
         set_text(self.query_one("#archive-months", Label), month_strip(s, self.content_size.width))
         self.border_subtitle = month_range(s)
         set_state(self, "-warning" if s.failed else "-ok")

@@ -15,13 +15,14 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label
 
-from horos_async.health import FAILING, NO_PROGRESS, NOT_SCHEDULED, OK, STALLED
+from horos_async.codes import HealthState
 from horos_async.status import Snapshot
 from tui.widgets.state import set_state, set_text
 
-BADGES = {OK: "✔ OK", FAILING: "✖ FAILING", STALLED: "⏸ STALLED", NO_PROGRESS: "… NO PROGRESS",
-          NOT_SCHEDULED: "○ NOT SCHEDULED"}
-CLASSES = {OK: "-ok", FAILING: "-error", STALLED: "-error", NO_PROGRESS: "-warning", NOT_SCHEDULED: "-warning"}
+BADGES = {HealthState.OK: "✔ OK", HealthState.FAILING: "✖ FAILING", HealthState.STALLED: "⏸ STALLED",
+          HealthState.NO_PROGRESS: "… NO PROGRESS", HealthState.NOT_SCHEDULED: "○ NOT SCHEDULED"}
+CLASSES = {HealthState.OK: "-ok", HealthState.FAILING: "-error", HealthState.STALLED: "-error",
+           HealthState.NO_PROGRESS: "-warning", HealthState.NOT_SCHEDULED: "-warning"}
 
 
 @dataclass(frozen=True)
