@@ -123,6 +123,22 @@ def publish(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace:
     _sync_dirs(final, created_dirs, trace)
 
 
+def publish_dir(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None) -> None:
+    """Move the folder ``tmp`` to ``final`` without replacing anything, then sync the directories.
+
+    The caller has synced every file in ``tmp`` and then ``tmp`` itself (:func:`sync_dir`), so the
+    folder appears whole or not at all. Raises :class:`AlreadyExists` when ``final`` exists (``rename``
+    would silently replace an empty folder); race-free because every writer to the backup folder holds
+    the run lock (guards.RunLock).
+    """
+    if os.path.lexists(final):
+        raise _already_exists(final, tmp) from None
+    os.rename(tmp, final)
+    if trace:
+        trace("rename", final)
+    _sync_dirs(final, created_dirs, trace)
+
+
 def write_atomic(final: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = False,
                  trace: Trace = None) -> None:
     """Durably write a small file (marker, plist, status JSON) in one step.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple
@@ -310,6 +311,24 @@ class HorosReader:
             rows = [self._study(r) for r in await cur.fetchall()]
         return [r for r in rows if r.pk not in have and r.key in keys]
 
+    async def iter_study_keys(self) -> AsyncIterator[Tuple[int, str, str]]:
+        """(Z_PK, ZSTUDYINSTANCEUID, ZPATIENTUID) of every study row, whatever its modality, in short
+        keyset pages: what the ledger's "last seen in Horos" needs (docs/design/horos-database.md §11)."""
+        sql = (f"SELECT {self._select('ZSTUDY', ('Z_PK', 'ZSTUDYINSTANCEUID', 'ZPATIENTUID'), 'st')} FROM ZSTUDY st "
+               f"WHERE st.Z_PK > ? ORDER BY st.Z_PK LIMIT {self.page_size}")
+        last = 0
+        while True:
+            async def page():
+                async with self._db.execute(sql, [last]) as cur:
+                    return await cur.fetchall()
+
+            rows = await self._retry(page, "presence scan")
+            for r in rows:
+                yield int(r[0]), str(r[1] or ""), str(r[2] or "")
+            if len(rows) < self.page_size:
+                return
+            last = rows[-1][0]
+
     async def count_images(self, pks: Sequence[int]) -> int:
         """Number of image rows of these studies (a final re-check before "done")."""
         if not pks:
@@ -330,3 +349,96 @@ def _int(v) -> Optional[int]:
         return None if v is None or v == "" else int(v)
     except (TypeError, ValueError):
         return None
+
+
+# -- synchronous reads for the index snapshot and doctor (docs/design/horos-database.md §8, §11) ------------
+INDEX_TABLES = (("studies", "ZSTUDY"), ("series", "ZSERIES"), ("images", "ZIMAGE"))
+"""What a snapshot counts, as (name in the manifest, table)."""
+
+
+def connect_readonly(path: Path, timeout: float = 2.0) -> sqlite3.Connection:
+    """A read-only connection to a Horos store (or a copy of one): ``mode=ro`` URI, ``query_only``, and
+    autocommit, so every transaction is an explicit ``BEGIN ... COMMIT`` (docs/design/durability.md §2)."""
+    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout,
+                          isolation_level=None)
+    try:
+        con.execute("PRAGMA query_only=1")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def journal_mode(con: sqlite3.Connection) -> str:
+    """``delete`` (Horos since 2018), ``wal`` (older stores), or whatever the store says, lower case."""
+    row = con.execute("PRAGMA journal_mode").fetchone()
+    return str(row[0] if row else "unknown").lower()
+
+
+def row_counts(con: sqlite3.Connection) -> Dict[str, int]:
+    """Rows of the study, series and image tables. Call it inside the transaction whose state the counts
+    must describe (a snapshot compares them with its copy's)."""
+    return {name: int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for name, table in INDEX_TABLES}
+
+
+def integrity(con: sqlite3.Connection) -> str:
+    """``PRAGMA integrity_check``: ``ok``, or the first problems SQLite reports, joined."""
+    rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check(20)")]
+    return "ok" if rows == ["ok"] else "; ".join(rows) or "no answer"
+
+
+AUTOCLEAN_MODES = {0: "oldest studies", 1: "oldest unopened", 2: "least recently added"}
+"""Horos's ``AutocleanSpaceMode`` values (``DicomDatabase+Clean.mm`` ``cleanForFreeSpaceMB:``)."""
+AUTOCLEAN_KEYS = {0: ("ZDATE",), 1: ("ZDATEOPENED", "ZDATEADDED", "ZDATE"), 2: ("ZDATEADDED", "ZDATE")}
+
+
+@dataclass(frozen=True)
+class CleanCandidate:
+    """A study Horos's auto-cleaning would delete early, in its order."""
+
+    uid: str
+    patient_uid: str
+    when: Optional[float]
+    """The date auto-cleaning sorts on, as Unix seconds (None when the study has none)."""
+    eligible: bool
+    """It has a series in the configured modalities (so horos-backup is meant to hold it)."""
+
+
+def autoclean_first(con: sqlite3.Connection, mode: int, limit: int, modalities: Sequence[str], *,
+                    spare_commented: bool = True, now: Optional[float] = None) -> List[CleanCandidate]:
+    """The first ``limit`` studies Horos's space auto-cleaning would delete, in its order
+    (docs/design/horos-database.md §11): never locked studies, studies in an album, studies added in the
+    last two hours, nor (``dontDeleteStudiesWithComments``, default on) studies with a comment."""
+    have = {r[1].upper() for r in con.execute("PRAGMA table_info(ZSTUDY)")}
+
+    def col(name: str) -> str:
+        return f"st.{name}" if name in have else "NULL"
+
+    keys = [col(c) for c in AUTOCLEAN_KEYS.get(mode, AUTOCLEAN_KEYS[2])]
+    key = keys[0] if len(keys) == 1 else f"COALESCE({', '.join(keys)})"
+    where = [f"COALESCE({col('ZLOCKEDSTUDY')}, 0) = 0"]
+    if spare_commented:
+        where += [f"COALESCE({col(c)}, '') = ''" for c in ("ZCOMMENT", "ZCOMMENT2", "ZCOMMENT3", "ZCOMMENT4")]
+    now = time.time() if now is None else now
+    where.append(f"({col('ZDATEADDED')} IS NULL OR {col('ZDATEADDED')} < ?)")
+    params: List = [now - 2 * 3600 - 978307200]
+    join = _album_join(con)
+    if join:
+        where.append(f"st.Z_PK NOT IN (SELECT {join[1]} FROM {join[0]})")
+    marks = ",".join("?" * len(modalities)) or "''"
+    sql = (f"SELECT {col('ZSTUDYINSTANCEUID')}, {col('ZPATIENTUID')}, {key} AS k, "
+           f"EXISTS (SELECT 1 FROM ZSERIES s WHERE s.ZSTUDY = st.Z_PK AND UPPER(TRIM(s.ZMODALITY)) IN ({marks})) "
+           f"FROM ZSTUDY st WHERE {' AND '.join(where)} ORDER BY k IS NULL, k, st.Z_PK LIMIT ?")
+    rows = con.execute(sql, [*params, *modalities, limit]).fetchall()
+    return [CleanCandidate(str(r[0] or "").strip(), str(r[1] or ""), cocoa_to_unix(r[2]), bool(r[3])) for r in rows]
+
+
+def _album_join(con: sqlite3.Connection) -> Optional[Tuple[str, str]]:
+    """(table, study column) of the album<->study join table, found in ``sqlite_master`` (§2)."""
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'Z!_%STUDIES' "
+                               "ESCAPE '!'"):
+        cols = [r[1] for r in con.execute(f'PRAGMA table_info("{name}")')]
+        study = [c for c in cols if c.upper().endswith("STUDIES")]
+        if study and any(c.upper().endswith("ALBUMS") for c in cols):
+            return f'"{name}"', f'"{study[0]}"'
+    return None

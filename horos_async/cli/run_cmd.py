@@ -7,12 +7,13 @@ import datetime as dt
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Optional
 
 from horos_async import guards, logs, schedule
 from horos_async.cli.common import add_common, config_from, say
-from horos_async.cli.signals import run_stoppable
+from horos_async.cli.signals import run_stoppable, stopped_code
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK
 
@@ -39,8 +40,27 @@ def do_run(args: argparse.Namespace) -> int:
     guards.check_backup_writable(cfg)  # a read-only volume: one clear message (exit 7), not a traceback from the log
     progress = args.progress or sys.stdout.isatty()
     logs.setup(cfg, verbose=args.verbose, interactive=progress)
-    return run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
+    code = run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
                       max_minutes=args.max_minutes, progress=progress)
+    if code == EXIT_OK:
+        code = run_index_upkeep(cfg, progress=progress)
+    return code
+
+
+def run_index_upkeep(cfg: Config, *, progress: bool = False) -> int:
+    """After an export that ended well: record which studies Horos no longer has and, when due, snapshot
+    Horos's index (ops/index_upkeep). Its problems are issues, never the run's exit code; a stop signal
+    exits 130."""
+    from horos_async.ops import index_upkeep
+
+    cancel = threading.Event()
+
+    def make():
+        return (lambda: index_upkeep.after_run(cfg, cancel=cancel, announce=say if progress else lambda text: None),
+                cancel.set)
+
+    _done, stopped = run_stoppable(make)
+    return stopped_code(EXIT_OK, stopped)
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, List, Optional, Sequence, Tuple
 
 import aiosqlite
 
@@ -31,7 +31,8 @@ from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeEr
 from horos_async.models import DONE, FAILED, Outcome, StudyPlan
 from horos_async.platform import is_macos
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``studies.last_seen`` (docs/design/horos-database.md §11: studies Horos deleted)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS studies (
   state TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0, zip_path TEXT, fingerprint TEXT,
   date_added REAL, month TEXT, files INTEGER, bytes_in INTEGER, zip_size INTEGER,
   exported_at REAL, attempts INTEGER NOT NULL DEFAULT 0, code TEXT, detail TEXT, next_attempt REAL,
-  patient_name TEXT, birth_date TEXT, study_date TEXT, modalities TEXT);
+  patient_name TEXT, birth_date TEXT, study_date TEXT, modalities TEXT, last_seen REAL);
 CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
 CREATE INDEX IF NOT EXISTS studies_uid ON studies (uid);
 CREATE TABLE IF NOT EXISTS zips (
@@ -148,15 +149,23 @@ class Ledger:
             await self.db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
             async with self.db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
                 row = await cur.fetchone()
-            if row is None:
-                await self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
                 raise LedgerError(f"ledger {self.path} was written by a newer horos-backup (schema {row[0]}); "
                                   f"upgrade horos-backup")
+            await self._migrate()
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise fault(self.path, exc) from None
         return self
+
+    async def _migrate(self) -> None:
+        """Bring a ledger of an earlier schema up to this one, in one transaction (columns are only added)."""
+        async with self.db.execute("PRAGMA table_info(studies)") as cur:
+            columns = {r[1] for r in await cur.fetchall()}
+        async with self._txn():
+            if "last_seen" not in columns:  # schema 2
+                await self.db.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     async def close(self) -> None:
         """Close the connection."""
@@ -358,6 +367,39 @@ class Ledger:
                 await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
             return False
 
+    async def condition_since(self, code: str) -> Optional[float]:
+        """When an ongoing condition (see :meth:`condition`) started; None when it is not active."""
+        async with self.db.execute("SELECT since FROM conditions WHERE code=?", (code,)) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def mark_presence(self, present: AbstractSet[str], now: Optional[float] = None) -> Tuple[int, int]:
+        """After a scan of every study row in Horos: record which known studies Horos no longer has.
+
+        ``last_seen`` stays NULL while Horos has the study. When a scan no longer finds it, it becomes the
+        time of the last scan that did (meta ``presence_scan``; on the very first scan, when the study was
+        exported), and is cleared if the study comes back. Only those changes are written, so a scan
+        costs one small commit. Nothing is ever deleted: the study's record and ZIPs stay. Returns
+        (studies newly gone, studies back).
+        """
+        now = time.time() if now is None else now
+        async with self.db.execute("SELECT value FROM meta WHERE key='presence_scan'") as cur:
+            row = await cur.fetchone()
+        previous = float(row[0]) if row else None
+        gone, back = [], []
+        async with self.db.execute("SELECT key, last_seen, exported_at FROM studies") as cur:
+            async for key, last_seen, exported_at in cur:
+                if key in present:
+                    if last_seen is not None:
+                        back.append((key,))
+                elif last_seen is None:
+                    gone.append((previous or exported_at or now, key))
+        async with self._txn():
+            await self.db.executemany("UPDATE studies SET last_seen=? WHERE key=?", gone)
+            await self.db.executemany("UPDATE studies SET last_seen=NULL WHERE key=?", back)
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('presence_scan', ?)", (repr(now),))
+        return len(gone), len(back)
+
     async def counts(self) -> Dict[str, int]:
         """Studies per state."""
         async with self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state") as cur:
@@ -464,3 +506,19 @@ def read_index(path: Path) -> LedgerIndex:
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
     return LedgerIndex(rows)
+
+
+def issue_times(path: Path, code: str) -> List[float]:
+    """When issues with ``code`` were recorded (read-only; empty when there is no ledger or it cannot be read).
+
+    ``index`` retention keeps the last snapshot before each ``HOROS_DB_SHRANK`` (the mass-drop guard)."""
+    if not path.exists():
+        return []
+    try:
+        con = open_readonly(path)
+        try:
+            return [float(r[0]) for r in con.execute("SELECT ts FROM issues WHERE code=? ORDER BY ts", (code,))]
+        finally:
+            con.close()
+    except (sqlite3.Error, HorosBackupError):
+        return []
