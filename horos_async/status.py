@@ -119,6 +119,9 @@ class Snapshot:
     runs: Tuple[RunRow, ...] = ()
     next_run: Optional[float] = None
     """When launchd should start the next run (estimate), if known."""
+    only_in_backup: int = 0
+    """Backed-up studies Horos's database no longer has (auto-cleaning, a rebuild, deleted by hand): their
+    ZIPs are the only copy (``catalog --only-in-backup`` lists them)."""
     launchd_installed: bool = False
     host: str = ""
     exit_code: int = EXIT_OK
@@ -169,7 +172,8 @@ def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
 
 def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
     """Counts, months, issues and runs from the ledger; LedgerError when damaged, VolumeError when unreadable."""
-    out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {}}
+    out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
+                           "only_in_backup": 0}
     path = cfg.ledger_path
     if not path.exists():
         return out
@@ -199,6 +203,9 @@ def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: in
                 out["failed"] = n
         out["months"] = {m: n for m, n in con.execute(
             "SELECT month, COUNT(*) FROM studies WHERE state='done' GROUP BY month")}
+        if "last_seen" in {r[1] for r in con.execute("PRAGMA table_info(studies)")}:  # ledger schema 2
+            out["only_in_backup"] = con.execute(
+                "SELECT COUNT(*) FROM studies WHERE last_seen IS NOT NULL AND COALESCE(zip_path, '') != ''").fetchone()[0]
         out["issues"] = tuple(IssueRow(r[0], r[1], r[2] or "", r[3] or "", r[4] or "") for r in con.execute(
             "SELECT ts, code, uid, zip_path, detail FROM issues ORDER BY id DESC LIMIT ?", (issues_limit,)))
         out["runs"] = tuple(RunRow(r[0], r[1], r[2], r[3] or "", r[4], r[5] or 0, r[6] or 0, r[7] or 0)
@@ -238,6 +245,7 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     last_end = next((r.ended for r in runs if r.ended), None)
     next_run = last_end + cfg.start_interval if installed and last_end else None
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
+                only_in_backup=led["only_in_backup"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
                 host=socket.gethostname())
     if live is None:
@@ -311,6 +319,9 @@ def render(snap: Snapshot) -> str:
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
     else:
         lines.append(f"Archive: {snap.done} studies backed up, {snap.failed} failing (no scan yet)")
+    if snap.only_in_backup:
+        lines.append(f"Only in the backup: {snap.only_in_backup} studies Horos's database no longer has; their ZIPs "
+                     f"are the only copy (horos-backup catalog --only-in-backup)")
     if snap.incoming_count is not None:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")

@@ -21,12 +21,17 @@ def build_parser_catalog(sub) -> None:
     c.add_argument("--from-zips", action="store_true", help="read the ZIPs' own labels instead of the ledger")
     c.add_argument("--search", metavar="TEXT", help="only patients whose name contains TEXT (accents ignored), or UID")
     c.add_argument("--all", action="store_true", help="also list studies that have no ZIP yet (failed, pending)")
+    c.add_argument("--only-in-backup", action="store_true",
+                   help="only studies Horos's database no longer has (their ZIPs are the only copy)")
     c.set_defaults(func=do_catalog)
 
 
 def do_catalog(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    rows = catalog.from_zips(cfg) if args.from_zips else catalog.from_ledger(cfg, include_all=args.all)
+    if args.from_zips and args.only_in_backup:
+        raise ConfigError("--only-in-backup needs the ledger (it records what Horos no longer has); drop --from-zips")
+    rows = (catalog.from_zips(cfg) if args.from_zips
+            else catalog.from_ledger(cfg, include_all=args.all, only_in_backup=args.only_in_backup))
     if args.search:
         rows = catalog.search(rows, args.search)
     if len(args.delimiter) != 1:

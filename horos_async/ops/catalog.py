@@ -43,12 +43,14 @@ class Row:
     version: int
     state: str
     """``done``/``partial``/``pending``/``failed`` from the ledger; ``on disk`` with ``--from-zips``."""
+    only_in_backup_since: str = ""
+    """When Horos's database last had the study, if it no longer does (``YYYY-MM-DD``); empty while it does."""
 
 
 HEADER = [f.name for f in fields(Row)]
 _SQL = """
 SELECT s.patient_name, s.birth_date, s.study_date, s.modalities, s.uid, s.zip_path, s.zip_size, s.files,
-       s.exported_at, s.version, s.state, z.status
+       s.exported_at, s.version, s.state, z.status, {last_seen}
 FROM studies s LEFT JOIN zips z ON z.zip_path = s.zip_path
 {where}
 ORDER BY s.study_date, s.uid
@@ -82,8 +84,9 @@ def _stamp(ts: Optional[float]) -> str:
         return ""
 
 
-def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
-    """Rows from the ledger, read-only; ``include_all`` adds studies that have no ZIP yet."""
+def from_ledger(cfg: Config, *, include_all: bool = False, only_in_backup: bool = False) -> List[Row]:
+    """Rows from the ledger, read-only; ``include_all`` adds studies that have no ZIP yet;
+    ``only_in_backup`` keeps the studies Horos's database no longer has."""
     path = cfg.ledger_path
     if not path.exists():
         missing = guards.backup_dir_missing(cfg)
@@ -94,18 +97,21 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
     try:
         con = open_readonly(path)
         try:
-            records = con.execute(_SQL.format(where=where)).fetchall()
+            schema2 = "last_seen" in {r[1] for r in con.execute("PRAGMA table_info(studies)")}
+            if only_in_backup:
+                where = (where + " AND " if where else "WHERE ") + ("s.last_seen IS NOT NULL" if schema2 else "0")
+            records = con.execute(_SQL.format(where=where, last_seen="s.last_seen" if schema2 else "NULL")).fetchall()
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); use 'catalog --from-zips', and see "
                           f"'horos-backup doctor'") from None
     rows = []
-    for (name, dob, date, mods, uid, rel, size, files, exported, version, state, zstatus) in records:
+    for (name, dob, date, mods, uid, rel, size, files, exported, version, state, zstatus, last_seen) in records:
         if zstatus and zstatus != "ok":
             state = f"{state} (zip {zstatus})"  # e.g. moved to quarantine by verify, re-export queued
         rows.append(Row(_person(name), _date(dob), _date(date), mods or "", uid or "", rel or "", int(size or 0),
-                        int(files or 0), _stamp(exported), int(version or 0), state or ""))
+                        int(files or 0), _stamp(exported), int(version or 0), state or "", _stamp(last_seen)[:10]))
     return rows
 
 
@@ -153,7 +159,9 @@ def to_table(rows: List[Row], name_width: int = 32) -> str:
 
     head = ("Patient", "Born", "Study date", "Mod", "Study UID", "ZIP", "MB", "Exported", "v", "State")
     body = [(short(r.patient_name, name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
-             f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version), r.state) for r in rows]
+             f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version),
+             r.state + (f", only in the backup since {r.only_in_backup_since}" if r.only_in_backup_since else ""))
+            for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from horos_async import durable, guards, platform
-from horos_async.ops import launchd
+from horos_async.ops import doctor_horos, launchd
 from horos_async.config import Config
 from horos_async.errors import ConfigError
 
@@ -59,6 +59,7 @@ def run_checks(cfg: Config, *, volumes_root: Path = Path("/Volumes"), mounts: Op
     macos = platform.is_macos() if macos is None else macos
     out: List[Check] = [check_config(cfg), check_sentinel(cfg)]
     out += check_horos(cfg)
+    out += doctor_horos.checks(cfg, Check, home=home)  # what makes Horos lose studies or its index
     out += check_backup(cfg, volumes_root=volumes_root, mounts=mounts)
     out.append(check_lock(cfg))
     out.append(check_ledger(cfg))

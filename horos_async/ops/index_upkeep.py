@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-from horos_async import guards
+from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import HorosBackupError, LockHeld
 from horos_async.ops import index_snapshot, index_store, presence
@@ -96,6 +96,7 @@ async def after_run(cfg: Config, *, now: Optional[float] = None, cancel: Optiona
     """The step itself (see the module docstring); returns what it did."""
     now = time.time() if now is None else now
     out = Upkeep()
+    durable.ensure_dir(cfg.work_dir)  # the engine made it; a caller without an engine run may not have
     try:
         lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
     except LockHeld:
