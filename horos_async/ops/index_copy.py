@@ -41,6 +41,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from horos_async import durable, platform
 from horos_async.horos_db import connect_readonly, journal_mode, row_counts
+from horos_async.ops.index_store import sha256_file
 
 QUIET_LOCK_MAX_MS = 5000.0
 """Longest lock a ``quiet`` copy may hold (Horos showed no save for ``index_quiet_seconds``)."""
@@ -110,7 +111,7 @@ def _wal_copy(con: sqlite3.Connection, db: Path, dest: Path, mode: str) -> CopyR
         out.close()
     with open(dest, "rb+") as f:
         durable.sync_file(f)
-    size, digest = _hash(dest)
+    size, digest = sha256_file(dest)
     return CopyResult("wal-backup", lock_ms, mode, counts, size, digest)
 
 
@@ -130,7 +131,8 @@ class _RawSource:
         return self
 
     def remap(self) -> None:
-        """(Re)map the whole file at its current size."""
+        """(Re)map the whole file at its current size. Only with no transaction open: closing the old
+        map closes its duplicate descriptor, which drops this process's locks on the file."""
         if self.map is not None:
             self.map.close()
         self.size = os.fstat(self.fd).st_size
@@ -188,7 +190,7 @@ def _clone_copy(con: sqlite3.Connection, src: _RawSource, dest: Path, clone_dir:
             raise Busy(f"could not clone {src.db} into {clone_dir} although a test clone worked; will retry")
         _check_unchanged(src.db, before, after)
         with open(clone, "rb") as f:
-            size, digest = _write(dest, _chunks(f))
+            size, digest = _write(dest, iter(lambda: f.read(CHUNK), b""))
         if _header_counter(dest) != before[0]:
             raise Busy(f"the clone of {src.db} is not the state read under the lock; will retry")
     finally:
@@ -383,14 +385,6 @@ def _mtime(path: Path) -> int:
         return -1
 
 
-def _chunks(f):
-    while True:
-        block = f.read(CHUNK)
-        if not block:
-            return
-        yield block
-
-
 def _chunks_of(buf: mmap.mmap, size: int):
     view = memoryview(buf)
     try:
@@ -421,15 +415,6 @@ def _write(dest: Path, chunks, sync: bool = True) -> Tuple[int, str]:
             n += len(block)
         if sync:
             durable.sync_file(f, path=dest)
-    return n, h.hexdigest()
-
-
-def _hash(path: Path) -> Tuple[int, str]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for block in _chunks(f):
-            h.update(block)
-            n += len(block)
     return n, h.hexdigest()
 
 

@@ -99,13 +99,17 @@ def restore_into_horos(cfg: Config, snap: index_store.Snapshot, *,
         stamp = (now or dt.datetime.now()).strftime("%Y-%m-%d_%H%M%S")
         aside = live / f"Index before restore {stamp}"
         moves = _swap(live, stage, aside, replaced)
+        try:
+            _final_check(cfg.database, manifest)
+        except BaseException:
+            _undo(moves)  # the old index back in place, the restored files back in the stage
+            try:
+                os.rmdir(aside)  # empty again
+            except OSError:
+                pass
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    try:
-        _final_check(cfg.database, manifest)
-    except SnapshotError:
-        _undo(moves)
-        raise
     out = Restored(snap.name, live, dict(manifest.counts), moved_aside=aside)
     out.added = _add_missing(snap, side, cfg)
     created = dt.datetime.fromtimestamp(manifest.created).strftime("%Y-%m-%d %H:%M")
