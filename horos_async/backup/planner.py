@@ -7,18 +7,18 @@ the database released, resolves and stats the files and names the ZIPs.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from horos_async import naming
+from horos_async.blocking import Offload, offload as default_offload
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
-from horos_async.state.ledger import Entry
+from horos_async.state.ledger_records import Entry
 from horos_async.models import DONE, PlannedFile, SourceFile, StudyPlan, StudyRow, study_key
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix
 
@@ -211,7 +211,7 @@ async def _merge_duplicates(reader: HorosReader, first: Dict[str, int], more: Di
             pks = tuple(pk for pk in (first[key], *more[key]) if pk in by_pk)
             if not pks:
                 continue
-            pk0, uid, _pu, date, added0 = by_pk[first[key]] if first[key] in by_pk else by_pk[pks[0]]
+            _pk, uid, _pu, date, added0 = by_pk[first[key]] if first[key] in by_pk else by_pk[pks[0]]
             dates = [cocoa_to_unix(by_pk[pk][4]) for pk in pks]
             newest = max((d for d in dates if d is not None), default=None)
             old, month = _judge(index.get(key), key, date, cocoa_to_unix(added0), cfg, now, attempted, months)
@@ -297,18 +297,10 @@ def build_plan(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], present: List[Tu
                      image_rows=image_rows, version=version, pks=tuple(st.pk for st, _ in rows))
 
 
-Offload = Callable[..., Awaitable]
-
-
 async def plan_batch(reader: HorosReader, batch: Sequence[Candidate], cfg: Config, index: Dict[str, Entry],
-                     offload: Optional[Offload] = None) -> List[StudyPlan]:
-    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped."""
-    if offload is None:
-        loop = asyncio.get_running_loop()
-
-        def offload(fn, *args):
-            return loop.run_in_executor(None, fn, *args)
-
+                     offload: Offload = default_offload) -> List[StudyPlan]:
+    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped (the file
+    checks run through ``offload``: the engine's pool, or the loop's default executor)."""
     rows = await reader.read_batch(sorted({pk for c in batch for pk in c.pks}))  # database released here
     by_key: Dict[str, List[Tuple[StudyRow, List[ImageRef]]]] = {}
     for study, images in rows:

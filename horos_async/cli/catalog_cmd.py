@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def build_parser_catalog(sub) -> None:
     c.add_argument("--all", action="store_true", help="also list studies that have no ZIP yet (failed, pending)")
     c.add_argument("--only-in-backup", action="store_true",
                    help="only studies Horos's database no longer has (their ZIPs are the only copy)")
+    c.add_argument("--wide", action="store_true",
+                   help="one line per study with every column in full (default: fit the terminal's width)")
     c.set_defaults(func=do_catalog)
 
 
@@ -36,7 +39,9 @@ def do_catalog(args: argparse.Namespace) -> int:
         rows = catalog.search(rows, args.search)
     if len(args.delimiter) != 1:
         raise ConfigError(f"--delimiter {args.delimiter!r}: one character, e.g. ',' or ';'")
-    text = catalog.to_csv(rows, args.delimiter) if args.csv else catalog.to_table(rows) + "\n"
+    # In the terminal the table fits its width (80 columns over SSH); a file gets every column in full.
+    width = None if args.wide or args.out else shutil.get_terminal_size((80, 24)).columns
+    text = catalog.to_csv(rows, args.delimiter) if args.csv else catalog.to_table(rows, width=width) + "\n"
     if args.out:
         data = text.encode("utf-8")
         durable.write_atomic(args.out.expanduser().absolute(), data, overwrite=True)

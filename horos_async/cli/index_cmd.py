@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import threading
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 from horos_async import durable, guards
+from horos_async.blocking import offload
 from horos_async.cli.common import add_common, config_from, err
 from horos_async.cli.signals import run_stoppable, stopped_code
 from horos_async.config import Config
@@ -54,13 +54,12 @@ def do_index_snapshot(args: argparse.Namespace) -> int:
 
     def make():
         async def work():
-            loop = asyncio.get_running_loop()
-            with guards.RunLock(cfg.work_dir / "run.lock"):
-                box.append(await loop.run_in_executor(None, lambda: index_snapshot.take_and_prune(
-                    cfg, index_upkeep.retention_events(cfg), cancel=cancel, log_line=err)))
+            with guards.RunLock(cfg.lock_path):
+                events = await offload(index_upkeep.retention_events, cfg)
+                box.append(await offload(index_snapshot.take_and_prune, cfg, events, cancel=cancel, log_line=err))
         return work, cancel.set
 
-    durable.ensure_dir(cfg.work_dir)  # where the run lock lives
+    durable.ensure_dir(cfg.work_dir)  # where the run lock lives (before the event loop starts)
     try:
         _, stopped = run_stoppable(make)
     except index_snapshot.Stopped:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from horos_async import durable, platform
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async.config import Config
 from horos_async.errors import ConfigError, SnapshotError
 from horos_async.horos_db import connect_readonly, integrity, row_counts
@@ -229,7 +229,7 @@ def write_side_files(cfg: Config, out: Path, *, home: Optional[Path] = None) -> 
                     absent.append(name)
         durable.sync_file(f, path=out)
     try:
-        archive.verify_zip(out, None, deep=True)
+        zipcheck.verify_zip(out, None, deep=True)
     except archive.ZipInvalid as exc:
         raise Refused(f"{out} failed its check right after it was written ({exc}); nothing was kept") from None
     return present, absent

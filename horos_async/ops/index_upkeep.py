@@ -6,7 +6,9 @@
 A snapshot that cannot be taken now (Horos kept saving, a hot journal...) is tried again at every later
 run. When a whole day passes without a consistent copy, the ledger records the issue
 ``INDEX_SNAPSHOT_SKIPPED`` once and keeps the condition of that name active until a snapshot succeeds;
-a copy that fails verification (Horos's database may be damaged) is recorded at once. For alerts:
+a copy that fails verification (Horos's database may be damaged) is recorded at once. The ledger
+condition ``INDEX_SNAPSHOT_FAILING`` (never an issue row) is active while attempts fail; its start begins
+that day when there is no snapshot yet. For alerts:
 :func:`snapshot_gap` says, from the snapshot folder alone, whether and why it is overdue.
 
 Runs under the run lock (a second process skips the step), after the engine has released it; its own
@@ -15,7 +17,6 @@ faults are logged and recorded, and never change the run's exit code.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -23,16 +24,15 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from horos_async import durable, guards
+from horos_async.blocking import offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.errors import HorosBackupError, LockHeld
 from horos_async.ops import index_snapshot, index_store, presence
-from horos_async.state.ledger import Ledger, issue_times
+from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_read import issue_times
 
 log = logging.getLogger(__name__)
-SKIPPED = "INDEX_SNAPSHOT_SKIPPED"
-"""Issue code and ledger condition: no consistent snapshot of Horos's index for a day, or one refused."""
-FAILING = "INDEX_SNAPSHOT_FAILING"
-"""Ledger condition (no issue row): snapshot attempts are failing; its ``since`` starts the day's clock."""
 SHRANK = "HOROS_DB_SHRANK"
 """The mass-drop guard's issue code: retention keeps the last snapshot before each one."""
 DAY = 24 * 3600.0
@@ -83,7 +83,7 @@ def retention_events(cfg: Config) -> List[Tuple[float, str]]:
     """Moments after which the snapshot before them must stay: HOROS_DB_SHRANK issues, Horos rebuilds
     (``Database.sql - old`` appears when Horos rebuilds its index, docs/design/horos-database.md §11)."""
     events = [(t, "the Horos database shrank") for t in issue_times(cfg.ledger_path, SHRANK)]
-    old = cfg.horos_data / "Database.sql - old"
+    old = cfg.old_database
     try:
         events.append((old.stat().st_mtime, "a Horos database rebuild"))
     except OSError:
@@ -96,9 +96,9 @@ async def after_run(cfg: Config, *, now: Optional[float] = None, cancel: Optiona
     """The step itself (see the module docstring); returns what it did."""
     now = time.time() if now is None else now
     out = Upkeep()
-    durable.ensure_dir(cfg.work_dir)  # the engine made it; a caller without an engine run may not have
+    await offload(durable.ensure_dir, cfg.work_dir)  # the engine made it; a caller without a run may not have
     try:
-        lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
+        lock = guards.RunLock(cfg.lock_path).acquire()
     except LockHeld:
         log.info("index upkeep skipped: another horos-backup process holds the run lock")
         return out
@@ -112,11 +112,11 @@ async def after_run(cfg: Config, *, now: Optional[float] = None, cancel: Optiona
                                 "catalog'); their backups are kept", out.presence.gone)
             except HorosBackupError as exc:
                 log.warning("presence scan skipped: %s", exc)
-            if snapshot_due(cfg, now):
+            if await offload(snapshot_due, cfg, now):
                 await _snapshot(cfg, ledger, now, out, cancel, announce)
             else:
-                await ledger.condition(FAILING, False)
-                await ledger.condition(SKIPPED, False)
+                await ledger.condition(IssueCode.INDEX_SNAPSHOT_FAILING, False)
+                await ledger.condition(IssueCode.INDEX_SNAPSHOT_SKIPPED, False)
         finally:
             await ledger.close()
     finally:
@@ -126,19 +126,17 @@ async def after_run(cfg: Config, *, now: Optional[float] = None, cancel: Optiona
 
 async def _snapshot(cfg: Config, ledger: Ledger, now: float, out: Upkeep, cancel: Optional[threading.Event],
                     announce: Callable[[str], None]) -> None:
-    loop = asyncio.get_running_loop()
-    events = retention_events(cfg)
+    events = await offload(retention_events, cfg)
     try:
-        taken = await loop.run_in_executor(None, lambda: index_snapshot.take_and_prune(
-            cfg, events, cancel=cancel, log_line=log.info))
+        taken = await offload(index_snapshot.take_and_prune, cfg, events, cancel=cancel, log_line=log.info)
     except index_snapshot.Stopped:
         return
     except index_snapshot.Refused as exc:
         out.skipped = str(exc)
         log.error("index snapshot refused: %s", exc)
-        await ledger.condition(FAILING, True, str(exc))
-        if await ledger.condition(SKIPPED, True, str(exc)):
-            await ledger.issue(SKIPPED, str(exc))
+        await ledger.condition(IssueCode.INDEX_SNAPSHOT_FAILING, True, str(exc))
+        if await ledger.condition(IssueCode.INDEX_SNAPSHOT_SKIPPED, True, str(exc)):
+            await ledger.issue(IssueCode.INDEX_SNAPSHOT_SKIPPED, str(exc))
         return
     except (index_snapshot.Busy, HorosBackupError, OSError) as exc:
         out.skipped = _reason(exc)
@@ -149,23 +147,23 @@ async def _snapshot(cfg: Config, ledger: Ledger, now: float, out: Upkeep, cancel
     m = taken.snapshot.manifest
     announce(f"horos-backup: index snapshot {m.name}: {m.counts.get('studies', 0)} studies, "
              f"Horos's database locked {m.lock_ms:.0f} ms ({m.method})")
-    await ledger.condition(FAILING, False)
-    await ledger.condition(SKIPPED, False)
+    await ledger.condition(IssueCode.INDEX_SNAPSHOT_FAILING, False)
+    await ledger.condition(IssueCode.INDEX_SNAPSHOT_SKIPPED, False)
 
 
 async def _skipped(cfg: Config, ledger: Ledger, now: float, reason: str) -> None:
     """Record a failed attempt; the issue once a day has passed without a consistent copy."""
-    await ledger.condition(FAILING, True, reason)
-    newest = newest_verified(cfg)
-    started = await ledger.condition_since(FAILING) or now
+    await ledger.condition(IssueCode.INDEX_SNAPSHOT_FAILING, True, reason)
+    newest = await offload(newest_verified, cfg)
+    started = await ledger.condition_since(IssueCode.INDEX_SNAPSHOT_FAILING) or now
     # Overdue since the newest snapshot's next one was due, or (none yet) since the first failed attempt.
     due_since = newest.created + cfg.index_snapshot_hours * 3600 if newest is not None else started
     if now - due_since < DAY:
         return
     detail = (f"no consistent snapshot of Horos's index for a day ({reason}); the newest is "
               f"{newest.name if newest else 'none'}. See README 'When Horos loses its database'")
-    if await ledger.condition(SKIPPED, True, detail):
-        await ledger.issue(SKIPPED, detail)
+    if await ledger.condition(IssueCode.INDEX_SNAPSHOT_SKIPPED, True, detail):
+        await ledger.issue(IssueCode.INDEX_SNAPSHOT_SKIPPED, detail)
 
 
 def _reason(exc: BaseException) -> str:

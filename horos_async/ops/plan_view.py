@@ -6,22 +6,22 @@ import time
 from typing import Any, Dict, List
 
 from horos_async.backup import planner
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader
-from horos_async.state.ledger import open_readonly, read_index
+from horos_async.models import DONE, FAILED
+from horos_async.state.ledger_read import LedgerReader, read_index
+from horos_async.state.ledger_records import StateTotals
 
 
 def _ledger_bytes(cfg: Config) -> Dict[str, int]:
     if not cfg.ledger_path.exists():
         return {"source_bytes_done": 0, "zip_bytes": 0, "failing": 0}
-    con = open_readonly(cfg.ledger_path)
-    try:
-        row = con.execute("SELECT COALESCE(SUM(bytes_in),0), COALESCE(SUM(zip_size),0) FROM studies "
-                          "WHERE state='done'").fetchone()
-        failing = con.execute("SELECT COUNT(*) FROM studies WHERE state='failed'").fetchone()[0]
-    finally:
-        con.close()
-    return {"source_bytes_done": row[0], "zip_bytes": row[1], "failing": failing}
+    with LedgerReader.open(cfg.ledger_path) as led:
+        totals = led.state_totals()
+    done = totals.get(DONE, StateTotals())
+    return {"source_bytes_done": done.bytes_in, "zip_bytes": done.zip_bytes,
+            "failing": totals.get(FAILED, StateTotals()).studies}
 
 
 async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
@@ -47,7 +47,7 @@ async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
             "file_paths": [{"path": str(f.source.path), "member": f.member, "size": f.size} for f in p.files],
         })
         if p.missing:
-            code = "NO_FILES" if not p.files else "MISSING_FILES"
+            code = IssueCode.NO_FILES if not p.files else IssueCode.MISSING_FILES
             problems.append({"uid": s.uid, "code": code, "zip_path": p.zip_relpath,
                              "detail": f"{len(p.missing)} of {len(p.missing) + len(p.files)} files missing",
                              "first_missing": list(p.missing[:5])})
