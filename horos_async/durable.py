@@ -166,7 +166,10 @@ def discard(path: Path) -> None:
 
 
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
-    """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it)."""
+    """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it).
+
+    A folder that is a symlink is followed, as the writer follows it (a month folder moved to another
+    disk and linked back); ``max_depth`` bounds the walk, so a link loop cannot run away."""
     removed: List[Path] = []
     root = Path(directory)
     if not root.is_dir():
@@ -176,7 +179,7 @@ def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
         folder, depth = pending.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
                     if depth < max_depth:
                         pending.append((Path(entry.path), depth + 1))
                 elif is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
