@@ -14,6 +14,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import json
 import os
 import re
 import shutil
@@ -21,17 +22,17 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import aiosqlite
 
 from horos_async import naming
 from horos_async.guards import human_bytes
 from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
-from horos_async.models import DONE, FAILED, Outcome, StudyPlan
+from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.platform import is_macos
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -56,8 +57,27 @@ CREATE TABLE IF NOT EXISTS issues (
   detail TEXT, run_id INTEGER);
 CREATE TABLE IF NOT EXISTS conditions (code TEXT PRIMARY KEY, since REAL NOT NULL, detail TEXT);
 """
-INDEX_SQL = ("SELECT key, state, version, date_added, fingerprint, next_attempt, zip_path, code, horos_pk, uid "
-             "FROM studies")
+"""Schema 1, as every ledger starts; :data:`MIGRATIONS` brings it to :data:`SCHEMA_VERSION`."""
+MIGRATIONS = {
+    # 2: what the queue needs to move on its own (growth without a new ZDATEADDED, files coming back):
+    # the study's image rows and series as the scan counts them, a "grew since export" flag, and every
+    # missing path of a study waiting for its files (docs/design/horos-database.md §11).
+    2: ("ALTER TABLE studies ADD COLUMN image_rows INTEGER",
+        "ALTER TABLE studies ADD COLUMN series INTEGER",
+        "ALTER TABLE studies ADD COLUMN grown INTEGER",
+        "CREATE TABLE IF NOT EXISTS missing_files (key TEXT NOT NULL, path TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS missing_files_key ON missing_files (key)"),
+}
+INDEX_COLUMNS = ("key", "state", "version", "date_added", "fingerprint", "next_attempt", "zip_path", "code",
+                 "horos_pk", "uid", "files", "image_rows", "series", "grown")
+INDEX_SQL = f"SELECT {', '.join(INDEX_COLUMNS)} FROM studies"
+ROWS_MARK = "horos_rows_mark"
+"""``meta`` key of the Horos image-row high-water mark (see :meth:`Ledger.note_growth`)."""
+MISSING_CODES = ("MISSING_FILES", "NO_FILES")
+"""Failures that wait for files: their missing paths are kept, and checked again at each scan."""
+MISSING_KEPT = 20
+"""Missing paths kept per study (the first ones): enough to see them come back (the retry itself checks
+every file), few enough that a whole unmounted volume of linked studies stays small in memory."""
 CSV_HEADER = ["timestamp", "code", "study_uid", "zip", "detail"]
 MAX_BACKOFF = 7 * 24 * 3600.0
 
@@ -75,6 +95,14 @@ class Entry:
     code: str
     horos_pk: Optional[int] = None
     """``ZSTUDY.Z_PK`` last seen for the study (refreshed after a Horos database rebuild)."""
+    files: Optional[int] = None
+    """Files in the study's current ZIP."""
+    image_rows: Optional[int] = None
+    """Image rows of the study when it was exported, as the scan counts them (None: not recorded yet)."""
+    series: Optional[int] = None
+    """Series holding those image rows."""
+    grown: bool = False
+    """The scan saw new image rows for the study since its export (:meth:`Ledger.note_growth`)."""
 
 
 class LedgerIndex(Dict[str, Entry]):
@@ -85,18 +113,34 @@ class LedgerIndex(Dict[str, Entry]):
     two keys (a Horos database rebuild renumbered them) maps to None and matches nothing.
     """
 
-    def __init__(self, rows=()) -> None:
+    def __init__(self, rows=(), missing=(), rows_mark: Optional[str] = None) -> None:
         super().__init__()
         self.by_pk: Dict[int, Optional[Tuple[str, str]]] = {}
         for r in rows:
             self[r[0]] = _entry(r)
             if r[8] is not None:
                 self.by_pk[r[8]] = None if r[8] in self.by_pk else (r[9], r[0])
+        self.missing: Dict[str, List[str]] = {}
+        """key -> the paths a study waiting for its files lacked at its last attempt (the first
+        :data:`MISSING_KEPT`)."""
+        for key, path in missing:
+            self.missing.setdefault(key, []).append(path)
+        self.rows_mark = _mark(rows_mark)
+        """(Horos store UUID, highest ``ZIMAGE.Z_PK``) the last recorded scan had seen, or None."""
 
 
 def _entry(r) -> Entry:
     """An Entry from a row of INDEX_SQL."""
-    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8] if len(r) > 8 else None)
+    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8], r[10], r[11], r[12],
+                 bool(r[13]))
+
+
+def _mark(text: Optional[str]) -> Optional[Tuple[str, int]]:
+    try:
+        value = json.loads(text) if text else None
+        return (str(value["store"]), int(value["image_pk"])) if value else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _iso(ts: float) -> str:
@@ -148,15 +192,24 @@ class Ledger:
             await self.db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
             async with self.db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
                 row = await cur.fetchone()
-            if row is None:
-                await self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            version = 1 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
                 raise LedgerError(f"ledger {self.path} was written by a newer horos-backup (schema {row[0]}); "
                                   f"upgrade horos-backup")
+            if version < SCHEMA_VERSION:
+                await self._migrate(version)
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise fault(self.path, exc) from None
         return self
+
+    async def _migrate(self, version: int) -> None:
+        """Bring a schema-``version`` ledger (1 when new) to :data:`SCHEMA_VERSION`, in one transaction."""
+        async with self._txn():
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    await self.db.execute(statement)
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     async def close(self) -> None:
         """Close the connection."""
@@ -172,9 +225,15 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------------------------------
     async def index(self) -> LedgerIndex:
-        """Every study the ledger knows, by key (about 200 bytes per study in memory)."""
+        """Every study the ledger knows, by key (about 200 bytes per study in memory), with the missing
+        paths of the studies waiting for files and the Horos image-row mark."""
         async with self.db.execute(INDEX_SQL) as cur:
-            return LedgerIndex(await cur.fetchall())
+            rows = await cur.fetchall()
+        async with self.db.execute("SELECT key, path FROM missing_files ORDER BY rowid") as cur:
+            missing = await cur.fetchall()
+        async with self.db.execute("SELECT value FROM meta WHERE key=?", (ROWS_MARK,)) as cur:
+            mark = await cur.fetchone()
+        return LedgerIndex(rows, missing, mark[0] if mark else None)
 
     async def refresh_pks(self, pks: Sequence[Tuple[str, int]]) -> None:
         """Record the ``Z_PK`` each study has now (a Horos rebuild renumbers them), in one commit, so a
@@ -193,7 +252,19 @@ class Ledger:
                     return False
             await self.db.execute("UPDATE studies SET key=?, patient_uid=? WHERE key=?", (new, patient_uid, old))
             await self.db.execute("UPDATE zips SET key=? WHERE key=?", (new, old))
+            await self.db.execute("UPDATE missing_files SET key=? WHERE key=?", (new, old))
         return True
+
+    async def note_growth(self, keys: Sequence[str], mark: Optional[Tuple[str, int]]) -> None:
+        """Flag these exported studies as grown (the scan saw new image rows for them) and move the
+        image-row mark to ``mark``, in one commit: no growth is forgotten once the mark has passed it."""
+        if not keys and mark is None:
+            return
+        async with self._txn():
+            await self.db.executemany("UPDATE studies SET grown=1 WHERE key=?", [(k,) for k in keys])
+            if mark is not None:
+                await self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                      (ROWS_MARK, json.dumps({"store": mark[0], "image_pk": mark[1]})))
 
     async def zip_rows(self) -> Dict[str, tuple]:
         """``zip_path -> (key, version, files, zip_size, status)`` for every ZIP ever recorded."""
@@ -252,6 +323,7 @@ class Ledger:
                  s.date_added, plan.month, len(plan.files), plan.total_bytes, zip_size, now, code, detail,
                  s.patient_name, s.birth_date.isoformat() if s.birth_date else None,
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
+            await self._seen(plan, plan.missing)
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
                         members_digest: str, now: Optional[float] = None) -> None:
@@ -305,16 +377,42 @@ class Ledger:
                      s.birth_date.isoformat() if s.birth_date else None,
                      s.study_date.isoformat() if s.study_date else None, s.modalities))
             else:
-                state = row[0] if (keep_done and row[0] == DONE) else FAILED
+                state = row[0] if (keep_done and row[0] in (DONE, PARTIAL)) else FAILED
                 await self.db.execute(
                     "UPDATE studies SET state=?, attempts=?, code=?, detail=?, next_attempt=? WHERE key=?",
                     (state, attempts, outcome.code, outcome.detail, now + delay, key))
+            if plan is not None:  # what it waits for: its files (checked again at each scan), or nothing
+                waiting = outcome.code in MISSING_CODES and (plan.missing or outcome.extra)
+                await self._missing(key, waiting or ())
             return new_event
 
-    async def touch_unchanged(self, key: str, date_added: Optional[float]) -> None:
-        """The study's date changed but its files did not: remember the new date, export nothing."""
-        async with self._lock:
+    async def touch_unchanged(self, key: str, date_added: Optional[float], plan: Optional[StudyPlan] = None) -> None:
+        """The study's date or rows changed but its files did not: remember what was seen, export nothing."""
+        async with self._txn():
             await self.db.execute("UPDATE studies SET date_added=? WHERE key=?", (date_added, key))
+            if plan is not None:
+                await self._seen(plan, plan.missing)
+
+    async def _seen(self, plan: StudyPlan, missing: Sequence[str]) -> None:
+        """Inside a transaction: the study's rows as exported (no longer grown) and its missing paths."""
+        await self.db.execute("UPDATE studies SET image_rows=?, series=?, grown=NULL WHERE key=?",
+                              (plan.counts[0], plan.counts[1], plan.study.key))
+        await self._missing(plan.study.key, missing)
+
+    async def _missing(self, key: str, paths: Sequence[str]) -> None:
+        """Inside a transaction: replace the study's recorded missing paths (the first MISSING_KEPT)."""
+        await self.db.execute("DELETE FROM missing_files WHERE key=?", (key,))
+        await self.db.executemany("INSERT INTO missing_files VALUES (?, ?)",
+                                  [(key, str(p)) for p in paths[:MISSING_KEPT]])
+
+    async def bad_row(self, key: str, uid: str, note: str) -> bool:
+        """Record a malformed Horos row of this study as a ``BAD_ROW`` issue, once (True when new)."""
+        async with self.db.execute("SELECT 1 FROM issues WHERE code='BAD_ROW' AND key=? AND detail=? LIMIT 1",
+                                   (key, note)) as cur:
+            if await cur.fetchone() is not None:
+                return False
+        await self.issue("BAD_ROW", note, key, uid)
+        return True
 
     async def mark_zip_bad(self, zip_path: str, status: str, code: str, detail: str) -> Optional[str]:
         """A recorded ZIP is missing or invalid: flag it and requeue its study. Returns the study key."""
@@ -452,15 +550,24 @@ def _on_readonly_volume(path: Path) -> bool:
 
 
 def read_index(path: Path) -> LedgerIndex:
-    """The ledger index read without writing (for ``plan``); empty when there is no ledger yet."""
+    """The ledger index read without writing (for ``plan``); empty when there is no ledger yet.
+
+    A ledger not yet migrated (written by an older horos-backup, no run since) reads with NULL for the
+    columns it lacks."""
     if not path.exists():
         return LedgerIndex()
     try:
         con = open_readonly(path)
         try:
-            rows = con.execute(INDEX_SQL).fetchall()
+            have = {r[1] for r in con.execute("PRAGMA table_info(studies)")}
+            rows = con.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in INDEX_COLUMNS)} "
+                               f"FROM studies").fetchall()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = con.execute("SELECT key, path FROM missing_files ORDER BY rowid").fetchall() \
+                if "missing_files" in tables else []
+            mark = con.execute("SELECT value FROM meta WHERE key=?", (ROWS_MARK,)).fetchone()
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
-    return LedgerIndex(rows)
+    return LedgerIndex(rows, missing, mark[0] if mark else None)
