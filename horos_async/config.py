@@ -9,12 +9,13 @@ raise ``ConfigError`` naming the file, the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from horos_async.errors import ConfigError
 
@@ -24,6 +25,8 @@ else:  # pragma: no cover - exercised by the Python 3.9 CI job
     import tomli as tomllib
 
 ENV_VAR = "HOROS_BACKUP_CONFIG"
+DEFAULTS_NOTE = f"no config given: using the built-in defaults; pass --config or set {ENV_VAR}"
+"""Said beside any error met while the built-in defaults are in use (their paths are rarely this Mac's)."""
 ORDER_CHOICES = ("study_date", "date_added")
 COMPRESSION_CHOICES = ("auto", "deflate", "store")
 NAMING_CHOICES = ("classic", "pseudonymous")
@@ -112,6 +115,14 @@ class Config:
             raise ConfigError(f"cannot read {marker}: {exc.strerror}; check the Horos data volume") from exc
         return Path(text) if text else self.horos_data
 
+    def horos_data_hint(self) -> str:
+        """" did you mean …/Horos Data?" when ``horos_data`` names the folder above ``Horos Data`` (the
+        likeliest mistake: Horos shows the folder that holds it), else ""."""
+        inner = self.horos_data / "Horos Data"
+        if self.database.exists() or not inner.is_dir():
+            return ""
+        return f"; 'horos_data' must be the 'Horos Data' folder itself: did you mean '{inner}'?"
+
     @property
     def incoming_dir(self) -> Path:
         """Horos's drop box of files waiting to be indexed."""
@@ -124,8 +135,28 @@ class Config:
 
     @property
     def work_dir(self) -> Path:
-        """Lock, temp and live-progress files."""
+        """Lock, temp and live-progress files (the backup volume's temp folder)."""
         return self.backup_dir / ".tmp"
+
+    @property
+    def lock_path(self) -> Path:
+        """The run lock: held by ``run``, ``verify`` and ``rebuild-ledger``, read by ``doctor``."""
+        return self.work_dir / "run.lock"
+
+    @property
+    def live_status_path(self) -> Path:
+        """The live status file a running engine replaces about twice a second (``state.live``)."""
+        return self.work_dir / "status.json"
+
+    @property
+    def verify_state_path(self) -> Path:
+        """Where an interrupted ``verify`` pass remembers how far it got."""
+        return self.work_dir / "verify_state.json"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Damaged ZIPs moved aside, never deleted (``<month>/<name>.zip`` inside)."""
+        return self.backup_dir / ".quarantine"
 
     @property
     def issues_csv(self) -> Path:
@@ -238,13 +269,35 @@ def validate(cfg: Config) -> Config:
             parse_window(cfg.run_window)
         except ValueError as exc:
             raise _fail(src, "run_window", cfg.run_window, str(exc)) from None
-    try:
-        cfg.backup_dir.resolve().relative_to(cfg.horos_data.resolve())
-    except ValueError:
-        pass
-    else:
-        raise _fail(src, "backup_dir", str(cfg.backup_dir), "must not be inside the Horos data folder")
+    _check_outside_horos(cfg, src)
     return cfg
+
+
+def _check_outside_horos(cfg: Config, src: str) -> None:
+    """``backup_dir`` must not lie inside Horos's folders: ``horos_data``, nor the data root that
+    ``DBFOLDER_LOCATION`` names (where ``DATABASE.noindex`` and ``INCOMING.noindex`` live). ZIPs there
+    would be inside what they back up, and could be swept up by Horos."""
+    try:
+        data_root = cfg.data_root
+    except ConfigError:  # an unreadable DBFOLDER_LOCATION is reported where it is used
+        data_root = cfg.horos_data
+    backup = cfg.backup_dir.resolve()
+    for folder, why in ((cfg.horos_data, "the Horos data folder"),
+                        (data_root, f"Horos's data folder named in {cfg.horos_data / 'DBFOLDER_LOCATION'}")):
+        try:
+            backup.relative_to(folder.resolve())
+        except ValueError:
+            continue
+        raise _fail(src, "backup_dir", str(cfg.backup_dir), f"must not be inside {why} ({folder}): choose a "
+                    f"folder on another disk (README 'Configuration')")
+
+
+def similar_keys(key: str) -> List[str]:
+    """Known keys a mistyped one probably meant: the same ignoring case and ``-`` (``Batch_Size``,
+    ``batch-size``), else those sharing its first word, else close spellings (``concurency``)."""
+    folded = key.lower().replace("-", "_")
+    return ([k for k in _FIELDS if k == folded] or [k for k in _FIELDS if k.split("_")[0] == folded.split("_")[0]]
+            or difflib.get_close_matches(folded, list(_FIELDS), n=3, cutoff=0.8))
 
 
 def from_mapping(data: Mapping[str, Any], source: Optional[Path] = None) -> Config:
@@ -254,7 +307,7 @@ def from_mapping(data: Mapping[str, Any], source: Optional[Path] = None) -> Conf
     values: Dict[str, Any] = {}
     for key, value in data.items():
         if key not in _FIELDS:
-            close = [k for k in _FIELDS if k.split("_")[0] == key.split("_")[0]]
+            close = similar_keys(key)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise _fail(name, key, value, f"unknown key{hint}; see README 'Configuration'")
         values[key] = _convert(name, key, value, base)

@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence
 
@@ -36,6 +37,7 @@ _NO_LINKS = frozenset(
     if e
 )
 _NAME_MAX = 255  # bytes in one path component, on APFS, HFS+, exFAT and ext4 alike
+_DIRS_LOCK = threading.Lock()  # see ensure_dir
 
 
 class AlreadyExists(FileExistsError):
@@ -76,24 +78,33 @@ def sync_file(f: IO[bytes], *, path: Optional[Path] = None, trace: Trace = None)
 
 
 def ensure_dir(path: Path, mode: int = DIR_MODE) -> List[Path]:
-    """``mkdir -p path``; return the directories it newly created, outermost first."""
-    missing: List[Path] = []
-    current = Path(path)
-    while not current.is_dir():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    created: List[Path] = []
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            if not directory.is_dir():
-                raise
-            continue
-        created.append(directory)
-    return created
+    """``mkdir -p path``; return the directories it newly created, outermost first.
+
+    A folder it creates is durable when it returns: the parent of each new folder is synced first
+    (docs/design/durability.md §1). One lock covers the check, the creation and the syncs, so a second
+    caller (another job in the same new month) waits until then: nobody can publish into a folder, and
+    record a ZIP there as done, while the folder's own entry could still vanish in a power cut.
+    """
+    with _DIRS_LOCK:
+        missing: List[Path] = []
+        current = Path(path)
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        created: List[Path] = []
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, mode)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise
+                continue
+            created.append(directory)
+        for directory in reversed(created):  # innermost first, as _sync_dirs
+            platform.sync_dir(directory.parent)
+        return created
 
 
 def publish(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None) -> None:
@@ -165,11 +176,26 @@ def discard(path: Path) -> None:
         log.warning("could not remove temp file %s: %s", naming.redact_zip_path(str(path)), exc.strerror or exc)
 
 
+def is_own_temp(name: str, pid: Optional[int] = None) -> bool:
+    """True for a temp name whose tag starts with this process's pid (``.x.<pid>.partial``,
+    ``.x.<pid>-<n>.partial``): a file this process is writing now, not one a crash left."""
+    if not is_temp_name(name):
+        return False
+    tag = name[:-len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
+    mine = str(os.getpid() if pid is None else pid)
+    return tag == mine or tag.startswith(mine + "-")
+
+
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
     """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it).
 
     A folder that is a symlink is followed, as the writer follows it (a month folder moved to another
-    disk and linked back); ``max_depth`` bounds the walk, so a link loop cannot run away."""
+    disk and linked back); ``max_depth`` bounds the walk, so a link loop cannot run away.
+
+    This process's own temp files (the live status file being replaced while the run starts) are
+    kept: they are not left by anyone. A crashed process whose pid we now have left one only by
+    chance; the next run, with another pid, removes it.
+    """
     removed: List[Path] = []
     root = Path(directory)
     if not root.is_dir():
@@ -182,7 +208,7 @@ def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
                 if entry.is_dir():
                     if depth < max_depth:
                         pending.append((Path(entry.path), depth + 1))
-                elif is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                elif is_temp_name(entry.name) and not is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):
                     try:
                         os.unlink(entry.path)
                     except FileNotFoundError:

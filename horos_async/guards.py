@@ -21,7 +21,7 @@ def check_sentinel(cfg: Config) -> None:
         return
     if not cfg.sentinel.exists():
         raise SentinelMissing(
-            f"sentinel file {cfg.sentinel} is missing: the PACS volume is not mounted, or is mounted under "
+            f"sentinel file {cfg.sentinel} is missing: the backup volume is not mounted, or is mounted under "
             f"another name (e.g. '{cfg.sentinel.parent.name} 1'). Nothing was written. Mount the volume, or "
             f"create the sentinel on the right disk: touch '{cfg.sentinel}'")
 
@@ -31,8 +31,12 @@ def check_volumes(cfg: Config) -> None:
     check_horos_data(cfg)
     noindex = cfg.data_root / "DATABASE.noindex"
     if not noindex.is_dir():
-        what = "is not a folder (a Finder alias? replace it with a symbolic link)" if noindex.exists() \
-            else "does not exist (is the volume named in DBFOLDER_LOCATION mounted?)"
+        if noindex.exists():
+            what = "is not a folder (a Finder alias? replace it with a symbolic link)"
+        elif (cfg.horos_data / "DBFOLDER_LOCATION").exists():
+            what = f"does not exist (is the volume named in {cfg.horos_data / 'DBFOLDER_LOCATION'} mounted?)"
+        else:
+            what = "does not exist" + (cfg.horos_data_hint() or "; check 'horos_data' names the 'Horos Data' folder")
         raise VolumeError(f"Horos image folder {noindex} {what}. Nothing was written")
     problem = backup_dir_missing(cfg)
     if problem:

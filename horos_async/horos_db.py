@@ -27,7 +27,7 @@ from typing import AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple
 import aiosqlite
 
 from horos_async.config import Config
-from horos_async.errors import DatabaseUnavailable, SchemaError
+from horos_async.errors import DatabaseUnavailable, SchemaError, VolumeError
 from horos_async.models import StudyRow
 from horos_async.timezones import cocoa_to_local, cocoa_to_unix, load_zone, system_zone
 
@@ -43,8 +43,7 @@ STUDY_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZNAME", "ZPATIENTI
                  "ZDATEADDED", "ZMODALITY", "ZSTUDYNAME", "ZACCESSIONNUMBER")
 SCAN_COLUMNS = ("Z_PK", "ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZDATE", "ZDATEADDED")
 SERIES_COLUMNS = ("Z_PK", "ZSTUDY", "ZID", "ZNAME", "ZMODALITY")
-IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING",
-                 "ZSTOREDINDATABASEFOLDER")
+IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER", "ZPATHSTRING")
 
 _TRANSIENT = ("database is locked", "database table is locked", "readonly", "unable to open",
               "disk i/o error", "locking protocol")
@@ -72,8 +71,6 @@ class ImageRef:
     instance_number: Optional[int]
     path_number: Optional[int]
     path_string: Optional[str]
-    in_database_folder: Optional[int]
-    """``ZSTOREDINDATABASEFOLDER``: NULL means inside DATABASE.noindex, 0 a linked file."""
     pk: int = 0
     """``ZIMAGE.Z_PK`` (named in reports about the row)."""
     problem: str = ""
@@ -152,9 +149,11 @@ class HorosReader:
 
     async def _open(self) -> None:
         if not self.path.is_file():
-            raise DatabaseUnavailable(
-                f"Horos database not found at {self.path}; check 'horos_data' in the config and that the "
-                f"Horos volume is mounted")
+            # Not "busy, will retry": nothing is there to wait for (a wrong 'horos_data', or the volume
+            # is not mounted), the same as a missing Horos folder (exit 7).
+            raise VolumeError(
+                f"Horos database not found at {self.path}{self.cfg.horos_data_hint()}; check 'horos_data' in "
+                f"the config and that the Horos volume is mounted. Nothing was written")
         await self.close()
         # as_uri() quotes '#', '?' and spaces: a hand-built "file:" URI could open another (empty) file.
         uri = self.path.resolve().as_uri() + "?mode=ro"
@@ -431,7 +430,7 @@ def _image(r: Sequence) -> ImageRef:
         number = path = None
     return ImageRef(series_pk=int(r[5]), series_number=_int(r[1]), series_description=r[2] or "",
                     modality=(r[3] or "OT").strip().upper(), instance_number=_int(r[6]), path_number=number,
-                    path_string=path, in_database_folder=_int(r[10]), pk=int(r[4]), problem=problem)
+                    path_string=path, pk=int(r[4]), problem=problem)
 
 
 def _date_value(v, pk: int, column: str, notes: List[str]) -> Optional[float]:

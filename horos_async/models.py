@@ -123,17 +123,21 @@ class StudyPlan:
 DONE = "done"
 FAILED = "failed"
 PARTIAL = "partial"
+UNCHANGED = "unchanged"
+"""The ledger already holds a verified ZIP of exactly these files: nothing was written."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one study job produced; written to the ledger and, when not DONE, to issues.csv."""
+    """What one study job produced; the engine records it in the ledger and, when partial or failed, in
+    issues.csv."""
 
     key: str
     status: str
-    """``done``, ``partial`` (exported with files missing, allowed by config) or ``failed``."""
+    """``done``, ``partial`` (exported with files missing, allowed by config), ``failed``, or ``unchanged``
+    (nothing to write: the study's verified ZIP holds exactly its files)."""
     code: str = ""
-    """Issue code for anything but a clean DONE (``MISSING_FILES``, ``NO_FILES``, ``ZIP_FAIL``...)."""
+    """Issue code of a partial or failed study (``PARTIAL``, ``MISSING_FILES``, ``NO_FILES``, ``ZIP_FAIL``...)."""
     detail: str = ""
     zip_relpath: str = ""
     files: int = 0
@@ -142,3 +146,5 @@ class Outcome:
     seconds: float = 0.0
     extra: Tuple[str, ...] = field(default=())
     """First few paths involved (missing or unreadable files)."""
+    members_digest: str = ""
+    """Digest of the published ZIP's members (names, CRCs, sizes) for the ledger; done and partial only."""

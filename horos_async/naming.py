@@ -1,7 +1,8 @@
 """ZIP names, month folders and member names: portable, unique, and never outside ``backup_dir``.
 
 The classic name is ``Patient_DOB_StudyDate_UID.zip`` in a ``YYYY_MM`` folder of the study's local
-date. Names are ASCII (accents transliterated, ``José Conceição`` → ``Jose_Conceicao``), the full
+date. Names are ASCII (accents dropped, ``José Conceição`` → ``Jose_Conceicao``; other scripts
+transliterated, ``Иванов Пётр`` → ``Ivanov_Petr``), the full
 Study Instance UID is always kept (it is how a lost ledger is rebuilt), and the patient part is what
 gets shortened to honour ``max_name_length``.
 """
@@ -14,6 +15,8 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from anyascii import anyascii
 
 from horos_async.models import SourceFile, StudyRow
 
@@ -31,9 +34,17 @@ _UID_UNSAFE = re.compile(r"[^0-9A-Za-z.-]+")
 
 
 def transliterate(text: str) -> str:
-    """ASCII approximation: ``Conceição`` → ``Conceicao``; what has no ASCII form is dropped."""
+    """ASCII approximation: ``Conceição`` → ``Conceicao``, ``Иванов^Пётр`` → ``Ivanov^Petr``.
+
+    Latin letters go through NFKD (accents dropped: the names clinics already know stay as they were);
+    letters and digits of other scripts (Cyrillic, Greek, Chinese, Japanese, Arabic...) through
+    anyascii's tables; what is left (combining marks, symbols, emoji) is dropped.
+    """
     text = unicodedata.normalize("NFKD", text.translate(_SPECIAL))
-    return text.encode("ascii", "ignore").decode("ascii")
+    if text.isascii():
+        return text
+    return "".join(ch if ch.isascii() else anyascii(ch) if unicodedata.category(ch)[0] in "LN" else ""
+                   for ch in text)
 
 
 def clean_component(text: Optional[str], fallback: str = UNKNOWN, limit: int = 0) -> str:
@@ -146,11 +157,13 @@ def member_names(files: Sequence[SourceFile]) -> List[str]:
     """One portable member name per file, in the same order as ``files``.
 
     Layout: ``<series folder>/IM00001.dcm``. Series are told apart by their Horos series row, so two
-    series with the same number and description get ``..._2``. Files are numbered within their series
-    in the order given (the planner sorts by series, then instance number, then path).
+    series with the same number and description get ``..._2``; so do two whose folder names differ
+    only by case (``Head`` and ``HEAD``), because APFS, HFS+ and exFAT (case-insensitive by default)
+    would make them one folder when the ZIP is extracted on a Mac. Files are numbered within their
+    series in the order given (the planner sorts by series, then instance number, then path).
     """
     folders: Dict[int, str] = {}
-    used = set()
+    used = set()  # casefolded folder names already given
     counters: Dict[int, int] = {}
     names = []
     for src in files:
@@ -158,10 +171,10 @@ def member_names(files: Sequence[SourceFile]) -> List[str]:
         if folder is None:
             base = series_folder(src)
             folder, n = base, 1
-            while folder in used:
+            while folder.casefold() in used:
                 n += 1
                 folder = f"{base}_{n}"
-            used.add(folder)
+            used.add(folder.casefold())
             folders[src.series_pk] = folder
         counters[src.series_pk] = counters.get(src.series_pk, 0) + 1
         names.append(f"{folder}/IM{counters[src.series_pk]:05d}{_extension(src)}")
@@ -174,3 +187,53 @@ def sort_files(files: Iterable[SourceFile]) -> List[SourceFile]:
         return (f.series_number if f.series_number is not None else 1 << 30, f.series_pk,
                 f.instance_number if f.instance_number is not None else 1 << 30, str(f.path))
     return sorted(files, key=key)
+
+
+# -- names on an 80-column terminal line (catalog, status) -------------------------------------------------
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an ESC sequence in a patient name could
+    drive the terminal) shown as ``?``."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def cells(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (CJK) characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def _take(text: str, width: int) -> str:
+    """The longest start of ``text`` that fits in ``width`` columns."""
+    used, out = 0, []
+    for c in text:
+        w = cells(c)
+        if used + w > width:
+            break
+        used += w
+        out.append(c)
+    return "".join(out)
+
+
+def fit_end(text: str, width: int) -> str:
+    """``text`` in at most ``width`` columns, cut at the end with ``…`` when it does not fit."""
+    if cells(text) <= width:
+        return text
+    return _take(text, max(0, width - 1)) + "…" if width >= 1 else ""
+
+
+def fit_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` columns, its middle replaced by ``…`` (keeps a ZIP's month folder
+    and the UID at its end)."""
+    if cells(text) <= width:
+        return text
+    if width < 3:
+        return fit_end(text, width)
+    tail_room = (width - 1) // 2
+    tail = _take(text[::-1], tail_room)[::-1]
+    return _take(text, width - 1 - cells(tail)) + "…" + tail
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` fitted to ``width`` columns and padded with spaces to exactly that width."""
+    text = fit_end(text, width)
+    return text + " " * (width - cells(text))

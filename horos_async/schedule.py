@@ -19,7 +19,7 @@ def parse_window(text: str) -> Tuple[dt.time, dt.time]:
         raise ValueError("hours must be 00-23 and minutes 00-59")
     start, end = dt.time(h1, m1), dt.time(h2, m2)
     if start == end:
-        raise ValueError("start and end are equal; leave quiet_hours empty to run at any time")
+        raise ValueError("start and end are equal; leave run_window empty to run at any time")
     return start, end
 
 

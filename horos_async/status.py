@@ -1,8 +1,9 @@
 """A read-only snapshot of the engine for any front end (CLI ``status``, ``horos-tui``); no Textual here.
 
 Sources, all read without writing: the live file ``backup_dir/.tmp/status.json`` that a running engine
-replaces about twice a second, and the ledger opened ``mode=ro``. A live file whose heartbeat is older
-than ``STALE_SECONDS`` while its process is gone is reported as stale, never as idle.
+replaces about twice a second (format and parser: ``state.live``), and the ledger opened ``mode=ro``. A
+live file whose heartbeat is older than ``STALE_SECONDS`` while its process is gone is reported as stale,
+never as idle.
 
 State that cannot be read (backup volume not mounted, ledger damaged or unreadable) is ``unreadable``
 with the reason and the exit code ``status`` returns, never "0 studies backed up". The archive counts
@@ -12,74 +13,31 @@ agree with each other: ``done`` is the ledger's (the truth, live), ``eligible`` 
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from horos_async import guards, platform
+from horos_async import guards, naming, platform
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
-from horos_async.state.ledger import open_readonly
+from horos_async.models import DONE, FAILED
+from horos_async.state import live as live_file
+from horos_async.state.ledger_read import LedgerReader
+from horos_async.state.ledger_records import IssueRecord, RunRecord, StateTotals
+from horos_async.state.live import Finished, Job, LiveStatus  # noqa: F401 (the live file's records, shown as they are)
 
 STALE_SECONDS = 10.0
-LIVE_FILE = "status.json"
 
 
-@dataclass(frozen=True)
-class Job:
-    """One running ZIP job."""
-
-    uid: str
-    label: str
-    """ZIP file name (what the operator sees on disk)."""
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    started: float
-    """Unix seconds."""
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A study finished in the current batch."""
-
-    uid: str
-    label: str
-    status: str
-    """``done``, ``partial`` or ``failed``."""
-    code: str
-    seconds: float
-    bytes: int
-
-
-@dataclass(frozen=True)
-class IssueRow:
-    """One row of the issue log."""
-
-    ts: float
-    code: str
-    uid: str
-    zip_path: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One past or current run."""
-
-    id: int
-    started: float
-    ended: Optional[float]
-    outcome: str
-    exit_code: Optional[int]
-    studies_done: int
-    studies_failed: int
-    bytes_in: int
+IssueRow = IssueRecord
+"""One row of the issue log (the ledger's record, under the name front ends know)."""
+RunRow = RunRecord
+"""One past or current run (the ledger's record, under the name front ends know)."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +46,8 @@ class Snapshot:
 
     taken: float
     engine: str
-    """``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine died or hung),
-    ``never-run`` or ``unreadable``."""
+    """``codes.EngineState``: ``running``, ``paused`` (a guard stopped the run), ``idle``, ``stale`` (engine
+    died or hung), ``never-run`` or ``unreadable``."""
     detail: str
     """One human line explaining ``engine``."""
     pid: Optional[int] = None
@@ -155,16 +113,13 @@ def _rate(samples: Tuple[Tuple[float, int, int], ...], idx: int, window: float) 
 
 
 
-def _read_live(cfg: Config) -> Optional[Dict[str, Any]]:
-    path = cfg.work_dir / LIVE_FILE
+def _read_live(cfg: Config) -> Optional[LiveStatus]:
+    path = cfg.live_status_path
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        return live_file.load(path)
     except (OSError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid JSON: {exc}"
         raise VolumeError(f"cannot read the engine's live state {path} ({why})") from None
-    return data if isinstance(data, dict) else None
 
 
 def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, Any]:
@@ -174,7 +129,8 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
     if not path.exists():
         return out
     try:
-        return _query_ledger(open_readonly(path), out, issues_limit, runs_limit)
+        with LedgerReader.open(path) as led:
+            return _query_ledger(led, out, issues_limit, runs_limit)
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None
@@ -185,28 +141,17 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int) -> Dict[str, A
             f"ZIPs on disk") from None
 
 
-def _query_ledger(con: sqlite3.Connection, out: Dict[str, Any], issues_limit: int,
+def _query_ledger(led: LedgerReader, out: Dict[str, Any], issues_limit: int,
                   runs_limit: int) -> Dict[str, Any]:
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"studies", "issues", "runs"} <= tables:
-            return out  # an empty ledger the engine is creating right now
-        out["read"] = True
-        for state, n, b in con.execute("SELECT state, COUNT(*), COALESCE(SUM(bytes_in),0) FROM studies GROUP BY state"):
-            if state == "done":
-                out["done"], out["bytes_done"] = n, b
-            elif state == "failed":
-                out["failed"] = n
-        out["months"] = {m: n for m, n in con.execute(
-            "SELECT month, COUNT(*) FROM studies WHERE state='done' GROUP BY month")}
-        out["issues"] = tuple(IssueRow(r[0], r[1], r[2] or "", r[3] or "", r[4] or "") for r in con.execute(
-            "SELECT ts, code, uid, zip_path, detail FROM issues ORDER BY id DESC LIMIT ?", (issues_limit,)))
-        out["runs"] = tuple(RunRow(r[0], r[1], r[2], r[3] or "", r[4], r[5] or 0, r[6] or 0, r[7] or 0)
-                            for r in con.execute(
-            "SELECT id, started, ended, outcome, exit_code, studies_done, studies_failed, bytes_in FROM runs "
-            "ORDER BY id DESC LIMIT ?", (runs_limit,)))
-    finally:
-        con.close()
+    if not led.is_ready():
+        return out  # an empty ledger the engine is creating right now
+    out["read"] = True
+    totals = led.state_totals()
+    done, failed = totals.get(DONE, StateTotals()), totals.get(FAILED, StateTotals())
+    out["done"], out["bytes_done"], out["failed"] = done.studies, done.bytes_in, failed.studies
+    out["months"] = led.done_per_month()
+    out["issues"] = led.recent_issues(issues_limit)
+    out["runs"] = led.recent_runs(runs_limit)
     return out
 
 
@@ -221,16 +166,16 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
     now = time.time() if now is None else now
     missing = guards.backup_dir_missing(cfg)
     if missing:
-        return Snapshot(taken=now, engine="unreadable", detail=missing, exit_code=EXIT_VOLUME,
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=missing, exit_code=EXIT_VOLUME,
                         host=socket.gethostname())
     try:
         live = _read_live(cfg)
         led = _ledger_part(cfg, issues_limit, runs_limit)
     except (LedgerError, VolumeError) as exc:
-        return Snapshot(taken=now, engine="unreadable", detail=str(exc), exit_code=exc.exit_code,
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=str(exc), exit_code=exc.exit_code,
                         host=socket.gethostname())
     except OSError as exc:
-        return Snapshot(taken=now, engine="unreadable", exit_code=EXIT_VOLUME, host=socket.gethostname(),
+        return Snapshot(taken=now, engine=EngineState.UNREADABLE, exit_code=EXIT_VOLUME, host=socket.gethostname(),
                         detail=f"cannot read the engine's state in {cfg.backup_dir} ({exc.strerror or exc}): "
                                f"is the backup volume still mounted, and readable by this user?")
     installed = launchd_plist_path().exists()
@@ -242,47 +187,36 @@ def read_snapshot(cfg: Config, now: Optional[float] = None, *, issues_limit: int
                 host=socket.gethostname())
     if live is None:
         if runs:
-            return Snapshot(engine="idle", detail="no live state; last run recorded in the ledger", **base)
-        return Snapshot(engine="never-run", detail="horos-backup has not run yet with this backup folder", **base)
-    totals = live.get("totals") or {}
-    months = tuple((m, int(v[0]), int(v[1])) for m, v in sorted((live.get("months") or {}).items()))
-    inc = live.get("incoming") or {}
-    guard = live.get("guard") or {}
-    batch = live.get("batch") or {}
-    state = str(live.get("state", ""))
-    alive = guards.pid_alive(live.get("pid")) if live.get("host") in (None, socket.gethostname()) else True
-    beat = float(live.get("heartbeat") or 0)
-    if state in ("running", "stopping"):
+            return Snapshot(engine=EngineState.IDLE, detail="no live state; last run recorded in the ledger", **base)
+        return Snapshot(engine=EngineState.NEVER_RUN, detail="horos-backup has not run yet with this backup folder",
+                        **base)
+    alive = guards.pid_alive(live.pid) if live.host in (None, socket.gethostname()) else True
+    beat = live.heartbeat
+    if live.state == EngineState.RUNNING:
         if not alive or now - beat > STALE_SECONDS:
-            engine = "stale"
+            engine = EngineState.STALE
             detail = (f"the engine stopped updating {now - beat:.0f}s ago"
                       + ("" if alive else " and its process is gone (killed or crashed); the next run resumes"))
         else:
-            engine, detail = "running", f"running since {time.strftime('%H:%M:%S', time.localtime(live.get('started', now)))}, batch {batch.get('index', 0)}"
-    elif state == "paused":
-        engine, detail = "paused", guard.get("detail") or live.get("message") or "paused by a guard"
+            since = time.strftime('%H:%M:%S', time.localtime(now if live.started is None else live.started))
+            engine, detail = EngineState.RUNNING, f"running since {since}, batch {live.batch.index}"
+    elif live.state == EngineState.PAUSED:
+        engine, detail = EngineState.PAUSED, live.guard.detail or live.message or "paused by a guard"
     else:
-        engine, detail = "idle", live.get("message") or "last run finished"
-    eligible = totals.get("eligible")
+        engine, detail = EngineState.IDLE, live.message or "last run finished"
+    eligible = live.totals.eligible
     # "done" is the ledger's, read now; "eligible" is from the last scan, which may be minutes old in a
     # long batch or a killed run: pending derived from both, so the three numbers always add up.
-    pending = max(0, int(eligible) - led["done"]) if eligible is not None else None
+    pending = max(0, eligible - led["done"]) if eligible is not None else None
+    months = live.months
     if led.get("read"):  # per month too: done from the ledger, eligible from the scan
         months = tuple((m, e, led["months"].get(m, 0)) for m, e, _ in months)
     return Snapshot(
-        engine=engine, detail=detail, pid=live.get("pid"), run_started=live.get("started"),
-        phase=str(live.get("phase", "")), guard_code=str(guard.get("code", "")),
-        guard_detail=str(guard.get("detail", "")), incoming_count=inc.get("count"),
-        incoming_limit=int(inc.get("limit") or cfg.incoming_max_files), incoming_capped=bool(inc.get("capped")),
-        jobs=tuple(Job(j.get("uid", ""), j.get("label", ""), int(j.get("files_done", 0)), int(j.get("files_total", 0)),
-                       int(j.get("bytes_done", 0)), int(j.get("bytes_total", 0)), float(j.get("started", 0)))
-                   for j in live.get("jobs") or ()),
-        queued=tuple(batch.get("queued") or ()),
-        finished=tuple(Finished(f.get("uid", ""), f.get("label", ""), f.get("status", ""), f.get("code", ""),
-                                float(f.get("seconds", 0)), int(f.get("bytes", 0))) for f in batch.get("finished") or ()),
-        batch_index=int(batch.get("index") or 0), eligible=eligible, pending=pending, months=months,
-        throughput=tuple((float(a), int(b), int(c)) for a, b, c in (live.get("throughput") or {}).get("samples", ())),
-        **base)
+        engine=engine, detail=detail, pid=live.pid, run_started=live.started, phase=live.phase,
+        guard_code=live.guard.code, guard_detail=live.guard.detail, incoming_count=live.incoming.count,
+        incoming_limit=live.incoming.limit or cfg.incoming_max_files, incoming_capped=live.incoming.capped,
+        jobs=live.jobs, queued=live.batch.queued, finished=live.batch.finished, batch_index=live.batch.index,
+        eligible=eligible, pending=pending, months=months, throughput=live.samples, **base)
 
 
 def to_json(snap: Snapshot) -> Dict[str, Any]:
@@ -300,12 +234,15 @@ def _when(ts: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
-def render(snap: Snapshot) -> str:
-    """Human-readable status."""
+def render(snap: Snapshot, width: int = 80) -> str:
+    """Human-readable status, every line at most ``width`` columns (an 80-column SSH terminal): long
+    sentences wrap, a ZIP name or UID is shortened in the middle with ``…``, an issue's detail takes
+    at most two lines (all of it is in issues.csv)."""
+    width = max(width, 60)
     lines = [f"Engine: {snap.engine.upper()} - {snap.detail}"]
-    if snap.engine == "unreadable":
+    if snap.engine == EngineState.UNREADABLE:
         lines.append("Archive: unknown (the backup state could not be read; see above)")
-        return "\n".join(lines)
+        return _wrapped(lines, width)
     if snap.eligible is not None:
         lines.append(f"Archive: {snap.done}/{snap.eligible} studies backed up, {snap.pending} pending, "
                      f"{snap.failed} failing, {snap.bytes_done / 1e9:.2f} GB of images")
@@ -315,8 +252,10 @@ def render(snap: Snapshot) -> str:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")
     for j in snap.jobs:
-        lines.append(f"  zipping {j.label}: {j.files_done}/{j.files_total} files, "
-                     f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        counts = (f": {j.files_done}/{j.files_total} files, "
+                  f"{j.bytes_done / 1e6:.0f}/{j.bytes_total / 1e6:.0f} MB")
+        label = naming.fit_middle(naming.printable(j.label), width - len("  zipping ") - len(counts))
+        lines.append(f"  zipping {label}{counts}")
     if snap.next_run:
         lines.append(f"Next scheduled run: about {_when(snap.next_run)}")
     if snap.runs:
@@ -327,5 +266,22 @@ def render(snap: Snapshot) -> str:
     if snap.issues:
         lines.append("Recent issues:")
         for i in snap.issues[:10]:
-            lines.append(f"  {_when(i.ts)} {i.code:<20} {i.uid or '-'} {i.detail[:90]}")
-    return "\n".join(lines)
+            head = f"  {_when(i.ts)}  {i.code:<19} "
+            lines.append(head + naming.fit_middle(i.uid or "-", width - len(head)))
+            detail = textwrap.wrap(naming.printable(i.detail), width - 6) or [""]
+            if len(detail) > 2:
+                detail = [detail[0], naming.fit_end(" ".join(detail[1:]), width - 6)]
+            lines += [f"      {d}" for d in detail if d]
+    return _wrapped(lines, width)
+
+
+def _wrapped(lines, width: int) -> str:
+    """Lines longer than ``width`` wrapped, the continuation indented two more than the line."""
+    out = []
+    for line in lines:
+        if naming.cells(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 2)
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [line[:width]]
+    return "\n".join(out)

@@ -62,11 +62,6 @@ def cocoa_to_unix(value: Optional[float]) -> Optional[float]:
         return None
 
 
-def unix_to_cocoa(value: float) -> float:
-    """Unix seconds to Core Data seconds-since-2001."""
-    return value - COCOA_EPOCH_OFFSET
-
-
 def to_local(unix: Optional[float], zone: Optional[dt.tzinfo]) -> Optional[dt.datetime]:
     """An aware datetime in ``zone`` (None = this machine's zone, DST rules included)."""
     if unix is None:

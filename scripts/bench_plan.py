@@ -50,7 +50,7 @@ def peak_rss_mb() -> float:
 
 def ledgers(db: Path, studies, mark):
     """The ledger indexes of the four situations (see the module docstring), built without timing."""
-    from horos_async.state.ledger import LedgerIndex
+    from horos_async.state.ledger_read import index_from_rows
     from horos_async.timezones import cocoa_to_unix
 
     con = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
@@ -65,9 +65,10 @@ def ledgers(db: Path, studies, mark):
     now = json.dumps({"store": mark[0], "image_pk": mark[1]})
     behind = json.dumps({"store": mark[0], "image_pk": mark[1] - GROWN_ROWS})
     return {"first run, empty ledger": {},
-            "steady state, every study backed up": LedgerIndex(rows, (), now),
-            f"every study backed up, {GROWN_ROWS:,} image rows added since the last run": LedgerIndex(rows, (), behind),
-            "first scan after the upgrade (no mark: every study's rows counted once)": LedgerIndex(rows)}
+            "steady state, every study backed up": index_from_rows(rows, (), now),
+            f"every study backed up, {GROWN_ROWS:,} image rows added since the last run":
+                index_from_rows(rows, (), behind),
+            "first scan after the upgrade (no mark: every study's rows counted once)": index_from_rows(rows)}
 
 
 def child(db: Path, rounds: int) -> None:

@@ -8,12 +8,10 @@ import io
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import threading
 import time
 import tracemalloc
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -34,9 +32,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async import platform
-from horos_async.backup.archive import BuiltMember, Member
+from horos_async.backup.archive import Member
 
 PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
 UNZIP = shutil.which("unzip")
@@ -179,8 +177,8 @@ def test_build_reads_back_byte_for_byte(tmp_path, study):
             assert abs(time.mktime(info.date_time + (0, 0, -1)) - time.mktime(mtime + (0, 0, -1))) <= 2
     assert pydicom.dcmread(io.BytesIO(contents["1 CT/ct1.dcm"])).PatientName == "Test^Patient"
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
-    assert archive.verify_zip(out, built) == built
-    assert archive.read_comment(out) == b'{"key": "1.2.3"}'
+    assert zipcheck.verify_zip(out, built) == built
+    assert zipcheck.read_comment(out) == b'{"key": "1.2.3"}'
     unzip_test(out)
 
 
@@ -289,7 +287,7 @@ def test_dates_outside_zip_range_are_clamped(tmp_path, study, mtime, expected):
     out, built = build(tmp_path, study[:1])
     with zipfile.ZipFile(out) as zf:
         assert zf.infolist()[0].date_time == expected
-    archive.verify_zip(out, built)
+    zipcheck.verify_zip(out, built)
 
 
 @no_unraisable
@@ -332,7 +330,7 @@ def test_isal_and_zlib_paths_both_make_standard_zips(tmp_path, study, monkeypatc
     # Different compressors really ran: the deflate streams differ for compressible members.
     assert out_isal.read_bytes() != out_zlib.read_bytes()
     for out, built in ((out_isal, built_isal), (out_zlib, built_zlib)):
-        archive.verify_zip(out, built)
+        zipcheck.verify_zip(out, built)
         unzip_test(out)
 
 
@@ -359,7 +357,7 @@ def test_zip64_for_more_than_65535_members(tmp_path):
     out, built = build(tmp_path, members)
     data = out.read_bytes()
     assert b"PK\x06\x06" in data[-200:] and b"PK\x06\x07" in data[-200:]  # ZIP64 end records
-    assert len(archive.verify_zip(out, built)) == 65_537
+    assert len(zipcheck.verify_zip(out, built)) == 65_537
     unzip_test(out)
 
 
@@ -374,151 +372,8 @@ def test_zip64_for_a_member_over_4_gib(tmp_path):
     out, built = build(tmp_path, members, level=1)
     big.unlink()
     assert built[0].size > 0xFFFFFFFF
-    archive.verify_zip(out, built)
+    zipcheck.verify_zip(out, built)
     unzip_test(out)
-
-
-# --- verifying -----------------------------------------------------------------------------------
-
-
-def _member_data_offset(zip_path: Path, name: str) -> int:
-    with zipfile.ZipFile(zip_path) as zf:
-        info = zf.getinfo(name)
-    with open(zip_path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
-
-
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x55]))
-
-
-@pytest.mark.parametrize("name", ["2 Other/noise.bin", "2 Other/ramp.bin", "1 CT/ct1.dcm"])
-def test_verify_catches_a_flipped_byte(tmp_path, study, name):
-    out, built = build(tmp_path, study)
-    _flip(out, _member_data_offset(out, name) + 100)
-    with pytest.raises(archive.ZipInvalid) as info:
-        archive.verify_zip(out, built)
-    assert info.value.member == name
-    assert archive.verify_zip(out, built, deep=False) == built  # the directory alone looks fine
-
-
-def test_verify_catches_a_damaged_local_header(tmp_path, study):
-    out, built = build(tmp_path, study)
-    with zipfile.ZipFile(out) as zf:
-        second = zf.infolist()[1]
-    _flip(out, second.header_offset + 31)  # inside the name stored in the local header
-    with pytest.raises(archive.ZipInvalid) as info:
-        archive.verify_zip(out, built)
-    assert info.value.member == second.filename
-
-
-def test_verify_catches_truncation(tmp_path, study):
-    out, built = build(tmp_path, study)
-    for cut in (1, 40, out.stat().st_size // 2):
-        damaged = tmp_path / f"cut{cut}.zip"
-        damaged.write_bytes(out.read_bytes()[:-cut])
-        with pytest.raises(archive.ZipInvalid):
-            archive.verify_zip(damaged, built, deep=False)
-    with pytest.raises(archive.ZipInvalid):
-        archive.verify_zip(tmp_path / "cut1.zip")
-
-
-@pytest.mark.parametrize("garbage", [b"\0", b"trailing garbage" * 100, b"PK\x05\x06" + b"\0" * 30])
-def test_verify_catches_trailing_garbage(tmp_path, study, garbage):
-    out, built = build(tmp_path, study)
-    with open(out, "ab") as f:
-        f.write(garbage)
-    with zipfile.ZipFile(out) as zf:  # the stdlib reader does not notice
-        assert zf.testzip() is None
-    with pytest.raises(archive.ZipInvalid):
-        archive.verify_zip(out, built)
-
-
-def test_verify_catches_prepended_data(tmp_path, study):
-    out, built = build(tmp_path, study)
-    out.write_bytes(b"junk" * 10 + out.read_bytes())
-    with pytest.raises(archive.ZipInvalid):
-        archive.verify_zip(out, built, deep=False)
-
-
-def test_verify_rejects_duplicate_names(tmp_path):
-    out = tmp_path / "dup.zip"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # zipfile warns "Duplicate name"
-        with zipfile.ZipFile(out, "w") as zf:
-            zf.writestr("a.dcm", b"first")
-            zf.writestr("a.dcm", b"second")
-    with pytest.raises(archive.ZipInvalid) as info:
-        archive.verify_zip(out, deep=False)
-    assert info.value.member == "a.dcm" and "duplicate" in str(info.value)
-
-
-@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/../../b", "C:/x", "a\\b", "a//b", "./a"])
-def test_verify_rejects_unsafe_names(tmp_path, name):
-    out = tmp_path / "evil.zip"
-    with zipfile.ZipFile(out, "w") as zf:
-        info = zipfile.ZipInfo("placeholder")
-        zf.writestr(info, b"x")
-        info.filename = name  # bypass zipfile's own sanitising of the name
-    with pytest.raises(archive.ZipInvalid):
-        archive.verify_zip(out)
-
-
-def test_safe_member_name():
-    for ok in ["1 CT/img.dcm", "Séries 2/a b.dcm", "a", "dir/", "ab:c", "a..b/c"]:
-        assert archive.safe_member_name(ok), ok
-    for bad in ["", "/a", "..", "a/..", "a/./b", "a\\b", "c:x", "a\0b", "a\nb", "//a"]:
-        assert not archive.safe_member_name(bad), bad
-
-
-def test_verify_compares_with_the_plan(tmp_path, study):
-    out, built = build(tmp_path, study)
-    wrong_crc = [BuiltMember(b.name, b.crc ^ 1, b.size, b.compressed_size) for b in built]
-    with pytest.raises(archive.ZipInvalid) as info:
-        archive.verify_zip(out, wrong_crc, deep=False)
-    assert info.value.member == built[0].name
-    with pytest.raises(archive.ZipInvalid):
-        archive.verify_zip(out, built[:-1])
-    renamed = built[:-1] + [BuiltMember("other", built[-1].crc, built[-1].size, 0)]
-    with pytest.raises(archive.ZipInvalid) as info:
-        archive.verify_zip(out, renamed)
-    assert info.value.member == "other"
-
-
-def test_verify_cancel_and_progress(tmp_path, study):
-    out, built = build(tmp_path, study)
-    calls = []
-    archive.verify_zip(out, built, progress=lambda f, b: calls.append((f, b)))
-    assert calls[-1] == (len(study), sum(m.size for m in study))
-    with pytest.raises(archive.Cancelled):
-        archive.verify_zip(out, built, cancel=CountdownEvent(2))
-
-
-def test_verify_missing_file_is_oserror_not_invalid(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        archive.verify_zip(tmp_path / "gone.zip")
-
-
-def test_verify_empty_and_non_zip_files(tmp_path):
-    for content in (b"", b"not a zip at all", b"PK\x03\x04" + b"\0" * 100):
-        bad = tmp_path / "bad.zip"
-        bad.write_bytes(content)
-        with pytest.raises(archive.ZipInvalid):
-            archive.verify_zip(bad)
-        assert archive.read_comment(bad) == b""
-    assert archive.read_comment(tmp_path / "missing.zip") == b""
-
-
-def test_empty_study_zip_is_valid(tmp_path):
-    out, built = build(tmp_path, [])
-    assert built == [] and archive.verify_zip(out, []) == []
 
 
 # --- compression policy --------------------------------------------------------------------------

@@ -101,6 +101,17 @@ def test_demo_command_builds_and_backs_up(tmp_path, capsys):
     assert "0 exported" in capsys.readouterr().out
 
 
+def test_demo_plan_only_says_what_plan_says(tmp_path, capsys):
+    """Hardening 24: 'demo --plan-only' listed 50 studies where 'plan' (and the next run) does one batch."""
+    import re
+
+    assert cli.main(["demo", "--dir", str(tmp_path / "d"), "--studies", "1", "--plan-only"]) == 0
+    demo_says = re.search(r"Next run exports (\d+) studies", capsys.readouterr().out)
+    assert cli.main(["plan", "--config", str(tmp_path / "d" / "horos-backup.toml")]) == 0
+    plan_says = re.search(r"Next run exports (\d+) studies", capsys.readouterr().out)
+    assert demo_says and plan_says and demo_says.group(1) == plan_says.group(1) == "8"  # the demo's batch_size
+
+
 # -- a read-only backup volume, the run lock, pipes, unmounted volumes ----------------------------------
 def _clean_close(cfg) -> None:
     """The ledger as a clean close leaves it on macOS: no -wal/-shm beside it (the case that needs
@@ -148,11 +159,15 @@ def test_unwritable_log_folder_warns_and_the_backup_goes_on(setup, capsys):
 def test_lock_held_is_reported_once(setup, capsys):
     lib, cfg, path = setup
     cfg.work_dir.mkdir(parents=True)
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         assert cli.main(["run", "--config", str(path)]) == EXIT_LOCKED
-    err = capsys.readouterr().err
-    assert err.count("holds") == 1, err
-    assert "LockHeld" in (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8")  # still in the log
+    captured = capsys.readouterr()
+    assert captured.out.count("holds") == 1 and "holds" not in captured.err, captured
+    # Hardening 24: expected every 10 minutes under launchd: one INFO line in the log, not an ERROR
+    log = (cfg.log_dir / "horos-backup.log").read_text(encoding="utf-8").splitlines()
+    held = [line for line in log if "holds" in line]
+    assert len(held) == 1 and " INFO " in held[0] and "exit 4" in held[0], held
+    assert not [line for line in log if " ERROR " in line], log
 
 
 def _to_closed_pipe(argv, path) -> subprocess.CompletedProcess:
@@ -189,6 +204,32 @@ def test_plan_with_a_missing_horos_folder_exits_like_run(setup, tmp_path, capsys
     for cmd in ("plan", "run"):
         assert cli.main([cmd, "--config", str(path), "--horos-data", str(gone)]) == EXIT_VOLUME, cmd
         assert f"Horos data folder {gone} not found" in capsys.readouterr().err
+
+
+def test_horos_data_naming_the_folder_above_horos_data_says_did_you_mean(setup, capsys):
+    """Hardening 21: the likeliest mistake; there is no DBFOLDER_LOCATION to blame."""
+    lib, cfg, path = setup
+    above = lib.horos_data.parent
+    assert lib.horos_data.name == "Horos Data"
+    for cmd in ("plan", "run"):
+        assert cli.main([cmd, "--config", str(path), "--horos-data", str(above)]) == EXIT_VOLUME, cmd
+        err = capsys.readouterr().err
+        assert f"did you mean '{lib.horos_data}'?" in err, err
+        assert "DBFOLDER_LOCATION" not in err
+    assert cli.main(["doctor", "--config", str(path), "--horos-data", str(above)]) == 9
+    out = capsys.readouterr().out
+    assert out.count(f"did you mean '{lib.horos_data}'?") == 2, out  # database and DATABASE.noindex
+
+
+def test_a_missing_database_sql_is_a_missing_volume_not_busy(setup, capsys):
+    """Hardening 24: exit 5 says "busy, will retry"; a Database.sql that is not there is exit 7."""
+    lib, cfg, path = setup
+    (lib.horos_data / "Database.sql").rename(lib.horos_data / "Database.sql.moved")
+    for cmd in ("plan", "run"):
+        assert cli.main([cmd, "--config", str(path)]) == EXIT_VOLUME, cmd
+        err = capsys.readouterr().err
+        assert f"Horos database not found at {lib.horos_data / 'Database.sql'}" in err
+        assert "retry" not in err and "Traceback" not in err
 
 
 def test_demo_prints_commands_that_work_without_the_venv_on_path(tmp_path, capsys, monkeypatch):

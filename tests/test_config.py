@@ -25,6 +25,14 @@ def test_defaults_mirror_the_classic_layout():
     assert cfg.ledger_path == Path("/Volumes/PACS/Backup/export_state.sqlite")
 
 
+def test_every_state_path_is_a_property_under_backup_dir():
+    """README "Where things are": the run lock, live status, verify state and quarantine, named once."""
+    cfg = config.load(None, env={}).with_overrides(backup_dir=Path("/b"))
+    assert (cfg.work_dir, cfg.lock_path, cfg.live_status_path, cfg.verify_state_path, cfg.quarantine_dir) == (
+        Path("/b/.tmp"), Path("/b/.tmp/run.lock"), Path("/b/.tmp/status.json"), Path("/b/.tmp/verify_state.json"),
+        Path("/b/.quarantine"))
+
+
 def test_file_values_relative_paths_and_env(tmp_path):
     p = write(tmp_path, 'horos_data = "lib/Horos Data"\nbackup_dir = "/b"\nmodalities = ["ct", "MR", "CT"]\n'
                         'concurrency = 4\nsleep_between_studies = 0\ntimezone = "America/Sao_Paulo"\n'
@@ -87,3 +95,52 @@ def test_dbfolder_location_moves_the_data_root(tmp_path):
     (hd / "DBFOLDER_LOCATION").write_text(str(tmp_path / "elsewhere") + "\n", encoding="utf-8")
     assert cfg.data_root == tmp_path / "elsewhere"
     assert cfg.incoming_dir == tmp_path / "elsewhere" / "INCOMING.noindex"
+
+
+@pytest.mark.parametrize("key, meant", [("Batch_Size", "batch_size"), ("BATCH_SIZE", "batch_size"),
+                                        ("batch-size", "batch_size"), ("concurency", "concurrency"),
+                                        ("Horos_Data", "horos_data")])
+def test_a_mistyped_key_gets_a_did_you_mean(tmp_path, key, meant):
+    """Hardening 22: TOML keys are case-sensitive; 'Batch_Size' used to get no hint."""
+    p = write(tmp_path, f"{key} = 3\n")
+    with pytest.raises(ConfigError, match=f"did you mean {meant}\\?"):
+        config.load(p)
+
+
+def test_backup_inside_the_data_folder_named_by_dbfolder_location_is_refused(tmp_path):
+    hd = tmp_path / "Horos Data"
+    hd.mkdir()
+    elsewhere = tmp_path / "Images"
+    (hd / "DBFOLDER_LOCATION").write_text(f"{elsewhere}\n", encoding="utf-8")
+    p = write(tmp_path, f'horos_data = "{hd}"\nbackup_dir = "{elsewhere}/Backup"\nsentinel = ""\n')
+    with pytest.raises(ConfigError, match="DBFOLDER_LOCATION") as err:
+        config.load(p)
+    assert "'backup_dir'" in str(err.value) and str(elsewhere) in str(err.value)
+    ok = write(tmp_path, f'horos_data = "{hd}"\nbackup_dir = "{tmp_path}/Backup"\nsentinel = ""\n')
+    assert config.load(ok).backup_dir == tmp_path / "Backup"
+
+
+def test_errors_met_with_the_built_in_defaults_say_so(tmp_path, monkeypatch, capsys):
+    """Hardening 22: 'sentinel /Volumes/PACS/.pacs_sentinel is missing' puzzles someone who wrote a
+    config but forgot --config; say the defaults were used, and call the disk the backup volume."""
+    from horos_async import cli
+
+    if Path("/Volumes/PACS/.pacs_sentinel").exists():
+        pytest.skip("this machine has the default sentinel")
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run"]) == 3
+    err = capsys.readouterr().err
+    assert "the backup volume is not mounted" in err and "PACS volume" not in err
+    assert config.DEFAULTS_NOTE in err
+    assert cli.main(["run", "--backup-dir", str(tmp_path / "B")]) == 3  # overrides still use the default sentinel
+    assert config.DEFAULTS_NOTE in capsys.readouterr().err
+    p = write(tmp_path, 'sentinel = "/nonexistent/.pacs_sentinel"\n')
+    assert cli.main(["run", "--config", str(p)]) == 3
+    assert config.DEFAULTS_NOTE not in capsys.readouterr().err
+    monkeypatch.setenv(config.ENV_VAR, str(p))
+    assert cli.main(["status"]) == 7  # /Volumes/PACS/Backup: unmounted; the config came from the variable
+    assert config.DEFAULTS_NOTE not in capsys.readouterr().err
+    monkeypatch.delenv(config.ENV_VAR)
+    assert cli.main(["status"]) == 7
+    assert config.DEFAULTS_NOTE in capsys.readouterr().err

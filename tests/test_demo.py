@@ -382,3 +382,21 @@ def test_build_large_database(tmp_path: Path) -> None:
         conn.close()
     with pytest.raises(FileExistsError):
         build_large_database(path, studies=1)
+
+
+def test_copy_library_shares_nothing_with_its_source(pristine_demo, tmp_path):
+    """The per-test copy of the session's pristine library resolves every file inside the copy, linked ones too."""
+    from horos_async.demo import copy_library
+
+    copy = copy_library(pristine_demo, tmp_path / "copy")
+    linked = copy.study("linked")
+    assert linked.files and all(str(f).startswith(str(copy.root)) for f in linked.files)
+    con = sqlite3.connect(str(copy.database))
+    try:
+        paths = [p for (p,) in con.execute("SELECT ZPATHSTRING FROM ZIMAGE WHERE ZPATHSTRING LIKE '/%'")]
+    finally:
+        con.close()
+    assert paths and all(p.startswith(str(copy.root) + "/") for p in paths)
+    for f in linked.files:  # a test that damages its copy leaves the pristine library whole
+        f.unlink()
+    assert all(f.exists() for f in pristine_demo.study("linked").files)

@@ -95,6 +95,9 @@ def test_publish_propagates_real_link_errors(tmp_path, monkeypatch):
 def test_publish_syncs_dir_then_parents_of_created_dirs(tmp_path, events):
     created = durable.ensure_dir(tmp_path / "2024" / "03")
     assert created == [tmp_path / "2024", tmp_path / "2024" / "03"]
+    # the new folders are durable at once (their parents synced, innermost first) ...
+    assert events == [("real-sync-dir", tmp_path / "2024"), ("real-sync-dir", tmp_path)]
+    events.clear()
     final = tmp_path / "2024" / "03" / "a.zip"
     tmp = _write(final.with_name(".a.zip.t.partial"), b"x")
     durable.publish(tmp, final, created_dirs=created, trace=lambda e, p: events.append((e, p)))
@@ -118,6 +121,7 @@ def test_write_atomic_order_is_file_rename_dir(tmp_path, events, monkeypatch):
     monkeypatch.setattr(platform, "full_fsync", lambda fd: (fsynced.append(fd), real_full_fsync(fd)))
     final = tmp_path / "new" / "marker.json"
     durable.write_atomic(final, b"{}", trace=lambda e, p: events.append((e, p)))
+    assert events.pop(0) == ("real-sync-dir", tmp_path)  # ensure_dir made "new" durable at once
     names = [e for e, _ in events]
     assert names == ["fsync-file", "rename", "real-sync-dir", "fsync-dir", "real-sync-dir", "fsync-dir"]
     assert durable.is_temp_name(events[0][1].name) and events[0][1].parent == final.parent
@@ -209,6 +213,19 @@ def test_remove_stale_temps_removes_only_partials(tmp_path):
     assert (tmp_path / ".dir.partial").is_dir()
     assert not any(p.exists() for p in stale)
     assert durable.remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_remove_stale_temps_keeps_the_temp_files_of_this_process(tmp_path):
+    """Hardening 24: every run logged "removed temp file left by an interrupted run" for the live
+    status file it was itself replacing."""
+    pid = os.getpid()
+    mine = [_write(tmp_path / f".status.json.{pid}.partial", b"{}"),
+            _write(tmp_path / f".a.zip.{pid}-1.partial", b"being written")]
+    left = [_write(tmp_path / f".status.json.{pid + 1}.partial", b"{}"),
+            _write(tmp_path / f".a.zip.{pid}1-1.partial", b"another pid that starts with ours")]
+    assert sorted(durable.remove_stale_temps(tmp_path)) == sorted(left)
+    assert all(p.exists() for p in mine)
+    assert durable.is_own_temp(f".x.{pid}-ab.partial") and not durable.is_own_temp(f".x.{pid}.zip")
 
 
 # --- platform: full_fsync and sync_dir -----------------------------------------------------------
@@ -319,3 +336,16 @@ def test_temp_file_that_cannot_be_removed_is_logged_without_the_patient_name(tmp
         durable.discard(tmp)
     assert "…_1.2.3.zip.1-1.partial" in caplog.text
     assert "Souza" not in caplog.text
+
+
+def test_a_folder_ensure_dir_creates_is_durable_before_anyone_publishes_into_it(tmp_path, events):
+    """Two jobs in a new month: the second finds the folder already made and commits first. The month's
+    own entry in its parent must be synced by then, or a power cut could take the ZIP the ledger calls done."""
+    month = tmp_path / "2024_03"
+    assert durable.ensure_dir(month) == [month]  # job 1 creates the month folder ...
+    assert durable.ensure_dir(month) == []  # ... job 2 finds it there
+    final = month / "b.zip"
+    tmp = _write(month / ".b.zip.t.partial", b"x")
+    durable.publish(tmp, final, created_dirs=[])  # job 2 publishes first, before job 1 syncs anything
+    assert ("real-sync-dir", tmp_path) in events
+    assert events.index(("real-sync-dir", tmp_path)) < events.index(("real-sync-dir", month))

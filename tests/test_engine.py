@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async import demo
 from horos_async.state import ledger as ledger_mod
 from horos_async.errors import (DatabaseUnavailable, DiskFull, LedgerError, LockHeld, SentinelMissing,
@@ -76,7 +76,7 @@ def test_full_run_backs_up_every_due_study_exactly_once(lib, backup):
         assert not stat.S_IMODE(p.stat().st_mode) & 0o007, p
     # every ZIP passes a full verification
     for p in zips(backup):
-        archive.verify_zip(p, None, deep=True)
+        zipcheck.verify_zip(p, None, deep=True)
 
 
 def test_rerun_does_nothing_and_failures_are_not_repeated(lib, backup):
@@ -241,7 +241,7 @@ def test_disk_full_mid_zip_loses_nothing_and_resumes(lib, backup, monkeypatch):
 
 def test_job_cut_off_mid_verify_by_another_jobs_disk_full_leaves_no_temp(lib, backup, monkeypatch):
     """Concurrency 2: one job is verifying its built ZIP when the other hits ENOSPC and stops the run."""
-    real_build, real_verify = archive.build_zip, archive.verify_zip
+    real_build, real_verify = archive.build_zip, zipcheck.verify_zip
     calls = {"build": 0}
 
     def build(out_path, members, **kw):
@@ -255,14 +255,14 @@ def test_job_cut_off_mid_verify_by_another_jobs_disk_full_leaves_no_temp(lib, ba
         return real_verify(path, expected, **kw)
 
     monkeypatch.setattr(archive, "build_zip", build)
-    monkeypatch.setattr(archive, "verify_zip", verify)
+    monkeypatch.setattr(zipcheck, "verify_zip", verify)
     cfg = make_config(lib, backup, concurrency=2)
     with pytest.raises(DiskFull):
         run(cfg, until_done=True)
     assert not list(backup.rglob("*.partial"))
     assert not zips(backup)
     monkeypatch.setattr(archive, "build_zip", real_build)
-    monkeypatch.setattr(archive, "verify_zip", real_verify)
+    monkeypatch.setattr(zipcheck, "verify_zip", real_verify)
     assert run(cfg, until_done=True).exit_code == 0
     assert_backup_complete(lib, backup)
 

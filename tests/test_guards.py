@@ -28,7 +28,7 @@ def test_readonly_backup_folder_is_a_volume_error_naming_it(tmp_path, demo_lib):
             guards.check_backup_writable(cfg)
         assert str(cfg.backup_dir) in str(exc.value)
         with pytest.raises(VolumeError, match="run lock"):  # what verify and rebuild-ledger meet first
-            guards.RunLock(cfg.work_dir / "run.lock").acquire()
+            guards.RunLock(cfg.lock_path).acquire()
     guards.check_backup_writable(cfg)  # writable again: no error
 
 

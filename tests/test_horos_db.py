@@ -13,7 +13,7 @@ import time
 import pytest
 
 from horos_async.backup import planner
-from horos_async.errors import DatabaseUnavailable, SchemaError
+from horos_async.errors import DatabaseUnavailable, SchemaError, VolumeError
 from horos_async.horos_db import HorosReader
 
 from helpers import key_of, make_config
@@ -137,7 +137,7 @@ def test_hot_journal_means_try_later_not_no_studies(demo_lib, tmp_path):
 def test_missing_database_and_wrong_schema(tmp_path, demo_lib):
     cfg = make_config(demo_lib, tmp_path / "B")
     shutil.move(str(demo_lib.database), str(tmp_path / "moved.sql"))
-    with pytest.raises(DatabaseUnavailable, match="not found"):
+    with pytest.raises(VolumeError, match="not found"):  # nothing to wait for: exit 7, not 5 "will retry"
         scan_and_plan(cfg)
     con = sqlite3.connect(demo_lib.database)
     con.execute("CREATE TABLE ZSTUDY (Z_PK INTEGER PRIMARY KEY)")

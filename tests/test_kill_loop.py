@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from horos_async.backup import archive
+from horos_async.backup import zipcheck
 from horos_async import config as config_mod, demo
 from horos_async.errors import EXIT_INTERRUPTED
 
@@ -68,7 +68,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
         proc.wait()
         # whatever instant the kill hit: every ZIP under a final name is valid ...
         for z in zips(backup):
-            archive.verify_zip(z, None, deep=True)
+            zipcheck.verify_zip(z, None, deep=True)
         # ... and everything the ledger calls done is really on disk
         on_disk = set(zips_by_key(backup))
         assert done_keys(backup) <= on_disk

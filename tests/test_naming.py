@@ -117,3 +117,63 @@ def test_redacted_name_of_every_naming_keeps_the_uid():
     for kind in ("classic", "pseudonymous"):
         rel = naming.zip_relpath(study(), naming=kind, version=2, dedup=3)
         assert naming.redact_zip_path(rel) == f"2024_03/…_{UID}_v2_d3.zip"
+
+
+def test_series_folders_differing_only_by_case_get_distinct_names():
+    """APFS, HFS+ and exFAT ignore case: "Head" and "HEAD" would be one folder on a Mac (hardening 17)."""
+    files = naming.sort_files([src(1, 1, "Head", "/d/1.dcm", 1), src(2, 1, "HEAD", "/d/2.dcm", 1),
+                               src(3, 1, "head", "/d/3.dcm", 1), src(4, 1, "Head_2", "/d/4.dcm", 1)])
+    names = naming.member_names(files)
+    assert names == ["S0001_CT_Head/IM00001.dcm", "S0001_CT_HEAD_2/IM00001.dcm", "S0001_CT_head_3/IM00001.dcm",
+                     "S0001_CT_Head_2_2/IM00001.dcm"]
+    folders = [n.split("/")[0] for n in names]
+    assert len({f.casefold() for f in folders}) == len(folders)
+
+
+def test_a_study_with_head_and_HEAD_series_gives_a_zip_a_mac_can_extract(tmp_path):
+    """End to end: the Horos rows say series 1 "Head" and series 1 "HEAD"; the ZIP's folders differ
+    case-insensitively and every image is in it."""
+    import sqlite3
+    import zipfile
+
+    from horos_async import demo
+    from helpers import key_of, make_config, run, zips_by_key
+
+    lib = demo.build_demo(tmp_path / "lib", studies=0)
+    study = lib.study("accented")
+    con = sqlite3.connect(lib.horos_data / "Database.sql")
+    pks = [pk for (pk,) in con.execute("SELECT Z_PK FROM ZSERIES WHERE ZSTUDY = ? ORDER BY Z_PK", (study.pk,))]
+    assert len(pks) == 2
+    for pk, name in zip(pks, ("Head", "HEAD")):
+        con.execute("UPDATE ZSERIES SET ZID = 1, ZNAME = ? WHERE Z_PK = ?", (name, pk))
+    con.commit()
+    con.close()
+    cfg = make_config(lib, tmp_path / "Backup")
+    run(cfg, until_done=True)
+    (zip_path,) = zips_by_key(cfg.backup_dir)[key_of(study)]
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+    folders = sorted({n.split("/")[0] for n in names})
+    assert folders == ["S0001_CT_HEAD_2", "S0001_CT_Head"]
+    assert len({n.casefold() for n in names}) == len(names) == len(set(study.files))
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("Иванов^Пётр", "Ivanov_Petr"),  # anyascii's reading of ё is "e" (not "yo"): "Petr", as in Russian passports
+    ("Παπαδόπουλος^Γιώργος", "Papadopoylos_Giorgos"),
+    ("王^小明", "Wang_XiaoMing"),
+    ("山田^太郎", "ShanTian_TaiLang"),  # kanji get their Chinese reading; a romaji group in the name is kept as is
+    ("محمد^علي", "mhmd_ly"),  # Arabic is written without most vowels, and so is its transliteration
+])
+def test_names_in_other_scripts_are_transliterated_not_unknown(name, patient):
+    """Hardening 18: NFKD maps nothing of these scripts; they used to become UNKNOWN."""
+    assert naming.zip_stem(study(name=name)) == f"{patient}_19800517_20240331_{UID}"
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("José^Conceição", "Jose_Conceicao"), ("MARÍA^PEÑA", "MARIA_PENA"), ("Gonçalves^Ângela", "Goncalves_Angela"),
+    ("Straße^Jürgen", "Strasse_Jurgen"), ("Æsir^Øyvind", "AEsir_Oyvind"), ("Łukasz^Þór", "Lukasz_THor"),
+    ("Ünïcödé 🙂^Test", "Unicode_Test"), ("", "UNKNOWN"), ("🙂", "UNKNOWN"),
+])
+def test_latin_names_keep_their_earlier_form(name, patient):
+    assert naming.zip_stem(study(name=name)) == f"{patient}_19800517_20240331_{UID}"

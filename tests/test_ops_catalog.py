@@ -78,6 +78,13 @@ def test_search_ignores_accents_and_case_and_matches_uids(backed_up):
     assert catalog.search(rows, "nobody-has-this-name") == []
 
 
+def test_search_finds_names_in_other_scripts_by_their_latin_spelling():
+    rows = [catalog.Row("Иванов Пётр", "", "", "CT", "1.2.3", "2024_01/Ivanov_Petr_1.2.3.zip", 1, 1, "", 1, "done"),
+            catalog.Row("José Conceição", "", "", "CT", "1.2.4", "2024_01/Jose_1.2.4.zip", 1, 1, "", 1, "done")]
+    assert [r.study_uid for r in catalog.search(rows, "ivanov petr")] == ["1.2.3"]
+    assert [r.study_uid for r in catalog.search(rows, "ИВАНОВ")] == ["1.2.3"]
+
+
 def test_text_table_is_aligned(backed_up):
     lib, cfg = backed_up
     text = catalog.to_table(catalog.from_ledger(cfg))
@@ -85,6 +92,24 @@ def test_text_table_is_aligned(backed_up):
     assert lines[0].startswith("Patient") and lines[-1].endswith("studies")
     zip_col = lines[0].index("ZIP")
     assert all(line[zip_col - 2:zip_col] == "  " for line in lines[1:-1])
+
+
+def test_terminal_table_fits_80_columns_and_wide_shows_everything(backed_up, capsys, monkeypatch):
+    """Hardening 23: catalog lines were 316 columns; over SSH every one wrapped."""
+    lib, cfg = backed_up
+    rows = catalog.from_ledger(cfg)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["catalog", "--config", str(cfg.source)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(columns(line) for line in lines) <= 80, max(lines, key=columns)
+    assert len(lines) == 2 + 2 * len(rows) + 2 and "--wide" in lines[-1]
+    hostile = next(line for line in lines if "etc/passwd" in line)
+    assert hostile.isprintable(), "a control character in a patient name reached the terminal"
+    accented = lines.index(next(line for line in lines if line.startswith("José Conceição")))
+    assert lines[accented + 1].startswith("  done  2024_01/Jose_Conceicao_") and "…" in lines[accented + 1]
+    assert cli.main(["catalog", "--wide", "--config", str(cfg.source)]) == 0
+    wide = capsys.readouterr().out
+    assert all(r.zip_path in wide for r in rows)  # every ZIP path in full, to copy into restore
 
 
 def test_cli_csv_out_and_search(backed_up, tmp_path, capsys):
@@ -159,3 +184,10 @@ def test_unmounted_backup_volume_is_a_volume_error_and_a_lost_ledger_a_ledger_er
     (tmp_path / "Backup").mkdir()
     with pytest.raises(LedgerError, match="--from-zips"):
         catalog.from_ledger(empty)
+
+
+def columns(line: str) -> int:
+    """Terminal columns of ``line`` (wide CJK/emoji characters take two), measured independently of the code."""
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)

@@ -205,10 +205,10 @@ def test_mount_table_parsers():
 def test_lock_free_held_and_never_blocking(backed_up):
     lib, cfg = backed_up
     assert doctor.check_lock(cfg).status == PASS
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         c = doctor.check_lock(cfg)
         assert c.status == PASS and f"held by pid {os.getpid()}" in c.message
-    with RunLock(cfg.work_dir / "run.lock"):  # doctor released its probe: the lock can be taken
+    with RunLock(cfg.lock_path):  # doctor released its probe: the lock can be taken
         pass
     assert "free" in doctor.check_lock(cfg).message
 
@@ -284,3 +284,31 @@ def test_cli_exit_codes_and_json(backed_up, tmp_path, capsys):
     cfg_file.write_text("batch_size = 0\n")
     assert cli.main(["doctor", "--config", str(cfg_file)]) == 9
     assert "FAIL  config" in capsys.readouterr().out
+
+
+def test_checks_that_could_not_run_say_skip_not_pass(tmp_path, capsys):
+    """Hardening 20: with both folders missing, 'same disk' and 'disk access' used to PASS."""
+    nowhere = tmp_path / "unmounted"
+    cfg = make_config(type("L", (), {"horos_data": nowhere / "Horos Data", "timezone": ""})(),
+                      nowhere / "BACKUP" / "Horos")
+    checks = quiet(cfg)
+    for name in ("same disk", "free space", "filesystem", "disk access", "run lock"):
+        c = by_name(checks, name)
+        assert c.status == doctor.SKIP and "not checked" in c.message, (name, c)
+    assert by_name(checks, "horos data").status == FAIL and by_name(checks, "backup folder").status == FAIL
+    assert doctor.exit_failed(checks)
+    passed = {c.name for c in checks if c.status == PASS}
+    assert passed <= {"config", "backup volume"}, doctor.render(checks)  # loaded; "not under /Volumes": true
+    text = doctor.render(checks)
+    assert "SKIP  same disk" in text and " SKIP" in text.splitlines()[-1]
+    assert doctor.to_json(checks)["summary"]["SKIP"] == 5
+
+
+def test_same_disk_is_skipped_when_only_the_horos_folder_is_missing(tmp_path):
+    backup = tmp_path / "Backup"
+    backup.mkdir()
+    cfg = make_config(type("L", (), {"horos_data": tmp_path / "nope", "timezone": ""})(), backup)
+    checks = quiet(cfg)
+    assert by_name(checks, "same disk").status == doctor.SKIP
+    access = by_name(checks, "disk access")
+    assert access.status == PASS and str(backup) in access.message and "not checked" in access.message

@@ -209,3 +209,23 @@ def test_cli_install_on_linux_prints_the_commands(cfg, program, tmp_path, capsys
     assert not (home / "Library" / "LaunchAgents" / f"{LABEL}.plist").exists()
     # overrides that launchd would silently lose are refused
     assert cli.main(["launchd", "install", "--config", str(cfg.source), "--backup-dir", str(tmp_path)]) == 2
+
+
+def test_print_and_dry_run_put_only_the_plist_on_stdout(cfg, program, tmp_path, capsys, monkeypatch):
+    """Hardening 19: 'launchd print > agent.plist' must give a valid plist; the notes go to stderr."""
+    monkeypatch.setattr(launchd, "program_path", lambda: program)
+    home = tmp_path / "home"
+    assert cli.main(["launchd", "print", "--config", str(cfg.source), "--home", str(home)]) == 0
+    captured = capsys.readouterr()
+    doc = plistlib.loads(captured.out.encode("utf-8"))  # raises on anything before the XML
+    assert doc["Label"] == LABEL and "not installed" in captured.err
+    assert cli.main(["launchd", "install", "--config", str(cfg.source), "--home", str(home), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert plistlib.loads(captured.out.encode("utf-8"))["Label"] == LABEL
+    assert "launchctl bootstrap" in captured.err and not (home / "Library").exists()
+    plist = home / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+    plist.parent.mkdir(parents=True)
+    plist.write_bytes(launchd.render(cfg, program=program))
+    assert cli.main(["launchd", "print", "--home", str(home)]) == 0
+    captured = capsys.readouterr()
+    assert plistlib.loads(captured.out.encode("utf-8"))["Label"] == LABEL and str(plist) in captured.err

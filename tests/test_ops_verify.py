@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import json
 import sqlite3
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from horos_async import cli, config as config_mod, demo
+from horos_async.backup import zipcheck
 from horos_async.ops import verify
 from horos_async.errors import LockHeld
 from horos_async.guards import RunLock
@@ -120,7 +122,7 @@ def test_a_pass_resumes_where_it_stopped(backed_up):
     total = len(zips(cfg.backup_dir))
     first = do_verify(cfg, deep=True, max_zips=5)
     assert (first.checked, first.finished) == (5, False) and "max-zips" in first.stopped
-    state = json.loads(verify.state_path(cfg).read_text())
+    state = json.loads(cfg.verify_state_path.read_text())
     assert state["checked"] == 5 and state["cursor"] and state["deep"] is True and not state["finished"]
     second = do_verify(cfg, deep=True)
     assert (second.skipped, second.checked, second.finished) == (5, total - 5, True)
@@ -150,7 +152,7 @@ def test_scope_month_and_since(backed_up):
 
 def test_refuses_while_a_run_holds_the_lock(backed_up):
     lib, cfg = backed_up
-    with RunLock(cfg.work_dir / "run.lock"):
+    with RunLock(cfg.lock_path):
         with pytest.raises(LockHeld, match="a backup run is in progress.*try again later"):
             do_verify(cfg)
 
@@ -206,3 +208,69 @@ def test_month_marker_withdrawn_when_verify_finds_a_bad_or_missing_zip(backed_up
     assert all((m / ".month_done").exists() for m in marked[2:])
     run(cfg, until_done=True)  # the studies are exported again and the months are whole again
     assert (damaged / ".month_done").exists() and (emptied / ".month_done").exists()
+
+
+class OneReadError:
+    """A real file whose reads fail with EIO once they pass ``at`` (a transient fault at the I/O boundary)."""
+
+    def __init__(self, f, at: int) -> None:
+        self.f, self.at = f, at
+
+    def read(self, n: int = -1) -> bytes:
+        if self.at is not None and self.f.tell() + (n if n >= 0 else 1 << 62) > self.at:
+            self.at = None
+            raise OSError(errno.EIO, "Input/output error")
+        return self.f.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def read_errors_on(monkeypatch, target: Path, times: int, at: int) -> list:
+    """The next ``times`` openings of ``target`` by zipcheck fail with EIO past byte ``at``; returns the openings."""
+    opened = []
+
+    def flaky_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        if Path(path) != target:
+            return f
+        opened.append(path)
+        return OneReadError(f, at) if len(opened) <= times else f
+
+    monkeypatch.setattr(zipcheck, "open", flaky_open, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("deep", [True, False])
+def test_one_transient_read_error_does_not_quarantine_a_good_zip(backed_up, monkeypatch, deep):
+    lib, cfg = backed_up
+    target = max(zips(cfg.backup_dir), key=lambda p: p.stat().st_size)
+    # deep: inside the members' data; quick: the first read (the end records)
+    opened = read_errors_on(monkeypatch, target, 1, target.stat().st_size // 2 if deep else 0)
+    result = do_verify(cfg, deep=deep)
+    assert len(opened) == 2  # read once, failed, read again
+    assert (result.good, result.invalid, result.missing) == (result.total, 0, 0), result.problems
+    assert target.exists() and not (cfg.backup_dir / ".quarantine").exists()
+    assert not ledger(cfg, "SELECT zip_path FROM zips WHERE status != 'ok'")
+    assert not ledger(cfg, "SELECT code FROM issues WHERE code LIKE 'ZIP_%'")
+    assert any("read again" in line for line in result.lines)  # the admin hears of the shaky read
+
+
+def test_a_zip_unreadable_twice_is_quarantined(backed_up, monkeypatch):
+    lib, cfg = backed_up
+    target = max(zips(cfg.backup_dir), key=lambda p: p.stat().st_size)
+    opened = read_errors_on(monkeypatch, target, 2, target.stat().st_size // 2)
+    result = do_verify(cfg, deep=True)
+    assert len(opened) == 2
+    assert result.invalid == 1 and "unreadable" in result.problems[0]
+    assert not target.exists()
+    assert [p.name for p in (cfg.backup_dir / ".quarantine").rglob("*.zip")] == [target.name]
+    monkeypatch.undo()
+    assert run(cfg, until_done=True).done == 1
+    assert_backup_complete(lib, cfg.backup_dir)

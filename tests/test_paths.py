@@ -11,9 +11,9 @@ from horos_async.horos_db import ImageRef, bucket_folder, resolve_image_path
 ROOT = Path("/data/Horos Data")
 
 
-def img(number=None, string=None, in_db=None):
+def img(number=None, string=None):
     return ImageRef(series_pk=1, series_number=1, series_description="", modality="CT", instance_number=1,
-                    path_number=number, path_string=string, in_database_folder=in_db)
+                    path_number=number, path_string=string)
 
 
 @pytest.mark.parametrize("number, string, expected", [
@@ -30,13 +30,13 @@ def test_worked_example(number, string, expected):
 
 
 def test_linked_absolute_path_is_used_as_is_and_mapped():
-    path, linked = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001", 0), ROOT, 10000)
+    path, linked = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001"), ROOT, 10000)
     assert path == Path("/Volumes/CD/DICOM/IM0001") and linked
-    mapped, _ = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001", 0), ROOT, 10000,
+    mapped, _ = resolve_image_path(img(None, "/Volumes/CD/DICOM/IM0001"), ROOT, 10000,
                                    (("/Volumes/CD/DICOM", "/mnt/dicom"), ("/Volumes/CD", "/mnt/cd")))
     assert mapped == Path("/mnt/dicom/IM0001")
     # a prefix only matches whole path components
-    other, _ = resolve_image_path(img(None, "/Volumes/CDROM/x", 0), ROOT, 10000, (("/Volumes/CD", "/mnt/cd"),))
+    other, _ = resolve_image_path(img(None, "/Volumes/CDROM/x"), ROOT, 10000, (("/Volumes/CD", "/mnt/cd"),))
     assert other == Path("/Volumes/CDROM/x")
 
 
@@ -50,13 +50,13 @@ def test_folder_size_is_configurable_and_empty_rows_name_nothing():
 
 def test_path_number_wins_over_any_path_string():
     # docs/design/horos-database.md §0/§4.2: a ZPATHNUMBER turns into "<n>.dcm" first, whatever ZPATHSTRING holds
-    path, linked = resolve_image_path(img(12345, "/Volumes/CD/IM1", 0), ROOT, 10000)
+    path, linked = resolve_image_path(img(12345, "/Volumes/CD/IM1"), ROOT, 10000)
     assert path == ROOT / "DATABASE.noindex/20000/12345.dcm" and not linked
 
 
 def test_absolute_path_is_not_normalised_or_trimmed():
     # ".." may cross a symlink, and a trailing space is part of a file name: the kernel decides
-    path, _ = resolve_image_path(img(None, "/Volumes/CD/lnk/../DICOM/IM0001 ", 0), ROOT, 10000)
+    path, _ = resolve_image_path(img(None, "/Volumes/CD/lnk/../DICOM/IM0001 "), ROOT, 10000)
     assert str(path) == "/Volumes/CD/lnk/../DICOM/IM0001 "
 
 

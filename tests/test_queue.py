@@ -216,7 +216,7 @@ def test_study_that_grows_without_a_new_date_added_gets_a_new_version(lib, tmp_p
 
 
 def _as_schema_1(backup) -> None:
-    """Turn the ledger back into what horos-backup wrote before schema 2 (no counts, no missing paths)."""
+    """Turn the ledger back into what horos-backup wrote before schema 3 (no counts, no missing paths)."""
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
     for column in ("image_rows", "series", "grown"):
         con.execute(f"ALTER TABLE studies DROP COLUMN {column}")
@@ -241,9 +241,36 @@ def test_a_ledger_from_before_the_counts_still_notices_growth(lib, tmp_path):
     run(cfg, until_done=True)
     assert {p: p.stat().st_mtime_ns for p in zips(backup)} == before
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
     con.close()
     _as_schema_1(backup)
+    _grow_silently(lib, s, 1)
+    run(cfg, until_done=True)
+    assert len(zips_by_key(backup)[key_of(s)]) == 2
+
+
+def test_a_schema_2_ledger_with_another_changes_column_migrates_to_3(lib, tmp_path):
+    """Schema 2 is another change's step (``studies.last_seen``): a ledger that took it migrates to 3
+    as one that did not, keeping that column and its values, and still notices growth."""
+    backup = tmp_path / "Backup"
+    cfg = make_config(lib, backup)
+    run(cfg, until_done=True)
+    before = {p: p.stat().st_mtime_ns for p in zips(backup)}
+    _as_schema_1(backup)
+    con = sqlite3.connect(str(backup / "export_state.sqlite"))
+    con.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
+    con.execute("UPDATE studies SET last_seen = 1234.5")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+    run(cfg, until_done=True)
+    assert {p: p.stat().st_mtime_ns for p in zips(backup)} == before
+    con = sqlite3.connect(str(backup / "export_state.sqlite"))
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert {r[0] for r in con.execute("SELECT DISTINCT last_seen FROM studies")} == {1234.5}
+    assert {"image_rows", "series", "grown"} <= {r[1] for r in con.execute("PRAGMA table_info(studies)")}
+    con.close()
+    s = lib.study("accented")
     _grow_silently(lib, s, 1)
     run(cfg, until_done=True)
     assert len(zips_by_key(backup)[key_of(s)]) == 2

@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from horos_async import durable
-from horos_async.backup import engine as engine_mod
+from horos_async.backup import job as job_mod
 from horos_async.ops import rebuild
 
 from helpers import assert_backup_complete, backed_up_library, make_config, run, sha, zips
@@ -187,10 +188,10 @@ def test_publish_never_overwrites_a_foreign_zip_even_when_the_name_is_chosen(bac
     shutil.rmtree(cfg.backup_dir)
     theirs = foreign_zip(victim)
 
-    async def planned_name(self, plan):
-        return plan.zip_relpath
+    async def planned_name(self):
+        return self.plan.zip_relpath
 
-    monkeypatch.setattr(engine_mod.Engine, "_target_path", planned_name)
+    monkeypatch.setattr(job_mod.StudyJob, "_target_path", planned_name)
     run(cfg, until_done=True)
     assert victim.read_bytes() == theirs
     fails = issues(cfg, "ZIP_FAIL")
@@ -246,3 +247,137 @@ def test_log_patient_names_true_shows_the_full_name(backed_up):
     run(cfg, until_done=True)
     assert any(victim.name in r["detail"] for r in issues(cfg, "ZIP_MISSING"))
 
+
+
+# -- a recorded ZIP changed on disk -----------------------------------------------------------------
+ZIP_TOOL = shutil.which("zip")
+
+
+@pytest.mark.skipif(ZIP_TOOL is None, reason="the zip tool is not installed (CI installs it)")
+def test_a_zip_that_lost_a_member_is_requeued_by_the_next_run(backed_up):
+    """``zip -d`` leaves a valid ZIP with one member fewer: the next run's reconcile must not call it done."""
+    lib, cfg = backed_up
+    victim = next(p for p in named_zips(cfg) if len(zipfile.ZipFile(p).infolist()) >= 3)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    gone = zipfile.ZipFile(victim).infolist()[1].filename
+    done = subprocess.run([ZIP_TOOL, "-q", "-d", str(victim), gone], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert gone not in zipfile.ZipFile(victim).namelist()
+
+    result = run(cfg, until_done=True)
+    assert result.done == 1  # exported again from Horos
+    bad = issues(cfg, "ZIP_INVALID")
+    assert [r["study_uid"] for r in bad] == [uid_of(victim)] and "members" in bad[0]["detail"]
+    assert (cfg.backup_dir / ".quarantine" / rel).exists()  # the altered copy is kept aside, not deleted
+    assert_backup_complete(lib, cfg.backup_dir)
+    assert run(cfg, until_done=True).done == 0
+
+
+def _ledger_rows(cfg, sql, *params):
+    con = sqlite3.connect(cfg.ledger_path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("where", ["same month", "another month"])
+def test_a_zip_renamed_by_the_user_keeps_its_new_name_and_is_not_exported_again(backed_up, where):
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    old = victim.relative_to(cfg.backup_dir).as_posix()
+    folder = victim.parent if where == "same month" else next(
+        p.parent for p in zips(cfg.backup_dir) if p.parent != victim.parent)
+    renamed = folder / "exame do joelho (guardar).zip"
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    data = victim.read_bytes()
+    victim.rename(renamed)
+    before = rels(cfg)
+
+    result = run(cfg, until_done=True)
+    assert result.done == 0  # no duplicate export
+    assert rels(cfg) == before and renamed.read_bytes() == data  # the user's name is kept, the file untouched
+    assert not issues(cfg, "ZIP_MISSING") and not issues(cfg, "ZIP_INVALID")
+    assert _ledger_rows(cfg, "SELECT zip_path, status FROM zips WHERE zip_path IN (?, ?)", old, new) == [(new, "ok")]
+    assert _ledger_rows(cfg, "SELECT state FROM studies WHERE zip_path = ?", new) == [("done",)]
+    assert run(cfg, until_done=True).done == 0
+    from horos_async.ops import verify
+    checked = asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert checked.bad == 0 and checked.total == len(before)
+
+
+def test_a_renamed_zip_that_verify_reported_missing_is_adopted_not_exported_again(backed_up):
+    """verify before any run: the old name is ZIP_MISSING; the next run finds the renamed ZIP by its
+    identity and takes it back instead of exporting the study again."""
+    from horos_async.ops import verify
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    renamed = victim.with_name("meu nome.zip")
+    victim.rename(renamed)
+    assert asyncio.run(verify.Verifier(cfg).run()).missing == 1
+    assert run(cfg, until_done=True).done == 0
+    assert renamed.exists() and not victim.exists()
+    new = renamed.relative_to(cfg.backup_dir).as_posix()
+    assert _ledger_rows(cfg, "SELECT state, zip_path FROM studies WHERE zip_path = ?", new) == [("done", new)]
+
+
+def test_quarantine_syncs_the_folders_it_creates(backed_up, monkeypatch):
+    """``.quarantine/<month>`` made for the first time: its entries in ``.quarantine`` and ``backup_dir``
+    are synced, or after a power cut the bad ZIP could be back in its month folder beside its re-export."""
+    from horos_async import platform
+    from horos_async.backup import reconcile
+
+    lib, cfg = backed_up
+    victim = big_zip(cfg)
+    rel = victim.relative_to(cfg.backup_dir).as_posix()
+    synced = []
+    real = platform.sync_dir
+    monkeypatch.setattr(platform, "sync_dir", lambda p: (real(p), synced.append(Path(p)))[0])
+    moved = reconcile.quarantine(cfg, rel)
+    assert moved == cfg.backup_dir / ".quarantine" / rel
+    assert {cfg.backup_dir, cfg.backup_dir / ".quarantine", moved.parent, victim.parent} <= set(synced)
+
+
+def test_zips_adopted_without_a_crc_pass_are_not_stamped_verified(backed_up):
+    lib, cfg = backed_up
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg))  # central directories only
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    from horos_async.ops import verify
+    asyncio.run(verify.Verifier(cfg).run())  # a quick pass reads no member either
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NOT NULL") == [(0,)]
+    asyncio.run(verify.Verifier(cfg, deep=True).run())
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]
+    lose_ledger(cfg)
+    asyncio.run(rebuild.rebuild(cfg, deep=True))  # every CRC read: stamped
+    assert _ledger_rows(cfg, "SELECT COUNT(*) FROM zips WHERE verified_at IS NULL") == [(0,)]
+
+
+def test_a_clean_run_reports_no_temp_file_left_by_an_interrupted_run(backed_up, caplog):
+    """Hardening 24: each run logged the removal of its own live-status temp file as a crash's leftover."""
+    lib, cfg = backed_up
+    dead = durable.temp_path_for(cfg.work_dir / "status.json", "999999999")  # what a killed run leaves
+    dead.write_bytes(b"{}")
+    with caplog.at_level(logging.INFO, logger="horos_async"):
+        for _ in range(5):
+            run(cfg, until_done=True)
+    removed = [r.getMessage() for r in caplog.records if "removed temp file" in r.getMessage()]
+    assert len(removed) == 1 and "999999999" in removed[0], removed
+    assert not dead.exists()
+
+
+def test_rebuild_ledger_on_a_healthy_ledger_says_nothing_to_rebuild(backed_up, capsys):
+    """Hardening 24: it printed "ledger rebuilt: 0 ZIPs adopted" for a ledger that needed nothing."""
+    from horos_async import cli, config as config_mod
+
+    lib, cfg = backed_up
+    cfg.source.write_text(config_mod.render_toml(cfg), encoding="utf-8")
+    n = len(zips(cfg.backup_dir))
+    assert cli.main(["rebuild-ledger", "--config", str(cfg.source)]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing to rebuild: the ledger already records every ZIP on disk ({n} ZIPs)" in out
+    assert "rebuilt" not in out
+    lose_ledger(cfg)
+    assert cli.main(["rebuild-ledger", "--config", str(cfg.source)]) == 0
+    assert f"ledger rebuilt: {n} ZIPs adopted" in capsys.readouterr().out

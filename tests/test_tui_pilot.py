@@ -342,3 +342,15 @@ async def test_narrow_terminal_hides_the_month_table(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert app.screen.has_class("-narrow") and not app.screen.query_one("#months").display
+
+
+async def test_header_fits_an_80_column_terminal_when_launchd_is_not_installed(tmp_path):
+    """Hardening 23: it was cut to "launchd agent not installed: no" (the rest wrapped out of sight)."""
+    idle = sample_snapshot(engine="idle", launchd_installed=False, runs=sample_snapshot().runs[:1])
+    app, _ = app_for(tmp_path, [idle])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        summary = app.screen.query_one("#engine-summary", Label)
+        shown = text(summary)
+        assert shown.endswith("not scheduled: no launchd agent")
+        assert len(shown) <= summary.content_region.width and summary.region.height == 1

@@ -189,7 +189,7 @@ def test_header_running_paused_idle_stale_unreadable():
     killed = describe(sample_snapshot(engine="idle"), SP)  # newest run never recorded an end
     assert "last run started 10:35:00, no end recorded" in killed.summary
     not_installed = describe(sample_snapshot(engine="idle", launchd_installed=False), SP)
-    assert "not installed" in not_installed.summary and not_installed.state_class == "-warning"
+    assert "no launchd agent" in not_installed.summary and not_installed.state_class == "-warning"
     stale = describe(sample_snapshot(engine="stale", detail="stopped 2m ago"), SP)
     assert stale.badge == "✖ STALE" and stale.state_class == "-stale"
     bad = describe(Snapshot(taken=0, engine="unreadable", detail="Permission denied: x"), SP)

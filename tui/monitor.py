@@ -17,6 +17,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.worker import get_current_worker
 
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.status import Snapshot
 from tui import launcher
@@ -112,7 +113,7 @@ class HorosTui(App):
     def on_snapshot_read(self, message: SnapshotRead) -> None:
         self._reading_since = None
         snap = message.snapshot
-        if snap.engine == "unreadable" and not snap.host and self.snapshot is not None:
+        if snap.engine == EngineState.UNREADABLE and not snap.host and self.snapshot is not None:
             snap = unreadable(snap.detail, snap.taken, self.snapshot)
         if snap.incoming_count is not None:
             self._history.append(float(snap.incoming_count))
@@ -137,7 +138,7 @@ class HorosTui(App):
         if isinstance(self.screen, ConfirmRunScreen):
             return
         plan = launcher.plan_launch(self.config)
-        running = self.snapshot.pid if self.snapshot and self.snapshot.engine == "running" else None
+        running = self.snapshot.pid if self.snapshot and self.snapshot.engine == EngineState.RUNNING else None
 
         def answered(yes: Optional[bool]) -> None:
             if yes:

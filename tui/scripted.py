@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import List, Sequence, Union
 
+from horos_async.codes import EngineState, IssueCode, RunOutcome
 from horos_async.status import Finished, IssueRow, Job, RunRow, Snapshot
 
 SAMPLE_NOW = 1717250400.0
@@ -79,24 +80,25 @@ def sample_snapshot(now: float = SAMPLE_NOW, **changes) -> Snapshot:
     queued = (_label("LIMA^ANA", "19920730", "20190117", u[2]), _label("COSTA^PEDRO", "19450221", "20190118", u[3]))
     finished = (
         Finished(u[4], _label("ALVES^RITA", "19661009", "20190110", u[4]), "done", "", 48.2, 402_113_554),
-        Finished(u[5], _label("ROCHA^LUIS", "19710405", "20190111", u[5]), "failed", "MISSING_FILES", 3.1, 0),
+        Finished(u[5], _label("ROCHA^LUIS", "19710405", "20190111", u[5]), "failed", IssueCode.MISSING_FILES,
+                 3.1, 0),
     )
     rates = [9e6 + 2e6 * ((i * 7) % 5) for i in range(31)]  # bytes/s, wobbling between 9 and 17 MB/s
     throughput = tuple((now - 600 + 20 * i, int(sum(rates[:i]) * 20), i * 7 // 30) for i in range(31))
     months = tuple((f"{y}_{m:02d}", 40 + (m * 7) % 30, (40 + (m * 7) % 30) if y < 2019 else
                     (20 if m == 1 else 0)) for y in (2017, 2018, 2019) for m in range(1, 13))
     issues = (
-        IssueRow(now - 3600 * 5, "INCOMING_OVER_LIMIT", "", "", "INCOMING.noindex holds 31,204 files (limit "
-                 "25,000): Horos is importing; backup paused"),
-        IssueRow(now - 60 * 14, "ZIP_FAIL", u[2], "2019_01/" + queued[0],
+        IssueRow(now - 3600 * 5, IssueCode.INCOMING_OVER_LIMIT, "", "",
+                 "INCOMING.noindex holds 31,204 files (limit 25,000): Horos is importing; backup paused"),
+        IssueRow(now - 60 * 14, IssueCode.ZIP_FAIL, u[2], "2019_01/" + queued[0],
                  "3 attempts produced no valid ZIP; last: CRC mismatch in 00012/IM-0001-0044.dcm"),
-        IssueRow(now - 42, "MISSING_FILES", u[5], "", "12 of 388 files missing, e.g. "
+        IssueRow(now - 42, IssueCode.MISSING_FILES, u[5], "", "12 of 388 files missing, e.g. "
                  "/Volumes/PACS/Database/Horos Data/DATABASE.noindex/120000/120455.dcm"),
     )
-    runs = (RunRow(7, now - 86400, now - 86400 + 3000, "ok", 0, 40, 0, 20_000_000_000),
+    runs = (RunRow(7, now - 86400, now - 86400 + 3000, RunOutcome.OK, 0, 40, 0, 20_000_000_000),
             RunRow(8, now - 1500, None, "running", None, 12, 1, 3_100_000_000))
     base = dict(
-        taken=now, engine="running", detail="exporting batch 3 (2 of 2 jobs running)", pid=4242,
+        taken=now, engine=EngineState.RUNNING, detail="exporting batch 3 (2 of 2 jobs running)", pid=4242,
         run_started=now - 1500, phase="export", incoming_count=1204, incoming_limit=25000,
         jobs=jobs, queued=queued, finished=finished, batch_index=3, eligible=1250, done=412, failed=3,
         pending=835, bytes_done=182_300_000_000, months=months, throughput=throughput, issues=issues,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Protocol, Tuple
 
 from horos_async import status
+from horos_async.codes import EngineState
 from horos_async.config import Config
 from horos_async.status import Snapshot
 
@@ -91,7 +92,7 @@ def read_all(source: Source, want_log: bool, clock: Callable[[], float]) -> Tupl
 def unreadable(why: str, now: float, previous: Optional[Snapshot] = None) -> Snapshot:
     """A Snapshot saying the status could not be read; keeps the host name of the last good read."""
     host = previous.host if previous is not None else ""
-    return Snapshot(taken=now, engine="unreadable", detail=why, host=host)
+    return Snapshot(taken=now, engine=EngineState.UNREADABLE, detail=why, host=host)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,21 +1,18 @@
-"""Blocking ZIP work: build one study's ZIP into a new file, and prove a ZIP is whole.
+"""Blocking ZIP work: build one study's ZIP into a new file (the reading side is ``zipcheck``).
 
 No asyncio here: the engine calls these from a worker thread. The writer streams each source in
 fixed chunks (memory stays flat whatever the study size), checks every member's CRC against the
-bytes actually read, and fully syncs the file before returning. The verifier follows docs/design/durability.md
-§3: member by member from ``infolist()`` (never ``testzip``), every error turned into
-:class:`ZipInvalid` naming the member, and a check that the file ends exactly at its end record.
-Errors of the *output* disk (ENOSPC, EIO, ENXIO) propagate as the original ``OSError``.
+bytes actually read, and fully syncs the file before returning. Errors of the *output* disk
+(ENOSPC, EIO, ENXIO) propagate as the original ``OSError``; a source's are the study's
+(:class:`SourceMissing`, :class:`SourceReadError`).
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
 import stat
-import struct
 import threading
 import time
 import zipfile
@@ -51,10 +48,6 @@ _DOS_MAX = (2107, 12, 31, 23, 59, 58)
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 _ENCAPSULATED_UNCOMPRESSED_TS = "1.2.840.10008.1.2.1.98"  # encapsulated, yet the pixels are raw
 _COMPRESSED_TS_PREFIX = "1.2.840.10008.1.2.4."  # JPEG, JPEG-LS, JPEG 2000, HTJ2K, MPEG, HEVC
-# Errors that mean the disk or volume failed, not that the ZIP is bad: they propagate from
-# verify_zip so the engine never deletes a good ZIP because a cable was loose.
-_DEVICE_ERRNOS = frozenset(e for e in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT, errno.EACCES, errno.EPERM,
-                                        getattr(errno, "ESTALE", None), errno.ENOTCONN, errno.ETIMEDOUT) if e)
 
 
 class Cancelled(Exception):
@@ -130,53 +123,13 @@ def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comm
     else:
         out = opener(out_path)
     try:
-        built = _write_zip(out, members, level, comment, _Stream(progress, cancel, chunk_size))
+        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size))
         durable.sync_file(out, path=out_path, trace=trace)
         out.close()
     except BaseException:
         _discard(out, out_path)
         raise
     return built
-
-
-def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, deep: bool = True,
-               progress: Progress = None, cancel: Optional[threading.Event] = None,
-               chunk_size: int = 1 << 20) -> List[BuiltMember]:
-    """Check a ZIP's structure (and with ``deep`` every member's bytes); return its members.
-
-    Raises :class:`ZipInvalid` for any defect, ``OSError`` when the file or its disk cannot be read.
-    """
-    run = _Stream(progress, cancel, chunk_size)
-    with open(path, "rb") as f:
-        member = None
-        try:
-            entries = _check_end(f)
-            with zipfile.ZipFile(f) as zf:
-                infos = zf.infolist()
-                found = _check_directory(infos, entries)
-                if expected is not None:
-                    _compare(found, expected)
-                for info in infos if deep else ():  # by ZipInfo, never by name (duplicates hide members)
-                    member = info.filename
-                    _check_member(zf, info, run)
-                    run.file_done()
-        except (ZipInvalid, Cancelled):
-            raise
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno in _DEVICE_ERRNOS:
-                raise
-            raise ZipInvalid(f"{type(exc).__name__}: {exc}", member) from exc
-    return found
-
-
-def read_comment(path: Path) -> bytes:
-    """The ZIP's archive comment (the engine's identity JSON), or b"" when it cannot be read."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.comment
-    except Exception as exc:  # any failure means "no identity": the caller then treats it as unknown
-        log.debug("no readable comment in %s: %s", redact_zip_path(Path(path).name), exc)
-        return b""
 
 
 def safe_member_name(name: str) -> bool:
@@ -212,12 +165,16 @@ def needs_deflate(path: Path) -> bool:
         return not ts.startswith(_COMPRESSED_TS_PREFIX)  # every standard .4.x syntax is compressed
 
 
-class _Stream:
-    """One build or verify pass: chunk size, checksum, cancel checks and ``progress(files, bytes)`` calls."""
+class Stream:
+    """One build or verify pass: chunk size, checksum, cancel checks and ``progress(files, bytes)`` calls.
+
+    Shared with ``zipcheck``; the checksum (ISA-L or zlib) follows :data:`USE_ISAL` when it is made.
+    """
 
     def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int) -> None:
         self.progress, self.cancel, self.chunk_size = progress, cancel, chunk_size
-        self.crc32 = _isal.crc32 if USE_ISAL and _isal is not None else zlib.crc32
+        self.use_isal = USE_ISAL and _isal is not None
+        self.crc32 = _isal.crc32 if self.use_isal else zlib.crc32
         self.files, self.bytes, self.next_report = 0, 0, _PROGRESS_STEP
 
     def check_cancel(self) -> None:
@@ -230,13 +187,17 @@ class _Stream:
             self.next_report = self.bytes + _PROGRESS_STEP
             self.progress(self.files, self.bytes)
 
+    def inflater(self):
+        """A raw-deflate decompressor: ISA-L's (2-3x zlib) when :data:`USE_ISAL`, else zlib's."""
+        return _isal.decompressobj(-15) if self.use_isal else zlib.decompressobj(-15)
+
     def file_done(self) -> None:
         self.files, self.next_report = self.files + 1, self.bytes + _PROGRESS_STEP
         if self.progress:
             self.progress(self.files, self.bytes)
 
 
-def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: _Stream) -> List[BuiltMember]:
+def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: Stream) -> List[BuiltMember]:
     zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
     built = []
     try:
@@ -258,7 +219,7 @@ def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: 
     return built
 
 
-def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: _Stream) -> BuiltMember:
+def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: Stream) -> BuiltMember:
     src = _open_source(member.source)
     with src:
         zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(os.fstat(src.fileno()).st_mtime))
@@ -292,18 +253,6 @@ def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: _Stream)
     if zinfo.CRC != crc or zinfo.file_size != member.size:
         raise ZipInvalid("CRC or size written differs from the source bytes read", member.name)
     return BuiltMember(member.name, crc, member.size, zinfo.compress_size)
-
-
-def _install_fast_decompressor(reader, info: zipfile.ZipInfo) -> bool:
-    """Inflate a deflated member with ISA-L (2-3x zlib); same private-attribute reliance as the compressor.
-
-    Only swapped before any byte is read, so the zlib object it replaces holds no state yet.
-    """
-    if (not USE_ISAL or _isal is None or info.compress_type != zipfile.ZIP_DEFLATED
-            or getattr(reader, "_decompressor", None) is None):
-        return False
-    reader._decompressor = _isal.decompressobj(-15)
-    return True
 
 
 def _install_fast_compressor(writer, level: int) -> bool:
@@ -381,84 +330,3 @@ def _discard(out: IO[bytes], out_path: Path) -> None:
         log.warning("could not remove failed ZIP %s in %s: %s", redact_zip_path(out_path.name), out_path.parent, exc)
 
 
-def _check_end(f: IO[bytes]) -> int:
-    """Check the file ends exactly at its end-of-central-directory record; return the entry count."""
-    size = f.seek(0, os.SEEK_END)
-    tail_len = min(size, 22 + 0xFFFF)
-    f.seek(size - tail_len)
-    tail = f.read(tail_len)
-    pos = len(tail)
-    while True:  # the rightmost record whose comment ends exactly at end of file
-        pos = tail.rfind(b"PK\x05\x06", 0, pos)
-        if pos < 0:
-            raise ZipInvalid("the file does not end with an end-of-central-directory record "
-                             "(truncated, or data appended after the ZIP)")
-        fields = struct.unpack("<4s4H2LH", tail[pos:pos + 22]) if pos + 22 <= len(tail) else None
-        if fields and pos + 22 + fields[-1] == len(tail):
-            break
-    _, disk, cd_disk, disk_entries, entries, cd_size, cd_offset, _ = fields
-    eocd = end_of_cd = size - tail_len + pos
-    f.seek(max(eocd - 20, 0))
-    locator = f.read(20) if eocd >= 20 else b""
-    if locator[:4] == b"PK\x06\x07":  # ZIP64: the real counts and offsets are in the ZIP64 record
-        z_offset = struct.unpack("<4sLQL", locator)[2]
-        f.seek(z_offset)
-        record = f.read(56)
-        if len(record) < 56 or record[:4] != b"PK\x06\x06":
-            raise ZipInvalid("ZIP64 end record missing where its locator points")
-        (_, rec_size, _, _, disk, cd_disk, disk_entries, entries, cd_size,
-         cd_offset) = struct.unpack("<4sQ2H2L4Q", record)
-        if z_offset + 12 + rec_size != eocd - 20:
-            raise ZipInvalid("unexpected data between the ZIP64 end record and its locator")
-        end_of_cd = z_offset
-    if disk or cd_disk or disk_entries != entries:
-        raise ZipInvalid("multi-disk ZIP archives are not supported")
-    if cd_offset + cd_size != end_of_cd:
-        raise ZipInvalid("the central directory does not end where the end record says")
-    return entries
-
-
-def _check_directory(infos: List[zipfile.ZipInfo], entries: int) -> List[BuiltMember]:
-    if len(infos) != entries:
-        raise ZipInvalid(f"central directory holds {len(infos)} entries, its end record says {entries}")
-    seen = set()
-    for info in infos:
-        if info.filename in seen:
-            raise ZipInvalid("duplicate member name", info.filename)
-        if not safe_member_name(info.filename):
-            raise ZipInvalid("unsafe member name (absolute, '..', backslash or drive)", info.filename)
-        if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise ZipInvalid("encrypted or unexpected compression method", info.filename)
-        seen.add(info.filename)
-    return [BuiltMember(i.filename, i.CRC, i.file_size, i.compress_size) for i in infos]
-
-
-def _compare(found: List[BuiltMember], expected: Sequence[BuiltMember]) -> None:
-    if len(found) != len(expected):
-        raise ZipInvalid(f"holds {len(found)} members, expected {len(expected)}")
-    by_name = {m.name: m for m in found}
-    for want in expected:
-        got = by_name.get(want.name)
-        if got is None:
-            raise ZipInvalid("expected member is missing", want.name)
-        if (got.size, got.crc) != (want.size, want.crc):
-            raise ZipInvalid(f"size/CRC {got.size}/{got.crc:08x}, expected {want.size}/{want.crc:08x}", want.name)
-
-
-def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, run: _Stream) -> None:
-    crc = size = 0
-    with zf.open(info) as member:
-        _install_fast_decompressor(member, info)
-        while True:
-            run.check_cancel()
-            chunk = member.read(run.chunk_size)
-            if not chunk:
-                break
-            crc, size = run.crc32(chunk, crc), size + len(chunk)
-            run.add(len(chunk))
-            # Free the buffer before the next read allocates one: two live 1 MiB buffers make glibc
-            # map and fault in fresh pages for every chunk, a measurable cost at these speeds.
-            del chunk
-    if (size, crc) != (info.file_size, info.CRC):
-        raise ZipInvalid(f"content {size} bytes/CRC {crc:08x}, directory says {info.file_size}/{info.CRC:08x}",
-                         info.filename)

@@ -2,10 +2,12 @@
 
 Flow: guards (sentinel, volumes, run lock) → ledger → reconcile the backup folder with the ledger →
 INCOMING guard → scan → batches: read one batch (short DB transaction) → up to ``concurrency`` ZIP
-jobs at once (blocking zip work in a thread pool sized by the knob; the one offload call site is
-``_offload``) → each job (``study_export.StudyExport``): claim space → build temp ZIP → verify →
-recount → publish (rename + dir sync) → ledger commit → month markers (``months``). A failed study is
-an Outcome record; only run-level faults raise.
+jobs at once (blocking work in a thread pool sized by the knob, reached only through ``_offload``, a
+:class:`horos_async.blocking.Offload`) → each job (:class:`horos_async.backup.job.StudyJob`, built from
+a declared :class:`~horos_async.backup.job.JobContext`): claim space → build temp ZIP → verify →
+recount → publish (rename + dir sync) → its Outcome → :meth:`Engine._record`, the one place every
+outcome is recorded: ledger commit, issues.csv, live status → month markers (``months``), after the
+commits (docs/design/durability.md §1). A failed study is an Outcome record; only run-level faults raise.
 """
 
 from __future__ import annotations
@@ -16,19 +18,21 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 from horos_async import allocator, durable, guards
 from horos_async.backup import archive, planner, reconcile
+from horos_async.backup.job import JobContext, StudyJob, compression_flags
+from horos_async.blocking import Offload
+from horos_async.codes import EngineState, GuardCode, RunOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, HorosBackupError
 from horos_async.horos_db import HorosReader
 from horos_async.state.ledger import Ledger, fault as ledger_fault
-from horos_async.models import DONE, PARTIAL, Outcome, StudyPlan
+from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.backup.months import update_month_markers
 from horos_async.state.live import LiveState
-from horos_async.backup.job import StudyExport
 
 log = logging.getLogger(__name__)
 LOOKAHEAD_BATCHES = 20
@@ -39,7 +43,7 @@ class RunResult:
     """What one run did; ``cli`` turns it into a message and exit code."""
 
     exit_code: int = EXIT_OK
-    outcome: str = "ok"
+    outcome: str = RunOutcome.OK
     """``ok``, ``nothing-to-do``, ``paused``, ``interrupted`` or an error class name."""
     message: str = ""
     done: int = 0
@@ -50,7 +54,7 @@ class RunResult:
     pending: int = 0
 
 
-class Engine(StudyExport):
+class Engine:
     """One run. Create, then ``await run()``; ``request_stop()`` is safe from a signal handler."""
 
     def __init__(self, cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
@@ -66,8 +70,9 @@ class Engine(StudyExport):
         self.stop: Optional[asyncio.Event] = None  # made inside run(): Python 3.9 binds it to a loop
         self.cancel = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency + 1, thread_name_prefix="zip")
+        self._offload = Offload(self.pool)  # the run's one way into its threads
         self.result = RunResult()
-        self.live = LiveState(cfg.work_dir / "status.json", incoming_limit=cfg.incoming_max_files)
+        self.live = LiveState(cfg.live_status_path, incoming_limit=cfg.incoming_max_files)
         self.ledger: Optional[Ledger] = None
         self.fatal: Optional[BaseException] = None
         self.started = time.monotonic()
@@ -76,15 +81,10 @@ class Engine(StudyExport):
         self.processed = 0  # studies planned in this run (for --max-studies)
         self._changed: Optional[asyncio.Event] = None
         self._reserved: set = set()  # ZIP paths chosen by running jobs
-        self._reader: Optional[HorosReader] = None  # the open Horos database while exporting
         self._publisher: Optional[asyncio.Future] = None  # the status publish loop
         self._publishing = True
         self._claims: Dict[str, int] = {}  # backup-volume bytes each running job will write at most
         self._space_ok_recorded = False  # DISK_FULL condition cleared in the ledger in this run
-
-    # -- the one place blocking work leaves the event loop -----------------------------------------
-    def _offload(self, fn, *args):
-        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: start no new study, abort running ZIP builds (their temp files are removed)."""
@@ -104,9 +104,9 @@ class Engine(StudyExport):
         guards.check_sentinel(cfg)
         guards.check_volumes(cfg)
         allocator.tune()  # before the ZIP threads start: no page-fault churn on their 1 MiB buffers
-        durable.ensure_dir(cfg.backup_dir)
-        durable.ensure_dir(cfg.work_dir)
-        lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
+        await self._offload(durable.ensure_dir, cfg.backup_dir)  # creating a folder syncs its parent
+        await self._offload(durable.ensure_dir, cfg.work_dir)
+        lock = guards.RunLock(cfg.lock_path).acquire()
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
@@ -141,13 +141,13 @@ class Engine(StudyExport):
     async def _finish(self) -> None:
         r = self.result
         if self.stop.is_set() and r.exit_code == EXIT_OK:
-            r.exit_code, r.outcome = EXIT_INTERRUPTED, "interrupted"
+            r.exit_code, r.outcome = EXIT_INTERRUPTED, RunOutcome.INTERRUPTED
             r.message = r.message or "interrupted: stopped cleanly; the next run resumes"
         try:
             await self.ledger.end_run(r.outcome, r.exit_code, r.done, r.failed, r.bytes_in, r.bytes_out, r.message)
         except Exception as exc:  # the backup volume may be gone: the ledger commit is what failed
             log.error("could not record the end of the run in the ledger: %s", exc)
-        self.live.state = "paused" if r.outcome == "paused" else "idle"
+        self.live.state = EngineState.PAUSED if r.outcome == RunOutcome.PAUSED else EngineState.IDLE
         self.live.phase = "finished"
         self.live.message = r.message
         self.live.jobs.clear()
@@ -194,7 +194,7 @@ class Engine(StudyExport):
         self.live.phase = "reconcile"
         await reconcile.reconcile(cfg, self.ledger, self._offload, self.announce)
         if await self._incoming_busy():
-            r.outcome = "paused"
+            r.outcome = RunOutcome.PAUSED
             return
         longer = bool(self.until_done or self.max_studies or self.max_minutes)
         async with HorosReader(cfg) as reader:
@@ -218,7 +218,7 @@ class Engine(StudyExport):
                     break
                 self.live.phase = "export"
                 await self._export_all(reader, candidates, index, one_batch=not longer)
-                if not longer or r.outcome == "paused":
+                if not longer or r.outcome == RunOutcome.PAUSED:
                     break
             if r.done or r.failed:
                 index = await self.ledger.index()
@@ -228,12 +228,12 @@ class Engine(StudyExport):
                 await self._offload(update_month_markers, cfg, totals.months)
             else:
                 await self._offload(update_month_markers, cfg, self.live.months)
-        if r.outcome == "ok" and not (r.done or r.failed):
-            r.outcome = "nothing-to-do"
+        if r.outcome == RunOutcome.OK and not (r.done or r.failed):
+            r.outcome = RunOutcome.NOTHING_TO_DO
 
     def _should_stop(self) -> bool:
         """No new study may start (stop asked, fatal error, guard paused, --max-minutes reached)."""
-        if self.stop.is_set() or self.fatal is not None or self.result.outcome == "paused":
+        if self.stop.is_set() or self.fatal is not None or self.result.outcome == RunOutcome.PAUSED:
             return True
         if self.max_minutes is not None and time.monotonic() - self.started > self.max_minutes * 60:
             return True
@@ -257,10 +257,10 @@ class Engine(StudyExport):
                               "checked": time.time()}
         detail = (f"INCOMING.noindex holds more than {cfg.incoming_max_files} files: Horos is importing; "
                   f"backup paused until it catches up")
-        if await self.ledger.condition("INCOMING_OVER_LIMIT", busy, detail):
-            await self.ledger.issue("INCOMING_OVER_LIMIT", detail)
+        if await self.ledger.condition(GuardCode.INCOMING_OVER_LIMIT, busy, detail):
+            await self.ledger.issue(GuardCode.INCOMING_OVER_LIMIT, detail)
         if busy:
-            self.live.guard_code, self.live.guard_detail = "INCOMING_OVER_LIMIT", detail
+            self.live.guard_code, self.live.guard_detail = GuardCode.INCOMING_OVER_LIMIT, detail
             self.result.message = detail
             log.warning(detail)
         else:
@@ -275,7 +275,9 @@ class Engine(StudyExport):
         never read while a transaction would be held over file I/O.
         """
         cfg = self.cfg
-        self._reader = reader
+        ctx = JobContext(config=cfg, ledger=self.ledger, live=self.live, offload=self._offload, cancel=self.cancel,
+                         reader=reader, claims=self._claims, reserved=self._reserved, should_stop=self._should_stop,
+                         poke=self._poke, shares_horos_disk=self.shares_horos_disk)
         queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, cfg.concurrency))
         workers = cfg.concurrency
 
@@ -299,7 +301,7 @@ class Engine(StudyExport):
                     for plan in plans:
                         # Judge compression here, ahead of the workers: its header reads (a disk seek
                         # each on a cold cache) then overlap the ZIP jobs instead of delaying them.
-                        flags = await self._compression_flags(plan, index.get(plan.study.key))
+                        flags = await compression_flags(cfg, plan, index.get(plan.study.key), self._offload)
                         await queue.put((plan, flags))
                     if one_batch:
                         break
@@ -320,14 +322,14 @@ class Engine(StudyExport):
                     self.live.queued.remove(_label(plan))
                 if self._should_stop():
                     continue  # drain: studies not started stay due for the next run
-                await self._one(plan, index, flags)
+                await self._one(ctx, plan, index, flags)
 
         await asyncio.gather(producer(), *(worker() for _ in range(workers)))
         self.live.queued = []
         if self.fatal is not None:
             raise self.fatal
 
-    async def _one(self, plan: StudyPlan, index, flags: Optional[List[bool]] = None) -> None:
+    async def _one(self, ctx: JobContext, plan: StudyPlan, index, flags: Optional[List[bool]] = None) -> None:
         """Guards, then export one study and record its outcome; run-level faults stop the run."""
         if self.cfg.sleep_between_studies and self.stop is not None:  # the throttle; a stop request ends it
             try:
@@ -337,10 +339,10 @@ class Engine(StudyExport):
         if self._should_stop():
             return
         if await self._incoming_busy():
-            self.result.outcome = "paused"
+            self.result.outcome = RunOutcome.PAUSED
             return
         try:
-            outcome = await self._export(plan, index.get(plan.study.key), flags)
+            outcome = await StudyJob(ctx, plan, index.get(plan.study.key), flags).run()
         except HorosBackupError as exc:
             if self.fatal is None:
                 self.fatal = exc
@@ -351,11 +353,26 @@ class Engine(StudyExport):
         await self._record(plan, outcome)
 
     async def _record(self, plan: StudyPlan, o: Outcome) -> None:
-        r = self.result
-        label = o.zip_relpath.rsplit("/", 1)[-1] if o.zip_relpath else plan.zip_relpath.rsplit("/", 1)[-1]
-        self.live.finished.append({"uid": plan.study.uid, "label": label, "status": o.status, "code": o.code,
+        """Record one study's outcome, whatever it is: the one place where the ledger, issues.csv, the
+        run's counters and the live status learn what a job did.
+
+        A done or partial outcome arrives with its ZIP published and its directory synced, so its
+        ledger commit comes here, after the ZIP is durable (docs/design/durability.md §1 steps 4-5) and
+        before the month markers (written when the run's exports are over).
+        """
+        r, s = self.result, plan.study
+        exported = o.status in (DONE, PARTIAL)
+        if exported:
+            on_disk = plan if o.zip_relpath == plan.zip_relpath else replace(plan, zip_relpath=o.zip_relpath)
+            await self.ledger.record_zip(on_disk, o.zip_relpath, o.bytes_out, o.members_digest, o.status, o.code,
+                                         o.detail)
+            if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
+                self._space_ok_recorded = True
+                await self.ledger.condition(GuardCode.DISK_FULL, False)
+        label = o.zip_relpath.rsplit("/", 1)[-1] if o.zip_relpath else _label(plan)
+        self.live.finished.append({"uid": s.uid, "label": label, "status": o.status, "code": o.code,
                                    "seconds": round(o.seconds, 2), "bytes": o.bytes_in})
-        if o.status in (DONE, PARTIAL):
+        if exported:
             r.done += 1
             r.bytes_in += o.bytes_in
             r.bytes_out += o.bytes_out
@@ -363,23 +380,24 @@ class Engine(StudyExport):
             self.live.run["bytes_in"] += o.bytes_in
             self.live.run["bytes_out"] += o.bytes_out
             where = o.zip_relpath if self.cfg.log_patient_names else o.zip_relpath.split("/", 1)[0]
-            log.info("study %s exported to %s (%d files, %.1f MB in %.1fs)", plan.study.uid, where,
+            log.info("study %s exported to %s (%d files, %.1f MB in %.1fs)", s.uid, where,
                      o.files, o.bytes_in / 1e6, o.seconds)
-            self.announce(f"[{r.done + r.failed}] exported {where}/...{plan.study.uid[-12:]}: {o.files} files, "
+            self.announce(f"[{r.done + r.failed}] exported {where}/...{s.uid[-12:]}: {o.files} files, "
                           f"{o.bytes_in / 1e6:.1f} MB in {o.seconds:.1f}s")
             if o.status == PARTIAL:
-                await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, o.zip_relpath)
-            return
-        if o.code == "UNCHANGED":
-            await self.ledger.touch_unchanged(plan.study.key, plan.study.date_added, plan)
-            return
-        r.failed += 1
-        self.live.run["studies_failed"] += 1
-        log.warning("study %s not exported: %s %s", plan.study.uid, o.code, o.detail)
-        self.announce(f"[{r.done + r.failed}] NOT exported {plan.study.uid}: {o.code} {o.detail}")
-        entry_done = plan.version > 1
-        if await self.ledger.record_failure(plan, o, self.cfg.retry_backoff_minutes, keep_done=entry_done):
-            await self.ledger.issue(o.code, o.detail, plan.study.key, plan.study.uid, plan.zip_relpath)
+                await self.ledger.issue(o.code, o.detail, s.key, s.uid, o.zip_relpath)
+        elif o.status == UNCHANGED:
+            await self.ledger.touch_unchanged(s.key, s.date_added, plan)
+        elif o.status == FAILED:
+            r.failed += 1
+            self.live.run["studies_failed"] += 1
+            log.warning("study %s not exported: %s %s", s.uid, o.code, o.detail)
+            self.announce(f"[{r.done + r.failed}] NOT exported {s.uid}: {o.code} {o.detail}")
+            entry_done = plan.version > 1
+            if await self.ledger.record_failure(plan, o, self.cfg.retry_backoff_minutes, keep_done=entry_done):
+                await self.ledger.issue(o.code, o.detail, s.key, s.uid, plan.zip_relpath)
+        else:
+            raise ValueError(f"study {s.uid}: unknown outcome status {o.status!r} (a bug in the job)")
 
 
 def _label(plan: StudyPlan) -> str:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from horos_async.backup import archive
+from horos_async.backup import zipcheck
 from horos_async.models import DONE, StudyPlan
 
 
@@ -41,7 +41,7 @@ def members_digest(members) -> str:
 def read_identity(path: Path) -> Optional[dict]:
     """The study identity JSON in a ZIP's comment, or None when the ZIP is not ours."""
     try:
-        data = json.loads(archive.read_comment(path).decode("ascii") or "null")
+        data = json.loads(zipcheck.read_comment(path).decode("ascii") or "null")
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) and data.get("horos_backup") and data.get("key") else None

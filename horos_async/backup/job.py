@@ -1,31 +1,40 @@
-"""One study's ZIP job, from the free-space claim to the ledger commit (the engine's per-study half).
+"""One study's ZIP job, from the free-space claim to the published ZIP.
 
-``StudyExport`` is mixed into :class:`horos_async.backup.engine.Engine`, whose state it uses: ``cfg``,
-``ledger``, ``live``, ``cancel``, ``_offload``, ``_reader`` and the per-run ``_claims``/``_reserved``.
-Order per attempt (docs/design/durability.md §1): build the temp ZIP (synced inside) → verify it against the
-sources → count the study's image rows again → publish without overwriting (+ directory sync) →
-ledger commit. Study-level problems return an :class:`Outcome`; run-level faults raise.
+A :class:`StudyJob` is built from a :class:`JobContext` (all it may use of its run, declared) and one
+study's plan; ``await job.run()`` returns the study's :class:`Outcome`, and the engine records it
+(ledger, issues.csv, live status). Order per attempt (docs/design/durability.md §1): build the temp
+ZIP (synced inside) → verify it against the sources → count the study's image rows again → publish
+without overwriting (+ directory sync). A done or partial Outcome therefore means the ZIP is durably
+in place; the engine commits it to the ledger only after ``run()`` returns (§1 step 5). Study-level
+problems return an Outcome; run-level faults raise (:class:`HorosBackupError`, ``archive.Cancelled``).
+Blocking work goes through the context's ``offload`` (horos_async/blocking.py), never the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from horos_async.backup import archive
-from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async import durable, guards, naming
+from horos_async.backup import archive, zipcheck
+from horos_async.backup.identity import members_digest, read_identity, zip_comment
+from horos_async.blocking import Offload
+from horos_async.config import Config
+from horos_async.codes import GuardCode, IssueCode
 from horos_async.errors import DiskFull, HorosBackupError, VolumeError
-from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
+from horos_async.horos_db import HorosReader
+from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.naming import redact_zip_path
-from horos_async.state.live import JobProgress
+from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_records import Entry
+from horos_async.state.live import JobProgress, LiveState
 
 log = logging.getLogger(__name__)
 ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
@@ -33,184 +42,265 @@ ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
 SPACE_POLL_SECONDS = 0.5
 
 
-class StudyExport:
-    """The per-study methods of the engine (a mixin: see the module docstring)."""
+@dataclass(frozen=True)
+class JobContext:
+    """What a study job may use of its run. The run's own state (counters, stop event, the result)
+    stays in the engine; the two shared tables below are how concurrent jobs keep out of each other's way."""
 
-    async def _export(self, plan: StudyPlan, entry, flags: Optional[List[bool]] = None) -> Outcome:
-        cfg, s = self.cfg, plan.study
-        t0 = time.monotonic()
+    config: Config
+    ledger: Ledger
+    """Read for ZIP name owners; written only for the run's space conditions (``DISK_LOW``, ``DISK_FULL``)."""
+    live: LiveState
+    """The live status: the job shows its progress in ``live.jobs`` and sets the guard code it hits."""
+    offload: Offload
+    """Where blocking work runs (the engine's pool, sized by ``concurrency``)."""
+    cancel: threading.Event
+    """Set when the run stops: ZIP builds and verifications running in threads abort."""
+    reader: Optional[HorosReader]
+    """The open Horos database, to count a study's image rows again before "done"; None: not counted."""
+    claims: Dict[str, int]
+    """Backup-volume bytes each running job may write at most, by study key (shared by the run's jobs)."""
+    reserved: Set[str]
+    """ZIP paths (relative to ``backup_dir``) chosen by running jobs (shared by the run's jobs)."""
+    should_stop: Callable[[], bool]
+    """True once no new study may start (stop asked, fatal error, guard paused, time limit)."""
+    poke: Callable[[], None]
+    """Asks the status publisher to write soon (a job started or ended)."""
+    shares_horos_disk: bool = False
+    """The backup folder is on Horos's disk: the free-space floor keeps Horos's reserve too."""
 
-        def fail(code: str, detail: str, extra=()) -> Outcome:
-            return Outcome(s.key, FAILED, code, detail, files=len(plan.files), seconds=time.monotonic() - t0,
-                           extra=tuple(extra))
 
-        if _unchanged(entry, plan):
-            return Outcome(s.key, FAILED, "UNCHANGED", "")
+class _VolumeFailed(Exception):
+    """An OSError of the backup volume under one ZIP, carried out of the attempt so that its temp file is
+    removed before the fault is recorded (on a full disk that record needs the space back)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class StudyJob:
+    """One study's export: ``await StudyJob(context, plan, entry, flags).run()`` returns its Outcome."""
+
+    def __init__(self, ctx: JobContext, plan: StudyPlan, entry: Optional[Entry] = None,
+                 flags: Optional[List[bool]] = None) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.entry = entry
+        """The study's ledger entry, if it has one."""
+        self.flags = flags
+        """Deflate (True) or store per file, judged ahead of the job; None: judged here."""
+        self.started = time.monotonic()
+
+    async def run(self) -> Outcome:
+        """Export the study; the Outcome says what happened (only run-level faults raise)."""
+        ctx, plan, s = self.ctx, self.plan, self.plan.study
+        if _unchanged(self.entry, plan):
+            return Outcome(s.key, UNCHANGED)
         if not plan.files:
-            return fail("NO_FILES", f"none of the study's {len(plan.missing)} files exist on disk; "
-                                    f"first: {', '.join(plan.missing[:3]) or '-'}", plan.missing[:5])
+            return self._fail(IssueCode.NO_FILES, f"none of the study's {len(plan.missing)} files exist on disk; "
+                                          f"first: {', '.join(plan.missing[:3]) or '-'}", plan.missing[:5])
         state = DONE
         code = detail = ""
         if plan.missing:
             detail = (f"{len(plan.missing)} of {len(plan.missing) + len(plan.files)} files missing; first: "
                       f"{', '.join(plan.missing[:3])}")
-            if not cfg.allow_partial:
-                return fail("MISSING_FILES", detail, plan.missing[:5])
-            state, code = PARTIAL, "PARTIAL"
-        await self._claim_space(plan)
+            if not ctx.config.allow_partial:
+                return self._fail(IssueCode.MISSING_FILES, detail, plan.missing[:5])
+            state, code = PARTIAL, IssueCode.PARTIAL
+        rel: Optional[str] = None
+        try:
+            await self._claim_space()
+            rel = await self._target_path()
+            return await self._write(rel, state, code, detail)
+        finally:  # what this job held in the run's shared tables
+            ctx.live.jobs.pop(s.key, None)
+            ctx.claims.pop(s.key, None)
+            if rel is not None:
+                ctx.reserved.discard(rel)
+            ctx.poke()
 
-        rel = await self._target_path(plan)
+    async def _write(self, rel: str, state: str, code: str, detail: str) -> Outcome:
+        """Up to ``zip_attempts`` attempts at a valid, published ZIP at ``rel``."""
+        ctx, plan, s = self.ctx, self.plan, self.plan.study
+        cfg = ctx.config
         final = cfg.backup_dir / rel
+        flags = self.flags
         if flags is None or len(flags) != len(plan.files):
-            flags = await self._compression_flags(plan, None)
+            flags = await compression_flags(cfg, plan, None, ctx.offload)
         members = [archive.Member(source=f.source.path, name=f.member, size=f.size, compress=fl)
                    for f, fl in zip(plan.files, flags)]
         # Write in on-disk order (Horos numbers files as it imports them), not series order: reading
         # sequentially lets the disk read ahead. Member names keep the series layout either way.
         members.sort(key=lambda m: _disk_order(m.source))
-        job = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
-                          bytes_total=plan.total_bytes)
-        self.live.jobs[s.key] = job
-        self._poke()
-        plan_for_record = plan if rel == plan.zip_relpath else _with_path(plan, rel)
+        progress = JobProgress(uid=s.uid, label=rel.rsplit("/", 1)[-1], files_total=len(members),
+                               bytes_total=plan.total_bytes)
+        ctx.live.jobs[s.key] = progress
+        ctx.poke()
+        identity = plan if rel == plan.zip_relpath else replace(plan, zip_relpath=rel)
+        created = await ctx.offload(durable.ensure_dir, final.parent)
+        last_error = ""
+        fault: Optional[OSError] = None
+        for attempt in range(1, cfg.zip_attempts + 1):
+            tmp = durable.temp_path_for(final, f"{os.getpid()}-{attempt}")
+            try:
+                return await self._attempt(tmp, final, rel, created, members, identity, state, code, detail,
+                                           progress)
+            except archive.ZipInvalid as exc:
+                last_error = str(exc)
+                log.warning("study %s attempt %d produced an invalid ZIP: %s", s.uid, attempt, exc)
+            except _VolumeFailed as exc:
+                fault = exc.error
+                break
+            finally:
+                # Every way out of an attempt: an invalid ZIP, a study-level failure, a run-level fault, a
+                # cancellation (another job's fault, a stop) even mid-verify. Once published, the temp
+                # name is gone and this does nothing.
+                durable.discard(tmp)
+        if fault is not None:
+            raise await self._backup_fault(fault, rel) from None
+        return self._fail(IssueCode.ZIP_FAIL, f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
+
+    async def _attempt(self, tmp: Path, final: Path, rel: str, created: List[Path], members, identity: StudyPlan,
+                       state: str, code: str, detail: str, progress: JobProgress) -> Outcome:
+        """One attempt: build and verify ``tmp``, recount, publish. Raises ZipInvalid (try again) or
+        _VolumeFailed; the caller removes ``tmp`` whatever happens."""
+        ctx, plan = self.ctx, self.plan
         try:
-            created = await self._offload(durable.ensure_dir, final.parent)
-            last_error = ""
-            for attempt in range(1, cfg.zip_attempts + 1):
-                tmp = durable.temp_path_for(final, f"{os.getpid()}-{attempt}")
-                try:
-                    built = await self._offload(self._build_and_verify, tmp, members, plan_for_record, state,
-                                                job.update)
-                except archive.ZipInvalid as exc:
-                    last_error = str(exc)
-                    log.warning("study %s attempt %d produced an invalid ZIP: %s", s.uid, attempt, exc)
-                    durable.discard(tmp)
-                    continue
-                except archive.SourceMissing as exc:
-                    durable.discard(tmp)
-                    return fail("MISSING_FILES", f"a file vanished while zipping: {exc}", [str(exc)])
-                except archive.SourceReadError as exc:
-                    durable.discard(tmp)
-                    return fail("READ_ERROR", f"a file could not be read: {exc}", [str(exc)])
-                except OSError as exc:
-                    durable.discard(tmp)
-                    raise await self._backup_fault(exc, plan, rel) from None
-                except BaseException:  # Cancelled (another job hit a run-level fault), or the run is stopping
-                    durable.discard(tmp)  # a ZIP already built but cut off mid-verify must not linger
-                    raise
-                try:
-                    now_rows = await self._image_rows(plan)
-                except BaseException:
-                    durable.discard(tmp)
-                    raise
-                if now_rows is not None and now_rows != plan.image_rows:
-                    durable.discard(tmp)
-                    return fail("STUDY_CHANGED", f"Horos changed the study while it was zipped ({plan.image_rows} "
-                                                 f"image rows planned, {now_rows} now); exported again later")
-                try:
-                    await self._offload(functools.partial(durable.publish, tmp, final, created_dirs=created))
-                except durable.AlreadyExists:
-                    durable.discard(tmp)
-                    return fail("ZIP_FAIL", f"{redact_zip_path(rel, cfg.log_patient_names)} appeared while this "
-                                            f"study was being written; will retry")
-                except OSError as exc:
-                    durable.discard(tmp)
-                    raise await self._backup_fault(exc, plan, rel) from None
-                size = final.stat().st_size
-                await self.ledger.record_zip(plan_for_record, rel, size, members_digest(built), state, code, detail)
-                if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
-                    self._space_ok_recorded = True
-                    await self.ledger.condition("DISK_FULL", False)
-                return Outcome(s.key, state, code, detail, rel, len(built), plan.total_bytes, size,
-                               time.monotonic() - t0)
-            return fail("ZIP_FAIL", f"{cfg.zip_attempts} attempts produced no valid ZIP; last: {last_error}")
-        finally:
-            self.live.jobs.pop(s.key, None)
-            self._claims.pop(s.key, None)
-            self._reserved.discard(rel)
-            self._poke()
+            built, digest = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
+                                              progress.update)
+        except archive.SourceMissing as exc:
+            return self._fail(IssueCode.MISSING_FILES, f"a file vanished while zipping: {exc}", [str(exc)])
+        except archive.SourceReadError as exc:
+            return self._fail(IssueCode.READ_ERROR, f"a file could not be read: {exc}", [str(exc)])
+        except OSError as exc:
+            raise _VolumeFailed(exc) from None
+        now_rows = await self._image_rows()
+        if now_rows is not None and now_rows != plan.image_rows:
+            return self._fail(IssueCode.STUDY_CHANGED, f"Horos changed the study while it was zipped ({plan.image_rows} "
+                                               f"image rows planned, {now_rows} now); exported again later")
+        try:
+            size = await ctx.offload(_publish, tmp, final, created)
+        except durable.AlreadyExists:
+            return self._fail(IssueCode.ZIP_FAIL, f"{redact_zip_path(rel, ctx.config.log_patient_names)} appeared while "
+                                          f"this study was being written; will retry")
+        except OSError as exc:
+            raise _VolumeFailed(exc) from None
+        return Outcome(plan.study.key, state, code, detail, rel, len(built), plan.total_bytes, size,
+                       time.monotonic() - self.started, members_digest=digest)
 
-    def _build_and_verify(self, tmp: Path, members, plan: StudyPlan, state: str, progress):
-        """Blocking: build the temp ZIP (synced inside), then read it back fully against the sources."""
-        built = archive.build_zip(tmp, members, level=self.cfg.compression_level,
-                                  comment=zip_comment(plan, state), progress=progress, cancel=self.cancel)
-        archive.verify_zip(tmp, built, deep=True, cancel=self.cancel)
-        return built
+    def _fail(self, code: str, detail: str, extra=()) -> Outcome:
+        return Outcome(self.plan.study.key, FAILED, code, detail, files=len(self.plan.files),
+                       seconds=time.monotonic() - self.started, extra=tuple(extra))
 
-    async def _claim_space(self, plan: StudyPlan) -> None:
+    def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str,
+                          progress) -> Tuple[List[archive.BuiltMember], str]:
+        """Blocking: build the temp ZIP (synced inside), read it back fully against the sources; the
+        members and their digest for the ledger."""
+        cancel = self.ctx.cancel
+        built = archive.build_zip(tmp, members, level=self.ctx.config.compression_level,
+                                  comment=zip_comment(identity, state), progress=progress, cancel=cancel)
+        zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
+        return built, members_digest(built)
+
+    async def _claim_space(self) -> None:
         """Wait until the backup volume has room for this ZIP, the floor, and what the ZIPs being written
         still need; with no other job left to finish, stop the run with DISK_LOW instead.
 
         Two jobs that each fit alone must not start together on a nearly full disk: the second would
         hit ENOSPC and stop the run, every run, and neither study would ever finish.
         """
-        cfg, key = self.cfg, plan.study.key
+        ctx, plan = self.ctx, self.plan
+        cfg, key, jobs = ctx.config, plan.study.key, ctx.live.jobs
         own = plan.total_bytes + ZIP_OVERHEAD_PER_FILE * len(plan.files) + ZIP_OVERHEAD
         while True:
-            others = {k: max(0, n - (self.live.jobs[k].bytes_done if k in self.live.jobs else 0))
-                      for k, n in self._claims.items() if k != key}
-            need = guards.space_needed(cfg, own + sum(others.values()), self.shares_horos_disk)
-            free = await self._offload(guards.free_bytes, cfg.backup_dir)
+            others = {k: max(0, n - (jobs[k].bytes_done if k in jobs else 0))
+                      for k, n in ctx.claims.items() if k != key}
+            need = guards.space_needed(cfg, own + sum(others.values()), ctx.shares_horos_disk)
+            free = await ctx.offload(guards.free_bytes, cfg.backup_dir)
             if free >= need:
                 break
             if not others:
                 msg = (f"only {guards.human_bytes(free)} free on the backup volume, {guards.human_bytes(need)} "
                        f"needed for the next study plus the floor (min_free_gb/horos_free_gb); free space and "
                        f"run again")
-                if await self.ledger.condition("DISK_LOW", True, msg):
-                    await self.ledger.issue("DISK_LOW", msg)
-                self.live.guard_code, self.live.guard_detail = "DISK_LOW", msg
+                if await ctx.ledger.condition(GuardCode.DISK_LOW, True, msg):
+                    await ctx.ledger.issue(GuardCode.DISK_LOW, msg)
+                ctx.live.guard_code, ctx.live.guard_detail = GuardCode.DISK_LOW, msg
                 raise DiskFull(msg)
-            if self._should_stop():
+            if ctx.should_stop():
                 raise archive.Cancelled("stopping")
             await asyncio.sleep(SPACE_POLL_SECONDS)  # a running job finishes or fails, freeing its claim
-        self._claims[key] = own
-        await self.ledger.condition("DISK_LOW", False)
+        ctx.claims[key] = own
+        await ctx.ledger.condition(GuardCode.DISK_LOW, False)
 
-    async def _backup_fault(self, exc: OSError, plan: StudyPlan, rel: str) -> HorosBackupError:
+    async def _backup_fault(self, exc: OSError, rel: str) -> HorosBackupError:
         """The run-level error an OSError on the backup volume means; a full disk is also recorded
         (``DISK_FULL``, once per episode) in issues.csv."""
-        err = _run_level(exc, f"{self.cfg.backup_dir}/{redact_zip_path(rel, self.cfg.log_patient_names)}")
+        ctx, s = self.ctx, self.plan.study
+        cfg = ctx.config
+        err = _run_level(exc, f"{cfg.backup_dir}/{redact_zip_path(rel, cfg.log_patient_names)}")
         if isinstance(err, DiskFull):
-            self.live.guard_code, self.live.guard_detail = "DISK_FULL", str(err)
+            ctx.live.guard_code, ctx.live.guard_detail = GuardCode.DISK_FULL, str(err)
             try:
-                if await self.ledger.condition("DISK_FULL", True, str(err)):
-                    await self.ledger.issue("DISK_FULL", str(err), plan.study.key, plan.study.uid, rel)
+                if await ctx.ledger.condition(GuardCode.DISK_FULL, True, str(err)):
+                    await ctx.ledger.issue(GuardCode.DISK_FULL, str(err), s.key, s.uid, rel)
             except Exception as record_exc:  # the ledger is on the full disk too: the exit code still says it
                 log.warning("could not record DISK_FULL in the ledger: %s", record_exc)
         return err
 
-    async def _image_rows(self, plan: StudyPlan) -> Optional[int]:
+    async def _image_rows(self) -> Optional[int]:
         """The study's image rows in Horos now (docs/design/horos-database.md §7: re-check before "done")."""
-        if self._reader is None or not plan.pks:
+        reader, plan = self.ctx.reader, self.plan
+        if reader is None or not plan.pks:
             return None
-        return await self._reader.count_images(plan.pks)
+        return await reader.count_images(plan.pks)
 
-    async def _compression_flags(self, plan: StudyPlan, entry) -> Optional[List[bool]]:
-        """Deflate (True) or store, per file of ``plan``; None when the study will not be zipped."""
-        if not plan.files or _unchanged(entry, plan):
-            return None
-        if self.cfg.compression == "auto":
-            return await self._offload(_deflate_flags, plan.files)
-        return [self.cfg.compression == "deflate"] * len(plan.files)
-
-    async def _target_path(self, plan: StudyPlan) -> str:
-        """The planned path, or a ``_dN`` variant when another study already owns that name."""
+    async def _target_path(self) -> str:
+        """The planned path, or a ``_dN`` variant when another study already owns that name; reserved
+        for this job until it ends."""
+        ctx, plan = self.ctx, self.plan
+        cfg, key = ctx.config, plan.study.key
         rel, n = plan.zip_relpath, 1
         while True:
-            owner = await self.ledger.zip_owner(rel)
-            path = self.cfg.backup_dir / rel
-            if owner is None and path.exists():
-                ident = read_identity(path)
-                owner = ident.get("key") if ident else "?"
-            if rel in self._reserved:  # a concurrent job of this batch is writing that name
+            owner = await ctx.ledger.zip_owner(rel)
+            exists, on_disk = await ctx.offload(_owner_on_disk, cfg.backup_dir / rel)
+            if owner is None and exists:
+                owner = on_disk
+            # No await from here to the reservation: a concurrent job of this batch sees it at once.
+            if rel in ctx.reserved:  # a concurrent job of this batch is writing that name
                 owner = "?"
-            if owner is None or owner == plan.study.key and not path.exists():
-                self._reserved.add(rel)
+            if owner is None or owner == key and not exists:
+                ctx.reserved.add(rel)
                 return rel
             n += 1
-            rel = naming.zip_relpath(plan.study, max_length=self.cfg.max_name_length, naming=self.cfg.naming,
+            rel = naming.zip_relpath(plan.study, max_length=cfg.max_name_length, naming=cfg.naming,
                                      version=plan.version, dedup=n)
+
+
+async def compression_flags(cfg: Config, plan: StudyPlan, entry: Optional[Entry],
+                            offload: Offload) -> Optional[List[bool]]:
+    """Deflate (True) or store, per file of ``plan``; None when the study will not be zipped."""
+    if not plan.files or _unchanged(entry, plan):
+        return None
+    if cfg.compression == "auto":
+        return await offload(_deflate_flags, plan.files)
+    return [cfg.compression == "deflate"] * len(plan.files)
+
+
+def _owner_on_disk(path: Path) -> Tuple[bool, Optional[str]]:
+    """Blocking: whether ``path`` exists, and the study key its identity comment names ("?" for a file
+    that is not one of our ZIPs)."""
+    if not path.exists():
+        return False, None
+    ident = read_identity(path)
+    return True, (ident.get("key") if ident else "?")
+
+
+def _publish(tmp: Path, final: Path, created: List[Path]) -> int:
+    """Blocking: publish ``tmp`` as ``final`` (never replacing a file; directories synced); its size."""
+    durable.publish(tmp, final, created_dirs=created)
+    return final.stat().st_size
 
 
 def _unchanged(entry, plan: StudyPlan) -> bool:
@@ -239,10 +329,6 @@ def _deflate_flags(files) -> List[bool]:
             by_series[key] = archive.needs_deflate(f.source.path)
         flags.append(by_series[key])
     return flags
-
-
-def _with_path(plan: StudyPlan, rel: str) -> StudyPlan:
-    return replace(plan, zip_relpath=rel)
 
 
 def _run_level(exc: OSError, shown: str) -> HorosBackupError:

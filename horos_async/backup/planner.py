@@ -11,7 +11,6 @@ study waiting for missing files, those files being back (one ``stat`` each, at e
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import datetime as dt
 import functools
@@ -21,12 +20,13 @@ import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from horos_async import naming
+from horos_async.blocking import Offload, offload as default_offload
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader, ImageRef, resolve_image_path
-from horos_async.state.ledger import Entry
+from horos_async.state.ledger_records import Entry
 from horos_async.models import DONE, PARTIAL, PlannedFile, SourceFile, StudyPlan, StudyRow
 from horos_async.timezones import COCOA_EPOCH_OFFSET, cocoa_to_local
 
@@ -289,7 +289,7 @@ async def _files_back(waiting: Dict[str, List[str]], any_back: bool) -> Set[str]
     a ``stat`` per path, in a thread, stopping at the first that decides."""
     if not waiting:
         return set()
-    return await asyncio.get_running_loop().run_in_executor(None, _stat_back, waiting, any_back)
+    return await default_offload(_stat_back, waiting, any_back)
 
 
 def _stat_back(waiting: Dict[str, List[str]], any_back: bool) -> Set[str]:
@@ -521,18 +521,10 @@ def build_plan(rows: Sequence[Tuple[StudyRow, List[ImageRef]]], present: List[Tu
                      counts=counts, bad_rows=tuple(bad_rows))
 
 
-Offload = Callable[..., Awaitable]
-
-
 async def plan_batch(reader: HorosReader, batch: Sequence[Candidate], cfg: Config, index: Dict[str, Entry],
-                     offload: Optional[Offload] = None) -> List[StudyPlan]:
-    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped."""
-    if offload is None:
-        loop = asyncio.get_running_loop()
-
-        def offload(fn, *args):
-            return loop.run_in_executor(None, fn, *args)
-
+                     offload: Offload = default_offload) -> List[StudyPlan]:
+    """Plans for a batch of candidates; studies deleted from Horos since the scan are dropped (the file
+    checks run through ``offload``: the engine's pool, or the loop's default executor)."""
     rows = await reader.read_batch(sorted({pk for c in batch for pk in c.pks}))  # database released here
     by_key: Dict[str, List[Tuple[StudyRow, List[ImageRef]]]] = {}
     for study, images in rows:

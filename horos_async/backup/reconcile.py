@@ -3,8 +3,14 @@
 - temp files left by a crash are removed;
 - a ZIP of ours on disk that the ledger does not know (crash between rename and commit, or a lost
   ledger) is verified and adopted, never written twice;
-- a recorded ZIP that is missing, or whose size changed and no longer verifies, is reported and its
-  study queued again; an invalid file is moved to ``.quarantine/``, never deleted;
+- a recorded ZIP renamed (or moved to another month folder) by someone is found by its identity
+  comment: when a ZIP unknown to the ledger carries the study key, version, size and members of a
+  recorded ZIP no longer at its path, the ledger follows the new name (the person's name is kept), and
+  the study is not exported again;
+- a recorded ZIP that is missing is reported and its study queued again; one whose size changed is
+  looked at: its end record's member count against the ledger's (cheap: a tool such as ``zip -d``
+  removed a member), then a full verification; a ZIP that lost members or no longer verifies is
+  moved to ``.quarantine/`` (never deleted), reported ``ZIP_INVALID`` and its study queued again;
 - an unknown ``.zip`` that is not a valid ZIP (truncated, garbage, CRC error; a ZIP of ours whose end
   and comment were cut off looks like this) is moved to ``.quarantine/`` and reported ``ZIP_INVALID``,
   so its study is exported under its normal name; a *valid* ZIP without our identity comment is
@@ -22,12 +28,15 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async.backup import archive
+from horos_async.backup import archive, zipcheck
 from horos_async.backup.identity import members_digest, read_identity
 from horos_async import durable, naming, platform
+from horos_async.blocking import Offload, offload as default_offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.errors import VolumeError
 from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_records import ZipRecord
 
 log = logging.getLogger(__name__)
 MONTH_DIR = re.compile(r"^(\d{4}_\d{2}|undated)$")
@@ -69,9 +78,10 @@ def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
 
 
 def check_zip(path: Path, deep: bool) -> Tuple[Optional[List[archive.BuiltMember]], str]:
-    """(members, "") when the ZIP is valid, (None, reason) when not."""
+    """(members, "") when the ZIP is valid, (None, reason) when not: invalid on a second reading too
+    (``zipcheck.verify_stored``), so one transient read error never quarantines a good ZIP."""
     try:
-        return archive.verify_zip(path, None, deep=deep), ""
+        return zipcheck.verify_stored(path, deep=deep), ""
     except archive.ZipInvalid as exc:
         return None, str(exc)
     except OSError as exc:
@@ -84,9 +94,10 @@ def shown(cfg: Config, rel) -> str:
 
 
 def quarantine(cfg: Config, rel: str) -> Optional[Path]:
-    """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted)."""
+    """Move an invalid ZIP out of its month folder into ``.quarantine/`` (never deleted); ``ensure_dir``
+    syncs the parents of the folders it creates, so ``.quarantine/<month>`` itself survives a power cut."""
     src = cfg.backup_dir / rel
-    dst = cfg.backup_dir / ".quarantine" / rel
+    dst = cfg.quarantine_dir / rel
     durable.ensure_dir(dst.parent)
     n = 1
     while dst.exists():
@@ -125,18 +136,24 @@ def readable_zip(path: Path, deep: bool) -> str:
     return ""
 
 
-async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: None,
+async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
-    """Bring ledger and disk into agreement; returns counts of what was done."""
+    """Bring ledger and disk into agreement; returns counts of what was done (every file check, walk and
+    move runs through ``offload``)."""
 
-    stats = {"temps_removed": 0, "adopted": 0, "missing": 0, "invalid": 0, "foreign": 0}
+    stats = {"temps_removed": 0, "adopted": 0, "renamed": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)
     stats["temps_removed"] = len(removed)
     for p in removed:
         log.info("removed temp file left by an interrupted run: %s", shown(cfg, _relative(cfg, p)))
     disk = await offload(zips_on_disk, cfg.backup_dir)
+    stats["on_disk"] = len(disk)
     known = await ledger.zip_rows()
     unknown = [rel for rel in sorted(disk) if rel not in known]
+    gone: Dict[str, List[str]] = {}  # study key -> its recorded ZIPs no longer at their path
+    for rel, z in known.items():
+        if z.status == "ok" and rel not in disk:
+            gone.setdefault(z.key, []).append(rel)
     deep = len(unknown) <= deep_limit
     if len(unknown) > deep_limit:
         announce(f"rebuilding the ledger from {len(unknown)} ZIPs on disk (central directories checked; "
@@ -151,35 +168,71 @@ async def reconcile(cfg: Config, ledger: Ledger, offload, announce=lambda text: 
         if members is None:
             stats["invalid"] += 1
             moved = await offload(quarantine, cfg, rel)
-            await ledger.issue("ZIP_INVALID", f"unrecorded ZIP {shown(cfg, rel)} failed verification ({why}); "
+            await ledger.issue(IssueCode.ZIP_INVALID,
+                               f"unrecorded ZIP {shown(cfg, rel)} failed verification ({why}); "
                                f"{_where(cfg, moved)}; the study will be exported again",
                                ident.get("key", ""), ident.get("uid", ""), rel)
             continue
-        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members),
-                               members_digest(members))
+        digest = members_digest(members)
+        old = await _renamed_from(ledger, gone, known, ident, rel, disk[rel], members, digest)
+        if old is not None:
+            stats["renamed"] += 1
+            del known[old]  # followed, not missing
+            log.info("the ZIP of study %s was renamed by someone (%s -> %s): the ledger follows the new name; "
+                     "nothing is exported again", ident.get("uid", ""), shown(cfg, old), shown(cfg, rel))
+            continue
+        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members), digest,
+                               crc_checked=deep)
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
-    for rel, (key, _version, _files, size, status) in known.items():
-        if status != "ok":
+    for rel, z in known.items():
+        key = z.key
+        if z.status != "ok":
             continue
         if rel not in disk:
             stats["missing"] += 1
-            await ledger.mark_zip_bad(rel, "missing", "ZIP_MISSING", f"{shown(cfg, rel)} is recorded but not on disk")
-            await ledger.issue("ZIP_MISSING", f"{shown(cfg, rel)} is recorded as done but is not on disk; the study "
-                               f"is queued for export again", key, key.split("|", 1)[0], rel)
-        elif disk[rel] != size:
-            members, why = await offload(check_zip, cfg.backup_dir / rel, True)
-            if members is None:
+            await ledger.mark_zip_bad(rel, "missing", IssueCode.ZIP_MISSING,
+                                      f"{shown(cfg, rel)} is recorded but not on disk")
+            await ledger.issue(IssueCode.ZIP_MISSING, f"{shown(cfg, rel)} is recorded as done but is not on disk; "
+                               f"the study is queued for export again", key, key.split("|", 1)[0], rel)
+        elif disk[rel] != z.zip_size:
+            why = await offload(_changed_zip_fault, cfg.backup_dir / rel, z.files)
+            if why:
                 stats["invalid"] += 1
                 moved = await offload(quarantine, cfg, rel)
-                await ledger.mark_zip_bad(rel, "bad", "ZIP_INVALID", why)
-                await ledger.issue("ZIP_INVALID", f"{shown(cfg, rel)} changed size on disk and fails verification "
-                                   f"({why}); {_where(cfg, moved)}; the study is queued again",
-                                   key, key.split("|", 1)[0], rel)
+                await ledger.mark_zip_bad(rel, "bad", IssueCode.ZIP_INVALID, why)
+                await ledger.issue(IssueCode.ZIP_INVALID, f"{shown(cfg, rel)} changed on disk ({why}); "
+                                   f"{_where(cfg, moved)}; the study is queued again", key, key.split("|", 1)[0], rel)
     return stats
 
 
-async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Dict[str, int]) -> None:
+async def _renamed_from(ledger: Ledger, gone: Dict[str, List[str]], known: Dict[str, ZipRecord], ident: dict,
+                        rel: str, size: int, members, digest: str) -> Optional[str]:
+    """The recorded path that the unknown ZIP ``rel`` was renamed from, after moving its ledger row there;
+    None when it matches no recorded ZIP that left its path (same key, version, size, member count and
+    members)."""
+    for old in gone.get(ident.get("key", ""), []):
+        z = known[old]
+        if ((z.version, z.files, z.zip_size) == (int(ident.get("version", 1)), len(members), size)
+                and await ledger.move_zip(old, rel, digest)):
+            gone[ident["key"]].remove(old)
+            return old
+    return None
+
+
+def _changed_zip_fault(path: Path, files: int) -> str:
+    """Why a recorded ZIP whose size changed is no longer the backup the ledger recorded, or "" when it
+    still is (valid, with the recorded number of members)."""
+    count = zipcheck.member_count(path)  # cheap: one read at the end of the file
+    if count is not None and count != files:
+        return f"holds {count} members, the ledger recorded {files}: members were removed or added"
+    members, why = check_zip(path, True)
+    if members is not None and len(members) != files:
+        return f"holds {len(members)} members, the ledger recorded {files}: members were removed or added"
+    return why
+
+
+async def _no_identity(cfg: Config, ledger: Ledger, offload: Offload, rel: str, stats: Dict[str, int]) -> None:
     """A ``.zip`` in a month folder without our identity comment: quarantine it if it is not a valid ZIP,
     otherwise it is someone else's file: report it once and leave it (the engine never reuses its name).
 
@@ -188,7 +241,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Di
     """
     path = cfg.backup_dir / rel
     why = await offload(readable_zip, path, False)  # central directory only: cheap, on every run
-    condition = f"FOREIGN_FILE {rel}"  # one condition per file: reported once, not every run
+    condition = f"{IssueCode.FOREIGN_FILE} {rel}"  # one condition per file: reported once, not every run
     if not why:
         detail = (f"{shown(cfg, rel)} is a valid ZIP not written by horos-backup (no identity comment); left "
                   f"alone, and its name is never used for a backup; move it out of the month folder if it "
@@ -201,7 +254,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Di
         if not why:
             stats["foreign"] += 1
             log.warning("%s", detail)
-            await ledger.issue("FOREIGN_FILE", detail, "", _uid_of(rel), rel)
+            await ledger.issue(IssueCode.FOREIGN_FILE, detail, "", _uid_of(rel), rel)
             return
     await ledger.condition(condition, False)
     stats["invalid"] += 1
@@ -209,7 +262,7 @@ async def _no_identity(cfg: Config, ledger: Ledger, offload, rel: str, stats: Di
     detail = (f"{shown(cfg, rel)} is not a valid ZIP ({why}); {_where(cfg, moved)}; its study, if any, "
               f"is exported again under its normal name")
     log.warning("%s", detail)
-    await ledger.issue("ZIP_INVALID", detail, "", _uid_of(rel), rel)
+    await ledger.issue(IssueCode.ZIP_INVALID, detail, "", _uid_of(rel), rel)
 
 
 def _uid_of(rel: str) -> str:

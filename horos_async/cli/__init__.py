@@ -15,8 +15,8 @@ from typing import List, Optional
 from horos_async import __version__, logs
 from horos_async.cli import (catalog_cmd, config_cmd, demo_cmd, doctor_cmd, launchd_cmd, plan_cmd, rebuild_cmd,
                              restore_cmd, run_cmd, status_cmd, verify_cmd)
-from horos_async.cli.common import program, silence_stdout  # noqa: F401 (program: the demo's "Next:" lines)
-from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, HorosBackupError
+from horos_async.cli.common import defaults_note, program, silence_stdout  # noqa: F401 (program: the demo's "Next:" lines)
+from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, HorosBackupError, LockHeld
 
 # The order of ``horos-backup --help``.
 PARSER_BUILDERS = (
@@ -51,8 +51,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         # https://docs.python.org/3/library/signal.html#note-on-sigpipe
         silence_stdout()
         return EXIT_BROKEN_PIPE
+    except LockHeld as exc:
+        # Expected: launchd starts a run every 10 minutes while a long one (or a verify) goes on. One
+        # quiet line (stdout, so launchd.err.log keeps only real errors) and one INFO line in the log.
+        print(f"horos-backup: {exc}", flush=True)
+        if logger.handlers:
+            logger.info("skipped (exit %d): %s", exc.exit_code, exc, extra=logs.FILE_ONLY)
+        return exc.exit_code
     except HorosBackupError as exc:
         print(f"horos-backup: {exc}", file=sys.stderr)
+        defaults_note(args)
         if logger.handlers:  # for the log file; the line above already told the person at the terminal
             logger.error("%s: %s", type(exc).__name__, exc, extra=logs.FILE_ONLY)
         return exc.exit_code

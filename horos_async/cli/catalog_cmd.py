@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def build_parser_catalog(sub) -> None:
     c.add_argument("--from-zips", action="store_true", help="read the ZIPs' own labels instead of the ledger")
     c.add_argument("--search", metavar="TEXT", help="only patients whose name contains TEXT (accents ignored), or UID")
     c.add_argument("--all", action="store_true", help="also list studies that have no ZIP yet (failed, pending)")
+    c.add_argument("--wide", action="store_true",
+                   help="one line per study with every column in full (default: fit the terminal's width)")
     c.set_defaults(func=do_catalog)
 
 
@@ -31,7 +34,9 @@ def do_catalog(args: argparse.Namespace) -> int:
         rows = catalog.search(rows, args.search)
     if len(args.delimiter) != 1:
         raise ConfigError(f"--delimiter {args.delimiter!r}: one character, e.g. ',' or ';'")
-    text = catalog.to_csv(rows, args.delimiter) if args.csv else catalog.to_table(rows) + "\n"
+    # In the terminal the table fits its width (80 columns over SSH); a file gets every column in full.
+    width = None if args.wide or args.out else shutil.get_terminal_size((80, 24)).columns
+    text = catalog.to_csv(rows, args.delimiter) if args.csv else catalog.to_table(rows, width=width) + "\n"
     if args.out:
         data = text.encode("utf-8")
         durable.write_atomic(args.out.expanduser().absolute(), data, overwrite=True)

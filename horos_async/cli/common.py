@@ -24,9 +24,22 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    """Config from --config / $HOROS_BACKUP_CONFIG / defaults, with the flag overrides, validated."""
-    return config_mod.load_with_overrides(getattr(args, "config", None), horos_data=getattr(args, "horos_data", None),
-                                          backup_dir=getattr(args, "backup_dir", None))
+    """Config from --config / $HOROS_BACKUP_CONFIG / defaults, with the flag overrides, validated.
+
+    When no config file was found, ``args.using_defaults`` is set: ``cli.main`` then says so beside
+    any error (a default path such as /Volumes/PACS is rarely this Mac's).
+    """
+    args.using_defaults = getattr(args, "config", None) is None and not os.environ.get(config_mod.ENV_VAR)
+    cfg = config_mod.load_with_overrides(getattr(args, "config", None), horos_data=getattr(args, "horos_data", None),
+                                         backup_dir=getattr(args, "backup_dir", None))
+    args.using_defaults = cfg.source is None
+    return cfg
+
+
+def defaults_note(args: argparse.Namespace) -> None:
+    """On stderr: the error above came with the built-in defaults, because no config was given."""
+    if getattr(args, "using_defaults", False):
+        err(f"horos-backup: ({config_mod.DEFAULTS_NOTE})")
 
 
 def err(line: str) -> None:

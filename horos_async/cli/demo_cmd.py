@@ -43,7 +43,8 @@ def do_demo(args: argparse.Namespace) -> int:
     if args.plan_only:
         from horos_async.ops import plan_view
 
-        print(plan_view.render(asyncio.run(plan_view.build(cfg, limit=50))))
+        # The same limit as 'plan' and the next run: one batch (batch_size studies).
+        print(plan_view.render(asyncio.run(plan_view.build(cfg, limit=cfg.batch_size))))
         return EXIT_OK
     os.umask(0o027)
     logs.setup(cfg, verbose=args.verbose, interactive=True)

@@ -1,4 +1,4 @@
-"""``horos-backup doctor``: check everything a safe run needs; PASS/WARN/FAIL with the fix (reads only)."""
+"""``horos-backup doctor``: check everything a safe run needs; PASS/WARN/FAIL/SKIP with the fix (reads only)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from horos_async.ops import doctor
 
 
 def build_parser_doctor(sub) -> None:
-    d = sub.add_parser("doctor", help="check everything a safe run needs; PASS/WARN/FAIL with the fix (reads only)")
+    d = sub.add_parser("doctor", help="check everything a safe run needs; PASS/WARN/FAIL/SKIP with the fix (reads only)")
     add_common(d)
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--volumes-root", type=Path, default=Path("/Volumes"), help=HIDDEN)

@@ -57,11 +57,11 @@ def do_install(args: argparse.Namespace) -> int:
     if args.dry_run:
         data = launchd.render(cfg, calendar=calendar)
         launchd.validate(data)
-        sys.stdout.write(data.decode("utf-8"))
-        print(f"# would be written to {launchd.plist_path(_home(args))} and loaded with:")
+        sys.stdout.write(data.decode("utf-8"))  # stdout is the plist alone: '> agent.plist' gives a valid file
+        err(f"# would be written to {launchd.plist_path(_home(args))} and loaded with:")
         uid = os.getuid()
-        print(f"#   launchctl bootout gui/{uid}/{launchd.LABEL}\n#   launchctl enable gui/{uid}/{launchd.LABEL}")
-        print(f"#   launchctl bootstrap gui/{uid} {launchd.plist_path(_home(args))}")
+        err(f"#   launchctl bootout gui/{uid}/{launchd.LABEL}\n#   launchctl enable gui/{uid}/{launchd.LABEL}")
+        err(f"#   launchctl bootstrap gui/{uid} {launchd.plist_path(_home(args))}")
         return EXIT_OK
     if not platform.is_macos():
         print("not macOS: the plist is written and checked, and the launchctl commands are printed, not run:")
@@ -82,14 +82,16 @@ def do_uninstall(args: argparse.Namespace) -> int:
 
 
 def do_print(args: argparse.Namespace) -> int:
+    """The plist on stdout and nothing else (``launchd print > agent.plist`` is a valid plist); where it
+    comes from goes to stderr."""
     path = launchd.plist_path(_home(args))
     if path.exists() and not args.calendar:
-        print(f"# {path}")
+        err(f"# installed: {path}")
         sys.stdout.write(path.read_text(encoding="utf-8"))
         return EXIT_OK
     cfg = _launchd_config(args)
     data = launchd.render(cfg, calendar=launchd.parse_calendar(args.calendar) if args.calendar else [])
     launchd.validate(data)
-    print(f"# not installed at {path}; this is what 'horos-backup launchd install' would write:")
+    err(f"# not installed at {path}; this is what 'horos-backup launchd install' would write:")
     sys.stdout.write(data.decode("utf-8"))
     return EXIT_OK

@@ -22,6 +22,20 @@ def do_rebuild(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     guards.check_backup_writable(cfg)
     stats = asyncio.run(rebuild.rebuild(cfg, deep=args.deep, announce=print))
-    print(f"horos-backup: ledger rebuilt: {stats['adopted']} ZIPs adopted, {stats['invalid']} invalid moved to "
-          f".quarantine, {stats['temps_removed']} temp files removed")
+    print(f"horos-backup: {summary(stats)}")
     return EXIT_OK
+
+
+def summary(stats) -> str:
+    """What rebuild-ledger did, in words; "nothing to rebuild" when the ledger already knew every ZIP."""
+    changed = {k: stats.get(k, 0) for k in ("adopted", "invalid", "missing", "foreign", "temps_removed")}
+    if not any(changed.values()):
+        return (f"nothing to rebuild: the ledger already records every ZIP on disk ({stats.get('on_disk', 0)} "
+                f"ZIPs); nothing was changed")
+    parts = [f"{changed['adopted']} ZIPs adopted", f"{changed['invalid']} invalid moved to .quarantine"]
+    if changed["missing"]:
+        parts.append(f"{changed['missing']} recorded ZIPs missing (queued for export)")
+    if changed["foreign"]:
+        parts.append(f"{changed['foreign']} ZIPs not written by horos-backup left alone")
+    parts.append(f"{changed['temps_removed']} temp files removed")
+    return "ledger rebuilt: " + ", ".join(parts)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List
 
 from horos_async.cli.common import HIDDEN, add_common, config_from, err
-from horos_async.errors import EXIT_CHECK, EXIT_OK, ConfigError
+from horos_async.errors import EXIT_CHECK, EXIT_DISK, EXIT_OK, ConfigError
 from horos_async.ops import restore
 
 
@@ -51,18 +51,36 @@ def do_restore(args: argparse.Namespace) -> int:
     if args.into_horos:
         cfg = cfg_box[0] if cfg_box else config_from(args)
         restore.check_incoming(cfg)
+        used: set = set()  # flat names given so far: unique across the ZIPs, case-insensitively
         for p in paths:
             rep = restore.restore_into_horos(p, cfg, wait_seconds=args.wait_seconds, poll_seconds=args.poll_seconds,
-                                             say=err)
+                                             say=err, used=used)
             print(rep.line())
             reports.append(rep)
     else:
+        dest = restore.check_destination(args.to)  # a file, or a read-only volume: stop before any ZIP
         for p in paths:
-            rep = restore.restore_to(p, args.to.expanduser().absolute())
+            rep = restore.restore_to(p, dest)  # one ZIP's problem never stops the next
             print(rep.line())
             reports.append(rep)
-    refused = [r for r in reports if r.error]
+    return _summary(reports)
+
+
+def _summary(reports: List[restore.Restored]) -> int:
+    """The closing stderr lines and the exit code (README "Exit codes": 6 when a ZIP did not fit, else 9)."""
+    refused = [r for r in reports if r.kind == restore.REFUSED]
+    no_space = [r for r in reports if r.kind == restore.NO_SPACE]
+    failed = [r for r in reports if r.kind in (restore.FAILED, restore.INCOMPLETE)]
     if refused:
         err(f"horos-backup: {len(refused)} ZIP(s) refused: nothing was extracted from them. Use another copy "
             f"(an older version, or a re-export: 'horos-backup verify --deep' queues bad ZIPs)")
-    return EXIT_CHECK if refused else EXIT_OK
+    if no_space:
+        err(f"horos-backup: {len(no_space)} ZIP(s) did not fit in the free space of the destination; free space "
+            f"or choose a larger disk, then run the same restore again (files already restored are skipped)")
+    if failed:
+        err(f"horos-backup: {len(failed)} ZIP(s) not completely restored: see the STOPPED and NOT WRITTEN lines "
+            f"above (a name too long for the destination's filesystem: restore onto an APFS disk, or extract "
+            f"those files with unzip); running the same restore again skips what is already there")
+    if no_space:
+        return EXIT_DISK
+    return EXIT_CHECK if refused or failed else EXIT_OK

@@ -13,6 +13,7 @@ from typing import Optional
 from horos_async import guards, logs, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable
+from horos_async.codes import RunOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK
 
@@ -63,9 +64,9 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
     summary = (f"{result.done} exported, {result.failed} not exported, {result.bytes_in / 1e6:.1f} MB read in "
                f"{took:.1f}s; archive: {result.eligible - result.pending}/{result.eligible} studies backed up")
     logging.getLogger("horos_async").info("run ended (%s): %s", result.outcome, summary)
-    if result.outcome == "paused":
+    if result.outcome == RunOutcome.PAUSED:
         say(f"horos-backup: paused: {result.message}")
-    elif result.outcome == "interrupted":
+    elif result.outcome == RunOutcome.INTERRUPTED:
         print(f"horos-backup: {result.message}", file=sys.stderr)
     say(f"horos-backup: {summary}")
     if result.failed:

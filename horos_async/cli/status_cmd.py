@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 
 from horos_async import status
-from horos_async.cli.common import add_common, config_from
+from horos_async.cli.common import add_common, config_from, defaults_note
 
 
 def build_parser_status(sub) -> None:
@@ -23,8 +24,9 @@ def do_status(args: argparse.Namespace) -> int:
     if args.json:  # also when unreadable: scripts get "engine": "unreadable" and the reason
         print(json.dumps(status.to_json(snap), indent=2, ensure_ascii=False))
     elif not snap.exit_code:
-        print(status.render(snap))
+        print(status.render(snap, width=shutil.get_terminal_size((80, 24)).columns))
     if snap.exit_code:  # the state could not be read: an error with its exit code, never "0 backed up"
         sys.stdout.flush()
         print(f"horos-backup: status unknown: {snap.detail}", file=sys.stderr)
+        defaults_note(args)
     return snap.exit_code

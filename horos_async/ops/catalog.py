@@ -15,12 +15,12 @@ import sqlite3
 from dataclasses import astuple, dataclass, fields
 from typing import Iterable, List, Optional
 
-from horos_async import guards
+from horos_async import guards, naming
 from horos_async.backup import reconcile
 from horos_async.backup.identity import read_identity
 from horos_async.config import Config
 from horos_async.errors import LedgerError, VolumeError
-from horos_async.state.ledger import open_readonly
+from horos_async.state.ledger_read import LedgerReader
 from horos_async.naming import transliterate
 
 BOM = "\ufeff"
@@ -46,13 +46,6 @@ class Row:
 
 
 HEADER = [f.name for f in fields(Row)]
-_SQL = """
-SELECT s.patient_name, s.birth_date, s.study_date, s.modalities, s.uid, s.zip_path, s.zip_size, s.files,
-       s.exported_at, s.version, s.state, z.status
-FROM studies s LEFT JOIN zips z ON z.zip_path = s.zip_path
-{where}
-ORDER BY s.study_date, s.uid
-"""
 
 
 def _person(name: Optional[str]) -> str:
@@ -90,22 +83,20 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
         if missing:  # an unmounted volume, not a lost ledger
             raise VolumeError(missing)
         raise LedgerError(f"no ledger at {path}; to list the ZIPs on disk anyway use 'catalog --from-zips'")
-    where = "" if include_all else "WHERE s.zip_path IS NOT NULL AND s.zip_path != ''"
     try:
-        con = open_readonly(path)
-        try:
-            records = con.execute(_SQL.format(where=where)).fetchall()
-        finally:
-            con.close()
+        with LedgerReader.open(path) as led:
+            records = led.catalog(include_all)
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); use 'catalog --from-zips', and see "
                           f"'horos-backup doctor'") from None
     rows = []
-    for (name, dob, date, mods, uid, rel, size, files, exported, version, state, zstatus) in records:
-        if zstatus and zstatus != "ok":
-            state = f"{state} (zip {zstatus})"  # e.g. moved to quarantine by verify, re-export queued
-        rows.append(Row(_person(name), _date(dob), _date(date), mods or "", uid or "", rel or "", int(size or 0),
-                        int(files or 0), _stamp(exported), int(version or 0), state or ""))
+    for r in records:
+        state = r.state
+        if r.zip_status and r.zip_status != "ok":
+            state = f"{state} (zip {r.zip_status})"  # e.g. moved to quarantine by verify, re-export queued
+        rows.append(Row(_person(r.patient_name), _date(r.birth_date), _date(r.study_date), r.modalities or "",
+                        r.uid or "", r.zip_path or "", int(r.zip_size or 0), int(r.files or 0),
+                        _stamp(r.exported_at), int(r.version or 0), state or ""))
     return rows
 
 
@@ -146,16 +137,53 @@ def to_csv(rows: Iterable[Row], delimiter: str = ",") -> str:
     return BOM + buf.getvalue()
 
 
-def to_table(rows: List[Row], name_width: int = 32) -> str:
-    """An aligned text table for the terminal."""
+def to_table(rows: List[Row], name_width: int = 32, width: Optional[int] = None) -> str:
+    """An aligned text table for the terminal: one line per study with every column (``width`` None,
+    ``catalog --wide``), or two lines per study that fit ``width`` columns (an 80-column SSH terminal):
+    the patient, dates, modalities, size and version, then the state and the ZIP path (its middle
+    shortened with ``…`` only when it cannot fit)."""
+    if width is not None:
+        return _narrow_table(rows, width)
     def short(text: str, width: int) -> str:
         return text if len(text) <= width else text[:width - 1] + "…"
 
     head = ("Patient", "Born", "Study date", "Mod", "Study UID", "ZIP", "MB", "Exported", "v", "State")
-    body = [(short(r.patient_name, name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
+    body = [(short(naming.printable(r.patient_name), name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
              f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version), r.state) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
-    lines.append(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}")
+    lines.append(_count(rows))
+    return "\n".join(lines)
+
+
+def _count(rows: List[Row]) -> str:
+    return f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'}"
+
+
+def _narrow_table(rows: List[Row], width: int) -> str:
+    width = max(width, 60)
+    facts = [(r.birth_date, r.study_date, naming.fit_end(r.modalities, 11), f"{r.zip_bytes / 1e6:.1f}",
+              str(r.version)) for r in rows]
+    head = ("Born", "Study date", "Mod", "MB", "v")
+    cols = [max([len(h)] + [len(f[i]) for f in facts]) for i, h in enumerate(head)]
+    patient = max(12, width - sum(cols) - 2 * len(cols))
+    right = (False, False, False, True, True)
+
+    def line(first: str, cells: tuple) -> str:
+        parts = [naming.pad(first, patient)]
+        parts += [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, cols, right)]
+        return "  ".join(parts).rstrip()
+
+    lines = [line("Patient", head), "  State  ZIP (in backup_dir)"]
+    shortened = False
+    for r, f in zip(rows, facts):
+        lines.append(line(naming.printable(r.patient_name), f))
+        room = width - 4 - naming.cells(r.state)
+        shown = naming.fit_middle(r.zip_path, room)
+        shortened = shortened or shown != r.zip_path
+        lines.append(f"  {r.state}  {shown}".rstrip())
+    lines.append(_count(rows))
+    if shortened:
+        lines.append("ZIP names shortened with …: 'catalog --wide' or '--csv' shows them in full")
     return "\n".join(lines)

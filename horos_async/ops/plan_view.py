@@ -6,23 +6,22 @@ import time
 from typing import Any, Dict, List
 
 from horos_async.backup import planner
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader
-from horos_async.models import PARTIAL
-from horos_async.state.ledger import MISSING_KEPT, open_readonly, read_index
+from horos_async.models import DONE, FAILED, PARTIAL
+from horos_async.state.ledger_read import LedgerReader, read_index
+from horos_async.state.ledger_records import MISSING_KEPT, StateTotals
 
 
 def _ledger_bytes(cfg: Config) -> Dict[str, int]:
     if not cfg.ledger_path.exists():
         return {"source_bytes_done": 0, "zip_bytes": 0, "failing": 0}
-    con = open_readonly(cfg.ledger_path)
-    try:
-        row = con.execute("SELECT COALESCE(SUM(bytes_in),0), COALESCE(SUM(zip_size),0) FROM studies "
-                          "WHERE state='done'").fetchone()
-        failing = con.execute("SELECT COUNT(*) FROM studies WHERE state='failed'").fetchone()[0]
-    finally:
-        con.close()
-    return {"source_bytes_done": row[0], "zip_bytes": row[1], "failing": failing}
+    with LedgerReader.open(cfg.ledger_path) as led:
+        totals = led.state_totals()
+    done = totals.get(DONE, StateTotals())
+    return {"source_bytes_done": done.bytes_in, "zip_bytes": done.zip_bytes,
+            "failing": totals.get(FAILED, StateTotals()).studies}
 
 
 async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
@@ -48,10 +47,10 @@ async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
             "file_paths": [{"path": str(f.source.path), "member": f.member, "size": f.size} for f in p.files],
         })
         for note in p.bad_rows:
-            problems.append({"uid": s.uid, "code": "BAD_ROW", "zip_path": p.zip_relpath, "detail": note,
+            problems.append({"uid": s.uid, "code": IssueCode.BAD_ROW, "zip_path": p.zip_relpath, "detail": note,
                              "first_missing": []})
         if p.missing:
-            code = "NO_FILES" if not p.files else "MISSING_FILES"
+            code = IssueCode.NO_FILES if not p.files else IssueCode.MISSING_FILES
             problems.append({"uid": s.uid, "code": code, "zip_path": p.zip_relpath,
                              "detail": f"{len(p.missing)} of {len(p.missing) + len(p.files)} files missing",
                              "first_missing": list(p.missing[:5])})
@@ -86,8 +85,8 @@ def _waiting_for_files(index, keys: List[str], now: float) -> List[Dict[str, Any
             when = "" if not retry or retry <= now else \
                 f", or at {time.strftime('%Y-%m-%d %H:%M', time.localtime(retry))}"
             detail = f"waiting: {n} files missing; retried as soon as they are back{when}"
-        out.append({"uid": key.split("|", 1)[0], "code": entry.code or "MISSING_FILES", "zip_path": entry.zip_path,
-                    "detail": detail, "waiting": True, "first_missing": list(paths[:5])})
+        out.append({"uid": key.split("|", 1)[0], "code": entry.code or IssueCode.MISSING_FILES,
+                    "zip_path": entry.zip_path, "detail": detail, "waiting": True, "first_missing": list(paths[:5])})
     return out
 
 

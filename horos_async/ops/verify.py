@@ -13,7 +13,6 @@ the last path done, so an interrupted or time-limited pass continues where it st
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import errno
 import json
@@ -24,33 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from horos_async.backup import archive, reconcile
+from horos_async.backup import archive, reconcile, zipcheck
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
+from horos_async.blocking import offload
+from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.errors import ConfigError, LedgerError, LockHeld, VolumeError
 from horos_async.state.ledger import Ledger
+from horos_async.state.ledger_records import ZipToVerify
 from horos_async.backup.months import withdraw_month_marker
 
-STATE_NAME = "verify_state.json"
 STATE_VERSION = 1
 FLUSH_EVERY = 25
 """Good results are committed to the ledger (``verified_at``) and the state file this often (ZIPs) ..."""
 FLUSH_SECONDS = 5.0
 """... or at least this often (seconds)."""
 _MONTH = re.compile(r"^(\d{4}_(0[1-9]|1[0-2])|undated)$")
-
-
-@dataclass
-class ZipRow:
-    """One ``zips`` row to check."""
-
-    path: str
-    key: str
-    files: int
-    bytes_in: int
-    zip_size: int
-    digest: str
 
 
 @dataclass
@@ -112,15 +101,10 @@ def check_month(text: Optional[str]) -> Optional[str]:
     return text or None
 
 
-def state_path(cfg: Config) -> Path:
-    """``backup_dir/.tmp/verify_state.json``."""
-    return cfg.work_dir / STATE_NAME
-
-
 def read_state(cfg: Config) -> Optional[Dict[str, Any]]:
     """The saved pass, or None when there is none (or it is unreadable: a new pass then starts)."""
     try:
-        data = json.loads(state_path(cfg).read_text(encoding="utf-8"))
+        data = json.loads(cfg.verify_state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("version") == STATE_VERSION else None
@@ -160,11 +144,11 @@ class Verifier:
         if not cfg.ledger_path.exists():
             raise LedgerError(f"no ledger at {cfg.ledger_path}: nothing is recorded to verify. If ZIPs exist on "
                               f"disk, run 'horos-backup rebuild-ledger' first (it adopts them), then verify")
-        durable.ensure_dir(cfg.work_dir)
+        await offload(durable.ensure_dir, cfg.work_dir)  # creating a folder syncs its parent
         try:
-            lock = guards.RunLock(cfg.work_dir / "run.lock").acquire()
+            lock = guards.RunLock(cfg.lock_path).acquire()
         except LockHeld:
-            pid = guards.read_lock_pid(cfg.work_dir / "run.lock")
+            pid = guards.read_lock_pid(cfg.lock_path)
             raise LockHeld("a backup run is in progress" + (f" (pid {pid})" if pid else "")
                            + "; try again later") from None
         try:
@@ -241,25 +225,20 @@ class Verifier:
         return (f"verify: {done}/{r.total} ZIPs ({pct:.0f}%), {r.bytes_read / 1e6:.0f} MB read, {rate:.1f} MB/s, "
                 f"{r.bad} bad")
 
-    async def _rows(self) -> List[ZipRow]:
-        sql = ("SELECT zip_path, key, files, bytes_in, zip_size, COALESCE(members_digest, '') FROM zips "
-               "WHERE status='ok'")
-        params: List[Any] = []
-        if self.since is not None:
-            sql += " AND created_at >= ?"
-            params.append(self.since)
-        if self.month:
-            sql += " AND substr(zip_path, 1, ?) = ?"
-            params += [len(self.month) + 1, self.month + "/"]
-        async with self.ledger.db.execute(sql + " ORDER BY zip_path", params) as cur:
-            return [ZipRow(*row) for row in await cur.fetchall()]
+    async def _rows(self) -> List[ZipToVerify]:
+        return await self.ledger.zips_to_verify(self.since, self.month)
 
     # -- one ZIP -----------------------------------------------------------------------------------
-    async def _one(self, z: ZipRow) -> None:
+    async def _one(self, z: ZipToVerify) -> None:
         path = self.cfg.backup_dir / z.path
-        loop = asyncio.get_running_loop()
-        members, why, nbytes = await loop.run_in_executor(None, self._check, path, z)  # the one offload
+        retried: List[str] = []
+        members, why, nbytes = await offload(self._check, path, z, retried.append)
         self.result.bytes_read += nbytes
+        for first in retried:
+            outcome = "still bad" if why or members == "missing" else "good"
+            hint = (" (a read error that goes away can announce a failing disk: run 'horos-backup doctor')"
+                    if outcome == "good" and first.startswith("read error") else "")
+            self.progress(f"verify: {self._label(z)} failed a first reading ({first}); read again: {outcome}{hint}")
         if members == "missing":
             self._volume_still_there(path)
             await self._missing(z)
@@ -268,10 +247,12 @@ class Verifier:
             await self._invalid(z, why)
         else:
             self.result.good += 1
-            self._verified.append((time.time(), z.path))
+            if self.deep:  # ``verified_at``: every member's CRC read back; a quick pass reads none
+                self._verified.append((time.time(), z.path))
 
-    def _check(self, path: Path, z: ZipRow) -> Tuple[Any, str, int]:
-        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes)."""
+    def _check(self, path: Path, z: ZipToVerify, on_retry: Callable[[str], None]) -> Tuple[Any, str, int]:
+        """Blocking: ("missing", "", 0) | (None, reason, bytes) | (members, "", bytes). A ZIP that fails is
+        read a second time (``zipcheck.verify_stored``): only a second failure makes it bad."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -282,12 +263,14 @@ class Verifier:
         seen = [0]
 
         def progress(_files: int, nbytes: int) -> None:
+            if nbytes < seen[0]:  # the second reading of a ZIP starts over
+                seen[0] = 0
             self.throttle.add((nbytes - seen[0]) * ratio)  # estimate of bytes read from the disk
             seen[0] = nbytes
 
         try:
-            members = archive.verify_zip(path, deep=self.deep, progress=progress if self.deep else None,
-                                         cancel=self.cancel)
+            members = zipcheck.verify_stored(path, deep=self.deep, progress=progress if self.deep else None,
+                                             cancel=self.cancel, on_retry=on_retry)
         except archive.ZipInvalid as exc:
             return None, str(exc), int(seen[0] * ratio)
         except FileNotFoundError:
@@ -296,7 +279,7 @@ class Verifier:
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise VolumeError(f"cannot read {path}: {exc.strerror} (macOS privacy? run 'horos-backup doctor'); "
                                   f"nothing was changed for this ZIP") from None
-            return None, f"unreadable: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
+            return None, f"unreadable, twice: {exc.strerror or exc} (damaged disk area?)", int(seen[0] * ratio)
         nbytes = z.zip_size if self.deep else 0
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes
@@ -313,40 +296,39 @@ class Verifier:
             raise VolumeError(f"the backup volume vanished while verifying ({path} unreachable); nothing more was "
                               f"recorded; mount it and run verify again to continue")
 
-    def _label(self, z: ZipRow) -> str:
+    def _label(self, z: ZipToVerify) -> str:
         """How a ZIP is named in issues and messages: its name carries the patient's, so by default
         only the month folder and the study UID (``log_patient_names`` shows the full path)."""
         if self.cfg.log_patient_names:
             return z.path
         return f"the ZIP of study {z.key.split('|', 1)[0]} in {z.path.split('/', 1)[0]}/"
 
-    async def _missing(self, z: ZipRow) -> None:
+    async def _missing(self, z: ZipToVerify) -> None:
         self.result.missing += 1
         await self._month_incomplete(z)
         detail = f"{self._label(z)} is recorded as done but is not on disk; the study is queued for export again"
-        await self.ledger.mark_zip_bad(z.path, "missing", "ZIP_MISSING", detail)
-        await self.ledger.issue("ZIP_MISSING", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_MISSING {self._label(z)}")
+        await self.ledger.mark_zip_bad(z.path, "missing", IssueCode.ZIP_MISSING, detail)
+        await self.ledger.issue(IssueCode.ZIP_MISSING, detail, z.key, z.key.split("|", 1)[0], z.path)
+        self._bad(f"{IssueCode.ZIP_MISSING} {self._label(z)}")
 
-    async def _invalid(self, z: ZipRow, why: str) -> None:
+    async def _invalid(self, z: ZipToVerify, why: str) -> None:
         self.result.invalid += 1
-        loop = asyncio.get_running_loop()
         # Move it aside first: if we crash before the ledger says "bad", the next run sees it missing
         # and re-exports it; the reverse order could leave a bad ZIP beside its replacement.
-        moved = await loop.run_in_executor(None, self._quarantine, z.path)
+        moved = await offload(self._quarantine, z.path)
         await self._month_incomplete(z)
         where = (f"moved to .quarantine/{z.path.split('/', 1)[0]}/" if moved
                  else "could NOT be moved aside (see the log): do not restore from it")
         detail = f"{self._label(z)} fails verification ({why}); {where}; the study is queued for export again"
-        await self.ledger.mark_zip_bad(z.path, "bad", "ZIP_INVALID", detail)
-        await self.ledger.issue("ZIP_INVALID", detail, z.key, z.key.split("|", 1)[0], z.path)
-        self._bad(f"ZIP_INVALID {self._label(z)}: {why}")
+        await self.ledger.mark_zip_bad(z.path, "bad", IssueCode.ZIP_INVALID, detail)
+        await self.ledger.issue(IssueCode.ZIP_INVALID, detail, z.key, z.key.split("|", 1)[0], z.path)
+        self._bad(f"{IssueCode.ZIP_INVALID} {self._label(z)}: {why}")
 
-    async def _month_incomplete(self, z: ZipRow) -> None:
+    async def _month_incomplete(self, z: ZipToVerify) -> None:
         """The month lost a verified ZIP: its ``.month_done`` must not claim otherwise."""
         month = z.path.split("/", 1)[0] if "/" in z.path else ""
         if month:
-            await asyncio.get_running_loop().run_in_executor(None, withdraw_month_marker, self.cfg, month)
+            await offload(withdraw_month_marker, self.cfg, month)
 
     def _quarantine(self, rel: str) -> Optional[Path]:
         """Blocking: move the ZIP aside; ``reconcile.quarantine`` syncs both folders, so the move is
@@ -360,20 +342,13 @@ class Verifier:
 
     async def _flush(self) -> None:
         """Commit ``verified_at`` of the good ZIPs so far, then save the pass state."""
-        if self._verified and self.ledger is not None and self.ledger.db is not None:
-            db = self.ledger.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany("UPDATE zips SET verified_at=? WHERE zip_path=?", self._verified)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+        if self._verified and self.ledger is not None and self.ledger.is_open:
+            await self.ledger.mark_verified(self._verified)
             self._verified = []
         if self.state:
             self.state["updated_at"] = time.time()
-            durable.write_atomic(state_path(self.cfg), json.dumps(self.state, indent=1).encode("utf-8"),
-                                 overwrite=True)
+            await offload(durable.write_atomic, self.cfg.verify_state_path,
+                          json.dumps(self.state, indent=1).encode("utf-8"), overwrite=True)
 
 
 def _when(ts: Optional[float]) -> str:
@@ -391,5 +366,5 @@ def summary(cfg: Config, r: VerifyResult, deep: bool) -> str:
         lines.append(f"{r.stopped or 'stopped'}; run the same command again to continue (--restart starts over)")
     if r.bad:
         lines.append(f"{r.bad} bad ZIP(s) recorded in {cfg.issues_csv}; invalid ones were moved to "
-                     f"{cfg.backup_dir / '.quarantine'}; the next 'horos-backup run' exports those studies again")
+                     f"{cfg.quarantine_dir}; the next 'horos-backup run' exports those studies again")
     return "\n".join(lines)

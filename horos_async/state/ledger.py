@@ -5,34 +5,37 @@ Written only by the engine, through aiosqlite, with commits made durable (``sync
 that row is committed only after the ZIP is renamed into place and its directory synced. If the ledger
 is lost it is rebuilt from the ZIPs on disk (their comment carries the study identity); if it is
 corrupt the engine refuses to run rather than overwrite it.
+
+This module owns the format: the schema (created and migrated here) and every write, with the few
+reads the engine makes inside its own connection. The readers (``status``, ``catalog``, ``doctor``,
+``plan``) read through ``ledger_read``, which never writes; rows travel as ``ledger_records``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import datetime as dt
-import io
 import json
 import os
-import re
 import shutil
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import aiosqlite
 
-from horos_async import naming
+from horos_async.blocking import offload
 from horos_async.guards import human_bytes
-from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
+from horos_async.codes import IssueCode
+from horos_async.errors import DiskFull, HorosBackupError, LedgerError
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.platform import is_macos
+from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_names
+from horos_async.state.ledger_read import INDEX_SQL, MARK_SQL, MISSING_SQL, ROWS_MARK, index_from_rows
+from horos_async.state.ledger_records import MISSING_KEPT, LedgerIndex, ZipRecord, ZipToVerify
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -58,93 +61,39 @@ CREATE TABLE IF NOT EXISTS issues (
 CREATE TABLE IF NOT EXISTS conditions (code TEXT PRIMARY KEY, since REAL NOT NULL, detail TEXT);
 """
 """Schema 1, as every ledger starts; :data:`MIGRATIONS` brings it to :data:`SCHEMA_VERSION`."""
-MIGRATIONS = {
-    # 2: what the queue needs to move on its own (growth without a new ZDATEADDED, files coming back):
-    # the study's image rows and series as the scan counts them, a "grew since export" flag, and every
-    # missing path of a study waiting for its files (docs/design/horos-database.md §11).
-    2: ("ALTER TABLE studies ADD COLUMN image_rows INTEGER",
-        "ALTER TABLE studies ADD COLUMN series INTEGER",
-        "ALTER TABLE studies ADD COLUMN grown INTEGER",
-        "CREATE TABLE IF NOT EXISTS missing_files (key TEXT NOT NULL, path TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS missing_files_key ON missing_files (key)"),
-}
-INDEX_COLUMNS = ("key", "state", "version", "date_added", "fingerprint", "next_attempt", "zip_path", "code",
-                 "horos_pk", "uid", "files", "image_rows", "series", "grown")
-INDEX_SQL = f"SELECT {', '.join(INDEX_COLUMNS)} FROM studies"
-ROWS_MARK = "horos_rows_mark"
-"""``meta`` key of the Horos image-row high-water mark (see :meth:`Ledger.note_growth`)."""
-MISSING_CODES = ("MISSING_FILES", "NO_FILES")
+
+
+async def _columns(db: aiosqlite.Connection, table: str) -> Set[str]:
+    async with db.execute(f"PRAGMA table_info({table})") as cur:
+        return {r[1] for r in await cur.fetchall()}
+
+
+async def _to_3(db: aiosqlite.Connection) -> None:
+    """Schema 3: what the queue needs to move on its own (growth without a new ZDATEADDED, files coming
+    back): the study's image rows and series as the scan counts them, a "grew since export" flag, and
+    the missing paths of a study waiting for its files (docs/design/horos-database.md §11). The Horos
+    image-row mark needs no step: it is a ``meta`` row (:data:`ROWS_MARK`) the first scan writes; until
+    then every study's rows are counted once.
+
+    Version 2 (``studies.last_seen``) is another change's step, made on its own branch: this step works
+    whether or not step 2 ran before it (a column is added only when ``PRAGMA table_info`` lacks it, the
+    table and its index only if absent) and touches nothing step 2 adds. The converse holds too: a
+    ledger brought from 1 to 3 before step 2 existed has skipped it, so step 2 must check its column the
+    same way and run for such a ledger."""
+    have = await _columns(db, "studies")
+    for column in ("image_rows", "series", "grown"):
+        if column not in have:
+            await db.execute(f"ALTER TABLE studies ADD COLUMN {column} INTEGER")
+    await db.execute("CREATE TABLE IF NOT EXISTS missing_files (key TEXT NOT NULL, path TEXT NOT NULL)")
+    await db.execute("CREATE INDEX IF NOT EXISTS missing_files_key ON missing_files (key)")
+
+
+MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {3: _to_3}
+"""Target version -> the step that brings a ledger one version below it there (run in order, in one
+transaction; a version without a step here is skipped, see :func:`_to_3`)."""
+MISSING_CODES = (IssueCode.MISSING_FILES, IssueCode.NO_FILES)
 """Failures that wait for files: their missing paths are kept, and checked again at each scan."""
-MISSING_KEPT = 20
-"""Missing paths kept per study (the first ones): enough to see them come back (the retry itself checks
-every file), few enough that a whole unmounted volume of linked studies stays small in memory."""
-CSV_HEADER = ["timestamp", "code", "study_uid", "zip", "detail"]
 MAX_BACKOFF = 7 * 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class Entry:
-    """What the planner needs to know about one study from the ledger."""
-
-    state: str
-    version: int
-    date_added: Optional[float]
-    fingerprint: str
-    next_attempt: Optional[float]
-    zip_path: str
-    code: str
-    horos_pk: Optional[int] = None
-    """``ZSTUDY.Z_PK`` last seen for the study (refreshed after a Horos database rebuild)."""
-    files: Optional[int] = None
-    """Files in the study's current ZIP."""
-    image_rows: Optional[int] = None
-    """Image rows of the study when it was exported, as the scan counts them (None: not recorded yet)."""
-    series: Optional[int] = None
-    """Series holding those image rows."""
-    grown: bool = False
-    """The scan saw new image rows for the study since its export (:meth:`Ledger.note_growth`)."""
-
-
-class LedgerIndex(Dict[str, Entry]):
-    """Every study the ledger knows, by key; ``by_pk`` maps a Horos ``Z_PK`` to (uid, key).
-
-    ``by_pk`` lets the scan recognise a study whose patientUID Horos recomputed (a Horos upgrade
-    changes ``patientUIDVersion``): same row, same StudyInstanceUID, new key. A ``Z_PK`` known under
-    two keys (a Horos database rebuild renumbered them) maps to None and matches nothing.
-    """
-
-    def __init__(self, rows=(), missing=(), rows_mark: Optional[str] = None) -> None:
-        super().__init__()
-        self.by_pk: Dict[int, Optional[Tuple[str, str]]] = {}
-        for r in rows:
-            self[r[0]] = _entry(r)
-            if r[8] is not None:
-                self.by_pk[r[8]] = None if r[8] in self.by_pk else (r[9], r[0])
-        self.missing: Dict[str, List[str]] = {}
-        """key -> the paths a study waiting for its files lacked at its last attempt (the first
-        :data:`MISSING_KEPT`)."""
-        for key, path in missing:
-            self.missing.setdefault(key, []).append(path)
-        self.rows_mark = _mark(rows_mark)
-        """(Horos store UUID, highest ``ZIMAGE.Z_PK``) the last recorded scan had seen, or None."""
-
-
-def _entry(r) -> Entry:
-    """An Entry from a row of INDEX_SQL."""
-    return Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8], r[10], r[11], r[12],
-                 bool(r[13]))
-
-
-def _mark(text: Optional[str]) -> Optional[Tuple[str, int]]:
-    try:
-        value = json.loads(text) if text else None
-        return (str(value["store"]), int(value["image_pk"])) if value else None
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 class Ledger:
@@ -207,9 +156,15 @@ class Ledger:
         """Bring a schema-``version`` ledger (1 when new) to :data:`SCHEMA_VERSION`, in one transaction."""
         async with self._txn():
             for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    await self.db.execute(statement)
+                step = MIGRATIONS.get(target)
+                if step is not None:
+                    await step(self.db)
             await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self.db is not None
 
     async def close(self) -> None:
         """Close the connection."""
@@ -229,11 +184,11 @@ class Ledger:
         paths of the studies waiting for files and the Horos image-row mark."""
         async with self.db.execute(INDEX_SQL) as cur:
             rows = await cur.fetchall()
-        async with self.db.execute("SELECT key, path FROM missing_files ORDER BY rowid") as cur:
+        async with self.db.execute(MISSING_SQL) as cur:
             missing = await cur.fetchall()
-        async with self.db.execute("SELECT value FROM meta WHERE key=?", (ROWS_MARK,)) as cur:
+        async with self.db.execute(MARK_SQL) as cur:
             mark = await cur.fetchone()
-        return LedgerIndex(rows, missing, mark[0] if mark else None)
+        return index_from_rows(rows, missing, mark[0] if mark else None)
 
     async def refresh_pks(self, pks: Sequence[Tuple[str, int]]) -> None:
         """Record the ``Z_PK`` each study has now (a Horos rebuild renumbers them), in one commit, so a
@@ -266,13 +221,28 @@ class Ledger:
                 await self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                                       (ROWS_MARK, json.dumps({"store": mark[0], "image_pk": mark[1]})))
 
-    async def zip_rows(self) -> Dict[str, tuple]:
-        """``zip_path -> (key, version, files, zip_size, status)`` for every ZIP ever recorded."""
+    async def zip_rows(self) -> Dict[str, ZipRecord]:
+        """Every ZIP ever recorded, by ``zip_path``."""
         out = {}
         async with self.db.execute("SELECT zip_path, key, version, files, zip_size, status FROM zips") as cur:
             async for r in cur:
-                out[r[0]] = tuple(r[1:])
+                out[r[0]] = ZipRecord(*r)
         return out
+
+    async def zips_to_verify(self, since: Optional[float] = None, month: Optional[str] = None) -> List[ZipToVerify]:
+        """The ``ok`` ZIPs in verify's scope, in path order: created at or after ``since`` (Unix seconds),
+        in the month folder ``month``."""
+        sql = ("SELECT zip_path, key, files, bytes_in, zip_size, COALESCE(members_digest, '') FROM zips "
+               "WHERE status='ok'")
+        params: List[object] = []
+        if since is not None:
+            sql += " AND created_at >= ?"
+            params.append(since)
+        if month:
+            sql += " AND substr(zip_path, 1, ?) = ?"
+            params += [len(month) + 1, month + "/"]
+        async with self.db.execute(sql + " ORDER BY zip_path", params) as cur:
+            return [ZipToVerify(*r) for r in await cur.fetchall()]
 
     async def zip_owner(self, zip_path: str) -> Optional[str]:
         """The study key a ZIP path belongs to, if recorded."""
@@ -326,15 +296,18 @@ class Ledger:
             await self._seen(plan, plan.missing)
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
-                        members_digest: str, now: Optional[float] = None) -> None:
-        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild)."""
+                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
+        """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
+
+        ``crc_checked=False`` (only its central directory was read) leaves ``verified_at`` empty until a
+        ``verify --deep`` reads every member."""
         now = time.time() if now is None else now
         key = ident["key"]
         version = int(ident.get("version", 1))
         async with self._txn():
             await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
-                                   ident.get("exported_at", now), now))
+                                   ident.get("exported_at", now), now if crc_checked else None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:
@@ -407,11 +380,12 @@ class Ledger:
 
     async def bad_row(self, key: str, uid: str, note: str) -> bool:
         """Record a malformed Horos row of this study as a ``BAD_ROW`` issue, once (True when new)."""
-        async with self.db.execute("SELECT 1 FROM issues WHERE code='BAD_ROW' AND key=? AND detail=? LIMIT 1",
-                                   (key, note)) as cur:
+        stored = note if self.names_in_csv else redact_zip_names(note)  # as issue() stores it
+        async with self.db.execute("SELECT 1 FROM issues WHERE code=? AND key=? AND detail=? LIMIT 1",
+                                   (IssueCode.BAD_ROW, key, stored)) as cur:
             if await cur.fetchone() is not None:
                 return False
-        await self.issue("BAD_ROW", note, key, uid)
+        await self.issue(IssueCode.BAD_ROW, note, key, uid)
         return True
 
     async def mark_zip_bad(self, zip_path: str, status: str, code: str, detail: str) -> Optional[str]:
@@ -429,6 +403,25 @@ class Ledger:
                 "WHERE key=? AND zip_path=?", (code, detail, key, zip_path))
         return key
 
+    async def mark_verified(self, verified: Sequence[Tuple[float, str]]) -> None:
+        """Record ``(verified_at, zip_path)`` of ZIPs that passed ``verify``, in one commit."""
+        if verified:
+            async with self._txn():
+                await self.db.executemany("UPDATE zips SET verified_at=? WHERE zip_path=?", verified)
+
+    async def move_zip(self, old: str, new: str, members_digest: str) -> bool:
+        """A recorded ZIP now lies at ``new`` (renamed by someone; same identity and members): its row and
+        its study follow the new path. False, changing nothing, when ``old`` is not an ``ok`` ZIP with
+        these members."""
+        async with self._txn():
+            cur = await self.db.execute(
+                "UPDATE zips SET zip_path=? WHERE zip_path=? AND status='ok' "
+                "AND (members_digest IS NULL OR members_digest='' OR members_digest=?)", (new, old, members_digest))
+            if cur.rowcount != 1:
+                return False
+            await self.db.execute("UPDATE studies SET zip_path=? WHERE zip_path=?", (new, old))
+        return True
+
     async def issue(self, code: str, detail: str, key: str = "", uid: str = "", zip_path: str = "",
                     now: Optional[float] = None) -> None:
         """Append one issue to the ledger and to issues.csv."""
@@ -442,7 +435,8 @@ class Ledger:
                 (now, code, key, uid, zip_path, detail, self.run_id))
         if self.issues_csv is not None:
             shown = zip_path if self.names_in_csv else zip_path.split("/", 1)[0]
-            append_issue_csv(self.issues_csv, [_iso(now), code, uid, shown, detail])
+            # An append with fsync on the backup volume: through the seam, never on the event loop.
+            await offload(append_issue_csv, self.issues_csv, [iso_time(now), code, uid, shown, detail])
 
     async def condition(self, code: str, active: bool, detail: str = "") -> bool:
         """Track an ongoing condition (e.g. INCOMING over limit); True only when it starts."""
@@ -455,67 +449,6 @@ class Ledger:
             if not active and exists:
                 await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
             return False
-
-    async def counts(self) -> Dict[str, int]:
-        """Studies per state."""
-        async with self.db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state") as cur:
-            return {r[0]: r[1] for r in await cur.fetchall()}
-
-
-_TOKEN = re.compile(r"[^\s/'\"(),;:]+")
-
-
-def redact_zip_names(text: str) -> str:
-    """``text`` with every ZIP or temp file name in it redacted by :func:`naming.redact_zip_path`
-    (ZIP names carry the patient's name and birth date; ``log_patient_names = false`` hides them)."""
-    def one(m: "re.Match[str]") -> str:
-        token = m.group()
-        core = token.rstrip(".")  # a sentence's full stop is not part of the name
-        if core.endswith((".zip", ".partial")):
-            return naming.redact_zip_path(core) + token[len(core):]
-        return token
-    return _TOKEN.sub(one, text)
-
-
-def append_issue_csv(path: Path, row: Sequence[str]) -> None:
-    """Append one row to issues.csv (header written when the file is new; UTF-8 with BOM for Excel)."""
-    new = not path.exists()
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    if new:
-        w.writerow(CSV_HEADER)
-    w.writerow([str(c).replace("\n", " ") for c in row])
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    with os.fdopen(fd, "a", encoding="utf-8-sig" if new else "utf-8", newline="") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection for readers (``status``, ``horos-tui``, ``plan``, ``catalog``), also on a
-    read-only volume.
-
-    The ledger is in WAL mode: SQLite wants to create ``-shm`` even to read, which a read-only volume
-    refuses ("unable to open database file"). Nothing can write a read-only volume, so when no WAL
-    content is waiting the file is opened ``immutable`` (no locks, no ``-shm``) and reads the same.
-    """
-    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
-    con.execute("PRAGMA query_only=1")
-    try:
-        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        return con
-    except sqlite3.OperationalError:
-        con.close()
-        if not _on_readonly_volume(path):
-            raise
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise VolumeError(f"the ledger {path} is on a read-only volume with changes still in {wal.name} that "
-                          f"only a writable mount can read; remount the volume read-write and try again")
-    con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
-    con.execute("PRAGMA query_only=1")
-    return con
 
 
 FULL_BELOW = 16 << 20
@@ -540,34 +473,3 @@ def fault(path: Path, exc: sqlite3.Error) -> HorosBackupError:
     return LedgerError(
         f"ledger {path} is damaged ({exc}). Nothing was changed. Move it aside (mv '{path}' "
         f"'{path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild it from the ZIPs on disk")
-
-
-def _on_readonly_volume(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
-
-
-def read_index(path: Path) -> LedgerIndex:
-    """The ledger index read without writing (for ``plan``); empty when there is no ledger yet.
-
-    A ledger not yet migrated (written by an older horos-backup, no run since) reads with NULL for the
-    columns it lacks."""
-    if not path.exists():
-        return LedgerIndex()
-    try:
-        con = open_readonly(path)
-        try:
-            have = {r[1] for r in con.execute("PRAGMA table_info(studies)")}
-            rows = con.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in INDEX_COLUMNS)} "
-                               f"FROM studies").fetchall()
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            missing = con.execute("SELECT key, path FROM missing_files ORDER BY rowid").fetchall() \
-                if "missing_files" in tables else []
-            mark = con.execute("SELECT value FROM meta WHERE key=?", (ROWS_MARK,)).fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
-    return LedgerIndex(rows, missing, mark[0] if mark else None)

@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select
 
+from horos_async.codes import EngineState
 from horos_async.status import IssueRow, Snapshot
 from tui.screens.issue_detail import IssueDetailScreen
 from tui.widgets.engine_header import EngineHeader
@@ -46,7 +47,7 @@ class IssuesScreen(Screen):
     def show_snapshot(self, snapshot: Optional[Snapshot]) -> None:
         """Header and table follow the app's Snapshot; the code list changes only when codes do."""
         self.query_one(EngineHeader).snapshot = snapshot
-        if snapshot is None or snapshot.engine == "unreadable":
+        if snapshot is None or snapshot.engine == EngineState.UNREADABLE:
             return
         table = self.query_one(IssuesTable)
         table.now = snapshot.taken

@@ -14,6 +14,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer
 
+from horos_async.codes import EngineState
 from horos_async.status import Snapshot
 from tui.widgets.archive_progress import ArchiveProgress
 from tui.widgets.engine_header import EngineHeader
@@ -24,7 +25,7 @@ from tui.widgets.log_pane import LogPane
 from tui.widgets.month_table import MonthTable
 
 
-OLD_STATES = ("stale", "unreadable")
+OLD_STATES = (EngineState.STALE, EngineState.UNREADABLE)
 """Engine states whose panels show last known values, faded, never as live."""
 
 
@@ -63,7 +64,7 @@ class MainScreen(Screen):
     def show_snapshot(self, snapshot: Optional[Snapshot]) -> None:
         """Hand one Snapshot to every widget; while it is unreadable the panels keep the last good one."""
         self.query_one(EngineHeader).snapshot = snapshot
-        if snapshot is not None and snapshot.engine != "unreadable":
+        if snapshot is not None and snapshot.engine != EngineState.UNREADABLE:
             self.last_good = snapshot
         data = self.last_good
         old = snapshot is not None and snapshot.engine in OLD_STATES

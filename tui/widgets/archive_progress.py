@@ -13,6 +13,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
+from horos_async.codes import EngineState
 from horos_async.status import Snapshot
 from tui import formatting as fmt
 from tui.widgets.state import set_state, set_text
@@ -66,7 +67,7 @@ def remaining(s: Snapshot) -> str:
     """What is left, with an ETA only while a run is going (a finished run's rate predicts nothing)."""
     if s.eligible is not None and s.done >= s.eligible:
         return "archive complete"
-    if s.engine == "running":
+    if s.engine == EngineState.RUNNING:
         return f"{fmt.count(s.pending)} to go · ETA {fmt.duration(s.eta_seconds)}"
     return f"{fmt.count(s.pending)} to go"
 
@@ -99,7 +100,7 @@ class ArchiveProgress(Widget):
     def _show(self, s: Optional[Snapshot]) -> None:
         counts = self.query_one("#archive-counts", Label)
         meter = self.query_one("#archive-meter", Meter)
-        if s is None or s.engine == "unreadable":
+        if s is None or s.engine == EngineState.UNREADABLE:
             set_text(counts, "archive state unknown")
             meter.fraction = None
             set_state(self, "-stale")

@@ -18,17 +18,14 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label
 
+from horos_async.codes import EngineState, GuardCode
 from horos_async.status import RunRow, Snapshot
 from tui import formatting as fmt
 from tui.widgets.state import set_state, set_text
 
-GUARDS = {
-    "INCOMING_OVER_LIMIT": "Horos is importing (INCOMING over its limit)",
-    "DISK_LOW": "backup disk low on free space",
-    "SENTINEL_MISSING": "sentinel file missing: backup volume not mounted?",
-    "LOCKED": "another run holds the run lock",
-}
-"""Friendly names of the guards that pause a run; unknown codes are shown as they are."""
+GUARDS = {code.value: code.meaning for code in GuardCode}
+"""Friendly names of the guards that stop or pause a run, from the registry; unknown codes (a newer
+engine's) are shown as they are."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def describe(snapshot: Optional[Snapshot], zone: Optional[dt.tzinfo]) -> HeaderV
         return HeaderView("… STARTING", "reading engine status", "", "-stale")
     s, now = snapshot, snapshot.taken
     state = s.engine
-    if state == "running":
+    if state == EngineState.RUNNING:
         parts = [f"since {fmt.clock_time(s.run_started, zone, now)} ({fmt.duration(now - s.run_started)})"
                  if s.run_started else "started just now"]
         if s.batch_index:
@@ -62,21 +59,21 @@ def describe(snapshot: Optional[Snapshot], zone: Optional[dt.tzinfo]) -> HeaderV
         if s.pid:
             parts.append(f"pid {s.pid}")
         return HeaderView("▶ RUNNING", " · ".join(parts), s.detail, "-ok")
-    if state == "paused":
+    if state == EngineState.PAUSED:
         guard = GUARDS.get(s.guard_code, s.guard_code or "a guard stopped the run")
         return HeaderView("‖ PAUSED", f"by guard: {guard}", s.guard_detail or s.detail, "-warning")
-    if state == "stale":
+    if state == EngineState.STALE:
         parts = ["engine stopped publishing"]
         if s.pid:
             parts.append(f"pid {s.pid}")
         return HeaderView("✖ STALE", " · ".join(parts), s.detail or "state is old; the engine died or hung",
                           "-stale")
-    if state == "unreadable":
+    if state == EngineState.UNREADABLE:
         return HeaderView("? UNREADABLE", "cannot read the engine's state", s.detail, "-error")
     schedule = _schedule(s, zone)
-    if state == "never-run":
+    if state == EngineState.NEVER_RUN:
         return HeaderView("○ NEVER RUN", schedule, s.detail or "no run has been recorded yet", "-warning")
-    if state == "idle":
+    if state == EngineState.IDLE:
         run = last_run(s)
         parts, detail = [], s.detail
         if run is not None and run.ended is None:  # killed without a trace: say so, do not guess
@@ -95,7 +92,7 @@ def describe(snapshot: Optional[Snapshot], zone: Optional[dt.tzinfo]) -> HeaderV
 
 def _schedule(s: Snapshot, zone: Optional[dt.tzinfo]) -> str:
     if not s.launchd_installed:
-        return "launchd agent not installed: no scheduled runs"
+        return "not scheduled: no launchd agent"  # short: it shares an 80-column line with the last run
     if s.next_run is None:
         return "next run: when launchd starts it"
     return f"next ≈ {fmt.clock_time(s.next_run, zone, s.taken)} ({fmt.ago(s.next_run, s.taken)})"

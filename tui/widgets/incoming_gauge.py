@@ -15,6 +15,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Label
 
+from horos_async.codes import EngineState
 from horos_async.status import Snapshot
 from tui import formatting as fmt
 from tui.widgets.state import set_state, set_text
@@ -25,7 +26,7 @@ WARN_FRACTION = 0.8
 
 def incoming_state(snapshot: Optional[Snapshot]) -> str:
     """The gauge's state class: ``-ok``, ``-warning`` (near the limit), ``-error`` (over) or ``-stale``."""
-    if snapshot is None or snapshot.incoming_count is None or snapshot.engine == "unreadable":
+    if snapshot is None or snapshot.incoming_count is None or snapshot.engine == EngineState.UNREADABLE:
         return "-stale"
     limit = snapshot.incoming_limit
     if snapshot.incoming_capped or (limit and snapshot.incoming_count > limit):

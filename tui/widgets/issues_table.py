@@ -9,12 +9,13 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import DataTable
 
+from horos_async.codes import IssueCode
 from horos_async.status import IssueRow
 from tui import formatting as fmt
 
 COLUMNS = ("time", "code", "study", "detail")
 UID_WIDTH = 24
-WARNING_CODES = frozenset({"PARTIAL", "INCOMING_OVER_LIMIT", "UNCHANGED"})
+WARNING_CODES = frozenset({IssueCode.PARTIAL, IssueCode.INCOMING_OVER_LIMIT})
 """Codes that are notices rather than failures (shown in the warning colour, the rest in error)."""
 
 
