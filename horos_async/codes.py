@@ -50,6 +50,10 @@ class IssueCode(_Code):
                      "what exists")
     NO_FILES = ("NO_FILES", "none of the study's files exist on disk",
                 "as MISSING_FILES: often a linked CD or volume that is not mounted")
+    BAD_ROW = ("BAD_ROW", "a row of Horos's database holds a value its column cannot mean (an infinite date, a "
+                          "path that is a BLOB, has a NUL byte or is not UTF-8); written once per row",
+               "nothing for a bad date or text (the study is exported); an unusable path keeps the study from "
+               "done: re-import the study in Horos")
     READ_ERROR = ("READ_ERROR", "a file could not be read, or changed while being zipped",
                   "retried later; if it repeats, check the Horos disk")
     ZIP_FAIL = ("ZIP_FAIL", "zip_attempts tries produced no valid ZIP (or the name was taken meanwhile)",

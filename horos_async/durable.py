@@ -205,6 +205,9 @@ def is_own_temp(name: str, pid: Optional[int] = None) -> bool:
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
     """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it).
 
+    A folder that is a symlink is followed, as the writer follows it (a month folder moved to another
+    disk and linked back); ``max_depth`` bounds the walk, so a link loop cannot run away.
+
     This process's own temp files (the live status file being replaced while the run starts) are
     kept: they are not left by anyone. A crashed process whose pid we now have left one only by
     chance; the next run, with another pid, removes it.
@@ -218,7 +221,7 @@ def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
         folder, depth = pending.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
                     if depth < max_depth:
                         pending.append((Path(entry.path), depth + 1))
                 elif is_temp_name(entry.name) and not is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):

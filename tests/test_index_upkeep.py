@@ -14,6 +14,7 @@ import time
 from horos_async import cli, config as config_mod, status
 from horos_async.errors import EXIT_OK
 from horos_async.ops import catalog, index_store, index_upkeep
+from horos_async.state import ledger as ledger_mod
 from horos_async.state.ledger import Ledger
 
 from helpers import key_of, make_config, zips
@@ -183,5 +184,5 @@ def test_an_old_ledger_gains_last_seen(demo_lib, tmp_path):
     asyncio.run(make_v1())
     con = sqlite3.connect(cfg.ledger_path)
     assert "last_seen" in {r[1] for r in con.execute("PRAGMA table_info(studies)")}
-    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+    assert con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(ledger_mod.SCHEMA_VERSION)
     con.close()

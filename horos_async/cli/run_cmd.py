@@ -27,6 +27,8 @@ def build_parser_run(sub) -> None:
     r.add_argument("--max-minutes", type=float, metavar="M", help="start no new batch after M minutes")
     r.add_argument("--now", action="store_true", help="ignore 'run_window' (run outside the allowed hours)")
     r.add_argument("--progress", action="store_true", help="print one line per finished study")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="retry every study waiting for its retry time now (after fixing what made it fail)")
     r.set_defaults(func=do_run)
 
 
@@ -42,7 +44,7 @@ def do_run(args: argparse.Namespace) -> int:
     progress = args.progress or sys.stdout.isatty()
     logs.setup(cfg, verbose=args.verbose, interactive=progress)
     code = run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
-                      max_minutes=args.max_minutes, progress=progress)
+                      max_minutes=args.max_minutes, progress=progress, retry_failed=args.retry_failed)
     if code == EXIT_OK:
         code = run_index_upkeep(cfg, progress=progress)
     return code
@@ -65,7 +67,7 @@ def run_index_upkeep(cfg: Config, *, progress: bool = False) -> int:
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-               max_minutes: Optional[float] = None, progress: bool = False) -> int:
+               max_minutes: Optional[float] = None, progress: bool = False, retry_failed: bool = False) -> int:
     """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
     from horos_async.backup.engine import Engine
 
@@ -73,7 +75,7 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
 
     def make():
         engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
-                        announce=announce)
+                        announce=announce, retry_failed=retry_failed)
         return engine.run, engine.request_stop
 
     t0 = time.monotonic()
