@@ -54,6 +54,10 @@ class IssueCode(_Code):
                      "what exists")
     NO_FILES = ("NO_FILES", "none of the study's files exist on disk",
                 "as MISSING_FILES: often a linked CD or volume that is not mounted")
+    BAD_ROW = ("BAD_ROW", "a row of Horos's database holds a value its column cannot mean (an infinite date, a "
+                          "path that is a BLOB, has a NUL byte or is not UTF-8); written once per row",
+               "nothing for a bad date or text (the study is exported); an unusable path keeps the study from "
+               "done: re-import the study in Horos")
     READ_ERROR = ("READ_ERROR", "a file could not be read, or changed while being zipped",
                   "retried later; if it repeats, check the Horos disk")
     ZIP_FAIL = ("ZIP_FAIL", "zip_attempts tries produced no valid ZIP (or the name was taken meanwhile)",
@@ -79,6 +83,15 @@ class IssueCode(_Code):
                               "the run stopped (exit 6)",
                  "free space; the next run resumes")
     LEDGER_REBUILT = ("LEDGER_REBUILT", "the ledger was rebuilt from the ZIPs on disk", "nothing")
+    INDEX_SNAPSHOT_SKIPPED = ("INDEX_SNAPSHOT_SKIPPED",
+                              "no consistent snapshot of Horos's index for a day, or a copy failed its check "
+                              "(Horos's database may be damaged); once per episode, the ledger condition of the "
+                              "same name active until a snapshot succeeds",
+                              "'horos-backup index snapshot' says why; doctor; keep the older snapshots")
+    INDEX_SNAPSHOT_FAILING = ("INDEX_SNAPSHOT_FAILING",
+                              "a ledger condition, never an issue row: index snapshot attempts are failing "
+                              "(its start begins the day before INDEX_SNAPSHOT_SKIPPED when no snapshot exists)",
+                              "nothing: each run tries again; see INDEX_SNAPSHOT_SKIPPED")
     HOROS_DB_SHRANK = ("HOROS_DB_SHRANK",
                        "Horos's database holds far fewer studies than at the last run (under shrink_threshold), "
                        "or is another database (path, file, Core Data store UUID): the run refused (exit 11), "

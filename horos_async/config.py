@@ -135,6 +135,22 @@ class Config:
     """launchd ``StartInterval``: seconds between scheduled runs."""
     run_window: str = ""
     """Only run inside this local window, e.g. ``"20:00-06:00"``; empty = any time."""
+    index_snapshot_hours: float = 24.0
+    """Hours between automatic snapshots of Horos's index (``Database.sql`` and its side files), taken by
+    the scheduled run inside ``run_window``; 0 turns the automatic snapshot off (``index snapshot`` still
+    works)."""
+    index_keep_daily: int = 7
+    """Index snapshots kept: the newest of each of the last this many days that have one."""
+    index_keep_weekly: int = 5
+    """... and the newest of each of the last this many weeks (Monday to Sunday)."""
+    index_keep_monthly: int = 12
+    """... and the newest of each of the last this many months."""
+    index_lock_budget_ms: float = 150.0
+    """Longest a snapshot may keep Horos from saving, in milliseconds, while Horos is saving often (a
+    rollback-journal store cannot commit while the snapshot holds its read lock)."""
+    index_quiet_seconds: float = 60.0
+    """When a copy needs the lock longer than ``index_lock_budget_ms``, wait for Horos to have saved
+    nothing for this many seconds, then copy (the lock is then held at most 5 s); 0 = never."""
     state_dir: Optional[Path] = None
     """Folder for horos-backup's own state kept off the backup volume (the health file); None = the
     platform default (:func:`platform.state_home`). Empty string in TOML means the default."""
@@ -151,6 +167,12 @@ class Config:
     def database(self) -> Path:
         """``Horos Data/Database.sql``."""
         return self.horos_data / "Database.sql"
+
+    @property
+    def old_database(self) -> Path:
+        """``Horos Data/Database.sql - old``: the index Horos set aside when it last rebuilt it (the next
+        rebuild deletes it; docs/design/horos-database.md §11)."""
+        return self.horos_data / "Database.sql - old"
 
     @property
     def data_root(self) -> Path:
@@ -231,6 +253,11 @@ class Config:
     def issues_csv(self) -> Path:
         """Human-readable issue log."""
         return self.backup_dir / "issues.csv"
+
+    @property
+    def index_dir(self) -> Path:
+        """Verified snapshots of Horos's index, one folder per snapshot (``HorosIndex/<local time>/``)."""
+        return self.backup_dir / "HorosIndex"
 
     @property
     def log_dir(self) -> Path:
@@ -372,6 +399,13 @@ def validate(cfg: Config) -> Config:
         ("retry_backoff_minutes", cfg.retry_backoff_minutes >= 0, "must not be negative"),
         ("db_busy_seconds", cfg.db_busy_seconds >= 0, "must not be negative"),
         ("start_interval", cfg.start_interval >= 60, "must be at least 60 seconds"),
+        ("index_snapshot_hours", cfg.index_snapshot_hours == 0 or cfg.index_snapshot_hours >= 1,
+         "must be 0 (no automatic snapshot) or at least 1 hour"),
+        ("index_keep_daily", cfg.index_keep_daily >= 1, "must be at least 1 (the newest snapshot is always kept)"),
+        ("index_keep_weekly", cfg.index_keep_weekly >= 0, "must not be negative"),
+        ("index_keep_monthly", cfg.index_keep_monthly >= 0, "must not be negative"),
+        ("index_lock_budget_ms", 10 <= cfg.index_lock_budget_ms <= 2000, "must be between 10 and 2000 milliseconds"),
+        ("index_quiet_seconds", 0 <= cfg.index_quiet_seconds <= 3600, "must be between 0 and 3600 seconds"),
         ("shrink_threshold", 0 <= cfg.shrink_threshold <= 1, "must be between 0 (off) and 1"),
     ]
     for key, ok, why in checks:

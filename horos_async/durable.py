@@ -134,6 +134,22 @@ def publish(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace:
     _sync_dirs(final, created_dirs, trace)
 
 
+def publish_dir(tmp: Path, final: Path, *, created_dirs: Sequence[Path] = (), trace: Trace = None) -> None:
+    """Move the folder ``tmp`` to ``final`` without replacing anything, then sync the directories.
+
+    The caller has synced every file in ``tmp`` and then ``tmp`` itself (:func:`sync_dir`), so the
+    folder appears whole or not at all. Raises :class:`AlreadyExists` when ``final`` exists (``rename``
+    would silently replace an empty folder); race-free because every writer to the backup folder holds
+    the run lock (guards.RunLock).
+    """
+    if os.path.lexists(final):
+        raise _already_exists(final, tmp) from None
+    os.rename(tmp, final)
+    if trace:
+        trace("rename", final)
+    _sync_dirs(final, created_dirs, trace)
+
+
 def write_atomic(final: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: bool = False,
                  trace: Trace = None) -> None:
     """Durably write a small file (marker, plist, status JSON) in one step.
@@ -189,6 +205,9 @@ def is_own_temp(name: str, pid: Optional[int] = None) -> bool:
 def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
     """Delete temp files a crash left under ``directory`` (and ``max_depth`` levels below it).
 
+    A folder that is a symlink is followed, as the writer follows it (a month folder moved to another
+    disk and linked back); ``max_depth`` bounds the walk, so a link loop cannot run away.
+
     This process's own temp files (the live status file being replaced while the run starts) are
     kept: they are not left by anyone. A crashed process whose pid we now have left one only by
     chance; the next run, with another pid, removes it.
@@ -202,7 +221,7 @@ def remove_stale_temps(directory: Path, max_depth: int = 2) -> List[Path]:
         folder, depth = pending.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
                     if depth < max_depth:
                         pending.append((Path(entry.path), depth + 1))
                 elif is_temp_name(entry.name) and not is_own_temp(entry.name) and entry.is_file(follow_symlinks=False):

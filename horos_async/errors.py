@@ -18,7 +18,8 @@ EXIT_DATABASE = 5  # Horos database busy, locked, hot journal or unreadable: ret
 EXIT_DISK = 6  # backup disk full or below the free-space floor
 EXIT_VOLUME = 7  # backup or Horos volume vanished / I/O error mid-run
 EXIT_LEDGER = 8  # ledger corrupt or from a newer version: refuse to run
-EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full
+EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refused a ZIP or INCOMING stayed full,
+#                an index snapshot failed its verification, index restore refused (Horos running, bad snapshot)
 EXIT_SERVICE = 10  # launchctl could not load or unload the LaunchAgent, or its plist is invalid
 EXIT_SOURCE = 11  # HOROS_DB_SHRANK: Horos's database shrank or was replaced; refused, nothing written
 # `status` exits with one of these when the backup is not healthy (README "Health"); a monitoring system
@@ -102,3 +103,10 @@ class LaunchdError(HorosBackupError):
     """The LaunchAgent could not be rendered, checked, or (un)loaded by launchctl."""
 
     exit_code = EXIT_SERVICE
+
+
+class SnapshotError(HorosBackupError):
+    """A snapshot of Horos's index could not be taken or failed its verification (nothing was kept), or a
+    snapshot asked for by ``index restore`` is missing or damaged."""
+
+    exit_code = EXIT_CHECK

@@ -5,13 +5,22 @@ candidates are scanned in small keyset pages, each its own statement read to the
 studies, series and images are read in one short ``BEGIN ... COMMIT`` and released before any file is
 touched. Busy/locked databases and hot journals are retried with backoff, then reported as
 ``DatabaseUnavailable`` ("try later"), never as "no studies".
+
+A malformed row is its study's problem, never the run's: text that is not UTF-8 is read again with
+replacement characters, and values that cannot be what their column means (an infinite date, a path
+holding a BLOB or a NUL byte) become a ``BAD_ROW`` note on the study (``StudyRow.problems``,
+``ImageRef.problem``) and are read as absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import logging
+import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Dict, List, Optional, Sequence, Set, Tuple
@@ -39,6 +48,17 @@ IMAGE_COLUMNS = ("Z_PK", "ZSERIES", "ZINSTANCENUMBER", "ZFRAMEID", "ZPATHNUMBER"
 
 _TRANSIENT = ("database is locked", "database table is locked", "readonly", "unable to open",
               "disk i/o error", "locking protocol")
+TEXT_COLUMNS = frozenset(("ZSTUDYINSTANCEUID", "ZPATIENTUID", "ZNAME", "ZPATIENTID", "ZMODALITY", "ZSTUDYNAME",
+                          "ZACCESSIONNUMBER"))
+"""Read as text whatever their storage class (a BLOB or a number there is odd data, not a reason to fail).
+``ZPATHSTRING`` is not among them: a path that is not text names no file (a ``BAD_ROW``)."""
+_REPLACING = functools.partial(str, encoding="utf-8", errors="replace")
+"""The text factory for a statement that met text that is not UTF-8 (slower than ``str``: used only then)."""
+COUNT_COLUMNS = (
+    "(SELECT COUNT(*) FROM ZSERIES cs JOIN ZIMAGE ci ON ci.ZSERIES = cs.Z_PK WHERE cs.ZSTUDY = st.Z_PK)",
+    "(SELECT COUNT(*) FROM ZSERIES cs WHERE cs.ZSTUDY = st.Z_PK "
+    "AND EXISTS (SELECT 1 FROM ZIMAGE ci WHERE ci.ZSERIES = cs.Z_PK))")
+"""(image rows, series holding image rows) of one study row (docs/design/horos-database.md §12)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,9 @@ class ImageRef:
     path_string: Optional[str]
     pk: int = 0
     """``ZIMAGE.Z_PK`` (named in reports about the row)."""
+    problem: str = ""
+    """Why the row names no usable file although it names one (``ZPATHSTRING`` a BLOB, with a NUL byte or
+    not UTF-8; ``ZPATHNUMBER`` not a whole number); both path fields are then None."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,7 @@ class HorosReader:
         self.journal_mode = "unknown"
         self._db: Optional[aiosqlite.Connection] = None
         self._cols: Dict[str, Set[str]] = {}
+        self._has_metadata = False
 
     # -- connection --------------------------------------------------------------------------------
     async def __aenter__(self) -> "HorosReader":
@@ -156,6 +180,8 @@ class HorosReader:
             for table in ("ZSTUDY", "ZSERIES", "ZIMAGE"):
                 async with db.execute(f"PRAGMA table_info({table})") as cur:
                     self._cols[table] = {r[1].upper() for r in await cur.fetchall()}
+            async with db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='Z_METADATA'") as cur:
+                self._has_metadata = await cur.fetchone() is not None
         except BaseException:
             await db.close()
             raise
@@ -179,7 +205,7 @@ class HorosReader:
         delay = 0.1
         while True:
             try:
-                return await fn()
+                return await self._decoding(fn)
             except sqlite3.DatabaseError as exc:
                 if not _is_transient(exc):
                     raise DatabaseUnavailable(
@@ -190,6 +216,21 @@ class HorosReader:
                 log.info("Horos database %s (%s); retrying in %.1fs", exc, what, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _decoding(self, fn):
+        """Run ``fn``; if a text value is not UTF-8 (a malformed row), run it again reading text with
+        replacement characters (U+FFFD), which the row's readers then report as a ``BAD_ROW``."""
+        try:
+            return await fn()
+        except sqlite3.OperationalError as exc:
+            if "could not decode" not in str(exc).lower():
+                raise
+        log.info("Horos database %s: text that is not UTF-8; reading it with replacement characters", self.path)
+        self._db.text_factory = _REPLACING
+        try:
+            return await fn()
+        finally:
+            self._db.text_factory = str
 
     def _unavailable_message(self, exc: BaseException) -> str:
         journal = Path(str(self.path) + "-journal")
@@ -206,7 +247,8 @@ class HorosReader:
     # -- queries -----------------------------------------------------------------------------------
     def _select(self, table: str, columns: Sequence[str], alias: str) -> str:
         have = self._cols[table]
-        return ", ".join(f"{alias}.{c}" if c in have else "NULL" for c in columns)
+        return ", ".join(("NULL" if c not in have else f"CAST({alias}.{c} AS TEXT)" if c in TEXT_COLUMNS
+                          else f"{alias}.{c}") for c in columns)
 
     def _modality_filter(self) -> Tuple[str, List[str]]:
         mods = list(self.cfg.modalities)
@@ -215,13 +257,18 @@ class HorosReader:
                 f"AND UPPER(TRIM(s.ZMODALITY)) IN ({marks}))", mods)
 
     def _study(self, r: Sequence) -> StudyRow:
-        dob = cocoa_to_local(r[5], self.zone)
+        pk, notes = int(r[0]), []
+        for i in (1, 2, 3):  # the identity and the name: worth a note when they had to be replaced
+            if r[i] and "\ufffd" in r[i]:
+                notes.append(f"ZSTUDY Z_PK={pk}: {STUDY_COLUMNS[i]} is not valid UTF-8; read with replacement "
+                             f"characters")
+        dob = cocoa_to_local(_date_value(r[5], pk, "ZDATEOFBIRTH", notes), self.zone)
+        study_date = cocoa_to_local(_date_value(r[6], pk, "ZDATE", notes), self.zone)
         return StudyRow(
-            pk=int(r[0]), uid=str(r[1] or "").strip(), patient_uid=str(r[2] or ""),
-            patient_name=str(r[3] or ""), patient_id=str(r[4] or ""),
-            birth_date=dob.date() if dob else None, study_date=cocoa_to_local(r[6], self.zone),
-            date_added=cocoa_to_unix(r[7]), modalities=str(r[8] or ""), description=str(r[9] or ""),
-            accession=str(r[10] or ""))
+            pk=pk, uid=(r[1] or "").strip(), patient_uid=r[2] or "", patient_name=r[3] or "",
+            patient_id=r[4] or "", birth_date=dob.date() if dob else None, study_date=study_date,
+            date_added=cocoa_to_unix(_date_value(r[7], pk, "ZDATEADDED", notes)), modalities=r[8] or "",
+            description=r[9] or "", accession=r[10] or "", problems=tuple(notes))
 
     async def iter_studies(self, after_pk: int = 0) -> AsyncIterator[StudyRow]:
         """Every study with a series in ``cfg.modalities``, by ``Z_PK``, in short keyset pages."""
@@ -233,10 +280,21 @@ class HorosReader:
         async for r in self._pages(SCAN_COLUMNS):
             yield r
 
-    async def _pages(self, columns: Sequence[str], after_pk: int = 0) -> AsyncIterator[Sequence]:
-        """Rows of eligible studies in keyset pages of ``page_size``, each page its own short read."""
+    async def scan_pages(self, counts: bool = False) -> AsyncIterator[List[Sequence]]:
+        """:meth:`iter_scan_rows` a page at a time (the scan's loop: no per-row hop through a generator),
+        each row with two more values: its image rows and the series holding them when ``counts``
+        (docs/design/horos-database.md §12), else NULL."""
+        extra = COUNT_COLUMNS if counts else ("NULL", "NULL")
+        async for page in self._pages(SCAN_COLUMNS, by_page=True, extra=extra):
+            yield page
+
+    async def _pages(self, columns: Sequence[str], after_pk: int = 0, by_page: bool = False,
+                     extra: Sequence[str] = ()) -> AsyncIterator:
+        """Rows of eligible studies in keyset pages of ``page_size``, each page its own short read
+        (``by_page``: each page as one list; ``extra``: more SQL expressions per row)."""
         cond, params = self._modality_filter()
-        sql = (f"SELECT {self._select('ZSTUDY', columns, 'st')} FROM ZSTUDY st "
+        more = "".join(f", {e}" for e in extra)
+        sql = (f"SELECT {self._select('ZSTUDY', columns, 'st')}{more} FROM ZSTUDY st "
                f"WHERE st.Z_PK > ? AND {cond} ORDER BY st.Z_PK LIMIT {self.page_size}")
         last = after_pk
         while True:
@@ -245,19 +303,24 @@ class HorosReader:
                     return await cur.fetchall()
 
             rows = await self._retry(page, "scan")
-            for r in rows:
-                yield r
+            if by_page:
+                yield rows
+            else:
+                for r in rows:
+                    yield r
             if len(rows) < self.page_size:
                 return
             last = rows[-1][0]
 
-    async def scan_rows_by_pk(self, pks: Sequence[int]) -> List[Sequence]:
-        """The scan's lean view (see :meth:`iter_scan_rows`) of these study rows only."""
+    async def scan_rows_by_pk(self, pks: Sequence[int], counts: bool = False) -> List[Sequence]:
+        """The scan's lean view (see :meth:`iter_scan_rows`) of these study rows only; with ``counts``,
+        each row also carries its image rows and the series holding them (docs/design/horos-database.md §12)."""
         if not pks:
             return []
         cond, params = self._modality_filter()
         marks = ",".join("?" * len(pks))
-        sql = (f"SELECT {self._select('ZSTUDY', SCAN_COLUMNS, 'st')} FROM ZSTUDY st "
+        extra = "".join(f", {c}" for c in COUNT_COLUMNS) if counts else ""
+        sql = (f"SELECT {self._select('ZSTUDY', SCAN_COLUMNS, 'st')}{extra} FROM ZSTUDY st "
                f"WHERE st.Z_PK IN ({marks}) AND {cond} ORDER BY st.Z_PK")
 
         async def q():
@@ -265,6 +328,39 @@ class HorosReader:
                 return await cur.fetchall()
 
         return await self._retry(q, "scan")
+
+    async def rows_mark(self) -> Tuple[str, int]:
+        """Where the image rows stand: (the store's UUID, the highest ``ZIMAGE.Z_PK``); two index lookups.
+
+        Core Data hands out ``Z_PK`` from ``Z_PRIMARYKEY.Z_MAX`` and never reuses one, so every image row
+        added later has a higher number (docs/design/horos-database.md §12); a rebuilt store has a new UUID.
+        """
+        async def q():
+            store = ""
+            if self._has_metadata:
+                async with self._db.execute("SELECT CAST(Z_UUID AS TEXT) FROM Z_METADATA ORDER BY Z_VERSION "
+                                            "LIMIT 1") as cur:
+                    row = await cur.fetchone()
+                store = str(row[0] or "") if row else ""
+            async with self._db.execute("SELECT MAX(Z_PK) FROM ZIMAGE") as cur:
+                top = (await cur.fetchone())[0]
+            return store, _int(top) or 0
+
+        return await self._retry(q, "scan")
+
+    async def studies_with_rows(self, low: int, high: int, step: int = 50_000) -> Set[int]:
+        """``ZSTUDY.Z_PK`` of the studies owning the image rows with ``low < Z_PK <= high``, read in short
+        statements of ``step`` rows each (the cost follows the rows added, not the store's size)."""
+        out: Set[int] = set()
+        sql = ("SELECT DISTINCT se.ZSTUDY FROM ZIMAGE im JOIN ZSERIES se ON se.Z_PK = im.ZSERIES "
+               "WHERE im.Z_PK > ? AND im.Z_PK <= ?")
+        for start in range(low, high, step):
+            async def q(start=start):
+                async with self._db.execute(sql, (start, min(high, start + step))) as cur:
+                    return await cur.fetchall()
+
+            out.update(r[0] for r in await self._retry(q, "scan") if r[0] is not None)
+        return out
 
     async def read_batch(self, wanted: Sequence[int]) -> List[Tuple[StudyRow, List[ImageRef]]]:
         """These study rows (by ``Z_PK``, as the scan found them) and their images, read in one short
@@ -294,11 +390,7 @@ class HorosReader:
                            f"ORDER BY se.ZSTUDY, se.Z_PK, im.Z_PK")
                     async with db.execute(sql, pks) as cur:
                         async for r in cur:
-                            images[r[0]].append(ImageRef(
-                                series_pk=int(r[5]), series_number=_int(r[1]), series_description=str(r[2] or ""),
-                                modality=str(r[3] or "OT").strip().upper(), instance_number=_int(r[6]),
-                                path_number=_int(r[8]), path_string=r[9],
-                                pk=int(r[4])))
+                            images[r[0]].append(_image(r))
             finally:
                 await db.execute("COMMIT")
             return [(s, images[s.pk]) for s in studies]
@@ -340,6 +432,24 @@ class HorosReader:
         st = self.path.stat()
         return DatabaseIdentity(str(self.path.resolve()), st.st_ino, store_uuid)
 
+    async def iter_study_keys(self) -> AsyncIterator[Tuple[int, str, str]]:
+        """(Z_PK, ZSTUDYINSTANCEUID, ZPATIENTUID) of every study row, whatever its modality, in short
+        keyset pages: what the ledger's "last seen in Horos" needs (docs/design/horos-database.md §11)."""
+        sql = (f"SELECT {self._select('ZSTUDY', ('Z_PK', 'ZSTUDYINSTANCEUID', 'ZPATIENTUID'), 'st')} FROM ZSTUDY st "
+               f"WHERE st.Z_PK > ? ORDER BY st.Z_PK LIMIT {self.page_size}")
+        last = 0
+        while True:
+            async def page():
+                async with self._db.execute(sql, [last]) as cur:
+                    return await cur.fetchall()
+
+            rows = await self._retry(page, "presence scan")
+            for r in rows:
+                yield int(r[0]), str(r[1] or ""), str(r[2] or "")
+            if len(rows) < self.page_size:
+                return
+            last = rows[-1][0]
+
     async def count_images(self, pks: Sequence[int]) -> int:
         """Number of image rows of these studies (a final re-check before "done")."""
         if not pks:
@@ -355,8 +465,139 @@ class HorosReader:
         return await self._retry(q, "recount")
 
 
+def _image(r: Sequence) -> ImageRef:
+    """An ImageRef from a row of the batch's image query (study, series columns, image columns)."""
+    number, path, problem = _int(r[8]), r[9], ""
+    if r[8] is not None and r[8] != "" and number is None:
+        problem = f"ZPATHNUMBER holds {_shown(r[8])}, not a file number"
+    elif path is not None and not isinstance(path, str):
+        problem = f"ZPATHSTRING holds {type(path).__name__} data, not a path"
+    elif path and "\x00" in path:
+        problem = "ZPATHSTRING contains a NUL byte"
+    elif path and "\ufffd" in path:
+        problem = "ZPATHSTRING is not valid UTF-8"
+    if problem:
+        number = path = None
+    return ImageRef(series_pk=int(r[5]), series_number=_int(r[1]), series_description=r[2] or "",
+                    modality=(r[3] or "OT").strip().upper(), instance_number=_int(r[6]), path_number=number,
+                    path_string=path, pk=int(r[4]), problem=problem)
+
+
+def _date_value(v, pk: int, column: str, notes: List[str]) -> Optional[float]:
+    """A Core Data date column as a finite number, or None; a value that cannot be one gets a note."""
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = math.nan
+    if math.isfinite(f) and cocoa_to_local(f, dt.timezone.utc) is not None:  # and a year datetime can hold
+        return f
+    notes.append(f"ZSTUDY Z_PK={pk}: {column} holds {_shown(v)}, not a date; read as no date")
+    return None
+
+
+def _shown(v) -> str:
+    """A raw column value for a note, kept short."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _int(v) -> Optional[int]:
     try:
         return None if v is None or v == "" else int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+# -- synchronous reads for the index snapshot and doctor (docs/design/horos-database.md §8, §11) ------------
+INDEX_TABLES = (("studies", "ZSTUDY"), ("series", "ZSERIES"), ("images", "ZIMAGE"))
+"""What a snapshot counts, as (name in the manifest, table)."""
+
+
+def connect_readonly(path: Path, timeout: float = 2.0) -> sqlite3.Connection:
+    """A read-only connection to a Horos store (or a copy of one): ``mode=ro`` URI, ``query_only``, and
+    autocommit, so every transaction is an explicit ``BEGIN ... COMMIT`` (docs/design/durability.md §2)."""
+    con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=timeout,
+                          isolation_level=None)
+    try:
+        con.execute("PRAGMA query_only=1")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def journal_mode(con: sqlite3.Connection) -> str:
+    """``delete`` (Horos since 2018), ``wal`` (older stores), or whatever the store says, lower case."""
+    row = con.execute("PRAGMA journal_mode").fetchone()
+    return str(row[0] if row else "unknown").lower()
+
+
+def row_counts(con: sqlite3.Connection) -> Dict[str, int]:
+    """Rows of the study, series and image tables. Call it inside the transaction whose state the counts
+    must describe (a snapshot compares them with its copy's)."""
+    return {name: int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for name, table in INDEX_TABLES}
+
+
+def integrity(con: sqlite3.Connection) -> str:
+    """``PRAGMA integrity_check``: ``ok``, or the first problems SQLite reports, joined."""
+    rows = [str(r[0]) for r in con.execute("PRAGMA integrity_check(20)")]
+    return "ok" if rows == ["ok"] else "; ".join(rows) or "no answer"
+
+
+AUTOCLEAN_MODES = {0: "oldest studies", 1: "oldest unopened", 2: "least recently added"}
+"""Horos's ``AutocleanSpaceMode`` values (``DicomDatabase+Clean.mm`` ``cleanForFreeSpaceMB:``)."""
+AUTOCLEAN_KEYS = {0: ("ZDATE",), 1: ("ZDATEOPENED", "ZDATEADDED", "ZDATE"), 2: ("ZDATEADDED", "ZDATE")}
+
+
+@dataclass(frozen=True)
+class CleanCandidate:
+    """A study Horos's auto-cleaning would delete early, in its order."""
+
+    uid: str
+    patient_uid: str
+    when: Optional[float]
+    """The date auto-cleaning sorts on, as Unix seconds (None when the study has none)."""
+    eligible: bool
+    """It has a series in the configured modalities (so horos-backup is meant to hold it)."""
+
+
+def autoclean_first(con: sqlite3.Connection, mode: int, limit: int, modalities: Sequence[str], *,
+                    spare_commented: bool = True, now: Optional[float] = None) -> List[CleanCandidate]:
+    """The first ``limit`` studies Horos's space auto-cleaning would delete, in its order
+    (docs/design/horos-database.md §11): never locked studies, studies in an album, studies added in the
+    last two hours, nor (``dontDeleteStudiesWithComments``, default on) studies with a comment."""
+    have = {r[1].upper() for r in con.execute("PRAGMA table_info(ZSTUDY)")}
+
+    def col(name: str) -> str:
+        return f"st.{name}" if name in have else "NULL"
+
+    keys = [col(c) for c in AUTOCLEAN_KEYS.get(mode, AUTOCLEAN_KEYS[2])]
+    key = keys[0] if len(keys) == 1 else f"COALESCE({', '.join(keys)})"
+    where = [f"COALESCE({col('ZLOCKEDSTUDY')}, 0) = 0"]
+    if spare_commented:
+        where += [f"COALESCE({col(c)}, '') = ''" for c in ("ZCOMMENT", "ZCOMMENT2", "ZCOMMENT3", "ZCOMMENT4")]
+    now = time.time() if now is None else now
+    where.append(f"({col('ZDATEADDED')} IS NULL OR {col('ZDATEADDED')} < ?)")
+    params: List = [now - 2 * 3600 - 978307200]
+    join = _album_join(con)
+    if join:
+        where.append(f"st.Z_PK NOT IN (SELECT {join[1]} FROM {join[0]})")
+    marks = ",".join("?" * len(modalities)) or "''"
+    sql = (f"SELECT {col('ZSTUDYINSTANCEUID')}, {col('ZPATIENTUID')}, {key} AS k, "
+           f"EXISTS (SELECT 1 FROM ZSERIES s WHERE s.ZSTUDY = st.Z_PK AND UPPER(TRIM(s.ZMODALITY)) IN ({marks})) "
+           f"FROM ZSTUDY st WHERE {' AND '.join(where)} ORDER BY k IS NULL, k, st.Z_PK LIMIT ?")
+    rows = con.execute(sql, [*params, *modalities, limit]).fetchall()
+    return [CleanCandidate(str(r[0] or "").strip(), str(r[1] or ""), cocoa_to_unix(r[2]), bool(r[3])) for r in rows]
+
+
+def _album_join(con: sqlite3.Connection) -> Optional[Tuple[str, str]]:
+    """(table, study column) of the album<->study join table, found in ``sqlite_master`` (§2)."""
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'Z!_%STUDIES' "
+                               "ESCAPE '!'"):
+        cols = [r[1] for r in con.execute(f'PRAGMA table_info("{name}")')]
+        study = [c for c in cols if c.upper().endswith("STUDIES")]
+        if study and any(c.upper().endswith("ALBUMS") for c in cols):
+            return f'"{name}"', f'"{study[0]}"'
+    return None

@@ -43,6 +43,8 @@ class StudyRow:
     """Study description (``ZSTUDYNAME``)."""
     accession: str
     """Accession number."""
+    problems: Tuple[str, ...] = ()
+    """Values of the row that could not be read as what they should be (``BAD_ROW`` notes)."""
 
     @property
     def key(self) -> str:
@@ -100,6 +102,11 @@ class StudyPlan:
     """1 for the first export, 2+ when the study gained images after an earlier export."""
     pks: Tuple[int, ...] = ()
     """``ZSTUDY.Z_PK`` of every row of the study (to count its images again before "done")."""
+    counts: Tuple[int, int] = (0, 0)
+    """(image rows, series holding them) of the rows the scan found, as it counts them: recorded with
+    the export, so a study that grows without a new ``ZDATEADDED`` is noticed."""
+    bad_rows: Tuple[str, ...] = ()
+    """Malformed Horos rows of the study, one ``BAD_ROW`` note each ("ZIMAGE Z_PK=12: ...")."""
 
     @property
     def total_bytes(self) -> int:

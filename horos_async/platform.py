@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Set, Union
+from typing import List, Optional, Set, Tuple, Union
 
 try:
     import fcntl
@@ -138,3 +138,125 @@ def state_home(env: Optional[dict] = None, home: Optional[Path] = None) -> Path:
 def launchd_plist_path(home: Optional[Path] = None) -> Path:
     """``~/Library/LaunchAgents/org.horos-backup.agent.plist`` under ``home`` (default: this user's home)."""
     return Path(home or Path.home()) / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+
+
+# -- Horos's index: clones, cache hints, preferences, the process list ---------------------------------
+# (docs/design/horos-database.md §8 and §11: what ``index snapshot`` and ``index restore`` need from the OS)
+
+_FICLONE = 0x40049409  # Linux ioctl: share the extents of another file (btrfs, XFS with reflink, bcachefs)
+_CLONE_UNSUPPORTED = frozenset(
+    e for e in (errno.EINVAL, getattr(errno, "ENOTSUP", None), errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV,
+                errno.ENOSYS, errno.EPERM) if e
+)
+
+
+def clone_file(src_fd: int, dst: Path) -> bool:
+    """Make ``dst`` a copy-on-write clone of the open file ``src_fd``; False when this filesystem cannot.
+
+    What ``cp -c`` does on APFS (``fclonefileat``) and ``cp --reflink`` on Linux (the FICLONE ioctl):
+    milliseconds whatever the size. ``dst`` must not exist and must be on the same volume. The caller
+    keeps ``src_fd`` open: closing a descriptor of a SQLite file drops that process's locks on it.
+    """
+    if is_macos():
+        return _fclonefileat(src_fd, dst)
+    if _fcntl is None:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(os.fspath(dst), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return False
+    try:
+        _fcntl.ioctl(fd, _FICLONE, src_fd)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(dst)
+        if exc.errno in _CLONE_UNSUPPORTED:
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def _fclonefileat(src_fd: int, dst: Path) -> bool:  # pragma: no cover - macOS only
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "fclonefileat", None)
+    if fn is None:  # macOS before 10.13
+        return False
+    at_fdcwd = -2
+    if fn(ctypes.c_int(src_fd), ctypes.c_int(at_fdcwd), os.fsencode(os.fspath(dst)), ctypes.c_uint32(0)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _CLONE_UNSUPPORTED:
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(dst))
+
+
+def advise_willneed(fd: int, length: int) -> None:
+    """Ask the kernel to bring ``length`` bytes of ``fd`` into the page cache (best effort, no error)."""
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+        elif _fcntl is not None and hasattr(_fcntl, "F_RDADVISE"):  # pragma: no cover - macOS
+            import struct
+
+            _fcntl.fcntl(fd, _fcntl.F_RDADVISE, struct.pack("qi", 0, min(length, 2**31 - 1)))
+    except (OSError, ValueError, OverflowError):
+        pass
+
+
+HOROS_DOMAIN = "org.horosproject.horos"
+"""Horos's preferences domain (docs/design/horos-database.md §4.2: the bundle-id prefix ``org.horosproject``)."""
+
+
+def horos_preferences_path(home: Optional[Path] = None) -> Path:
+    """``~/Library/Preferences/org.horosproject.horos.plist`` under ``home`` (default: this user's home)."""
+    return Path(home or Path.home()) / "Library" / "Preferences" / f"{HOROS_DOMAIN}.plist"
+
+
+def running_processes() -> List[Tuple[int, str]]:
+    """(pid, program name) of every process this user can see: ``/proc`` on Linux, ``ps`` on macOS.
+
+    The name is the executable's (``comm``) and, when it differs, the base name of ``argv[0]`` too, so
+    ``exec -a Horos`` and a binary named ``Horos`` are both seen.
+    """
+    if os.path.isdir("/proc/self"):
+        return _proc_processes()
+    import subprocess
+
+    try:  # macOS: comm is the executable's full path, e.g. /Applications/Horos.app/Contents/MacOS/Horos
+        text = subprocess.run(["ps", "-axo", "pid=,comm="], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    out = []
+    for line in text.splitlines():
+        pid, _, comm = line.strip().partition(" ")
+        if pid.isdigit():
+            out.append((int(pid), os.path.basename(comm.strip())))
+    return out
+
+
+def _proc_processes() -> List[Tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().decode("utf-8", "replace").strip()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        out.append((int(entry), comm))
+        base = os.path.basename(argv0)
+        if base and base != comm:
+            out.append((int(entry), base))
+    return out
+
+
+def pids_named(name: str) -> List[int]:
+    """Pids of running processes whose program name is exactly ``name`` (``Horos``), this one excluded."""
+    me = os.getpid()
+    return sorted({pid for pid, prog in running_processes() if prog == name and pid != me})

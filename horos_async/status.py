@@ -84,6 +84,9 @@ class Snapshot:
     runs: Tuple[RunRow, ...] = ()
     next_run: Optional[float] = None
     """When launchd should start the next run (estimate), if known."""
+    only_in_backup: int = 0
+    """Backed-up studies Horos's database no longer has (auto-cleaning, a rebuild, deleted by hand): their
+    ZIPs are the only copy (``catalog --only-in-backup`` lists them)."""
     launchd_installed: bool = False
     host: str = ""
     exit_code: int = EXIT_OK
@@ -159,7 +162,7 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) ->
     """Counts, months, issues, runs and the runs of the last days from the ledger; LedgerError when damaged,
     VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
-                           "achieved": RunsSince()}
+                           "only_in_backup": 0, "achieved": RunsSince()}
     path = cfg.ledger_path
     if not path.exists():
         return out
@@ -185,6 +188,7 @@ def _query_ledger(led: LedgerReader, out: Dict[str, Any], issues_limit: int,
     done, failed = totals.get(DONE, StateTotals()), totals.get(FAILED, StateTotals())
     out["done"], out["bytes_done"], out["failed"] = done.studies, done.bytes_in, failed.studies
     out["months"] = led.done_per_month()
+    out["only_in_backup"] = led.only_in_backup()  # 0 on a ledger older than schema 2
     out["issues"] = led.recent_issues(issues_limit)
     out["runs"] = led.recent_runs(runs_limit)
     out["achieved"] = led.runs_since(now - ACHIEVED_DAYS * 86400)
@@ -227,6 +231,7 @@ def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> 
     next_run = last_end + cfg.start_interval if installed and last_end else None
     first, studies = led["achieved"].first_started, led["achieved"].studies_done
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
+                only_in_backup=led["only_in_backup"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
                 host=socket.gethostname(), timezone=cfg.timezone)
     if live is None:
@@ -349,6 +354,9 @@ def render(snap: Snapshot, width: int = 80) -> str:
     else:
         lines.append(f"Archive: {snap.done} studies backed up, {snap.failed} failing (no scan yet)")
     lines.append(f"Rate: {rate_line(snap)}")
+    if snap.only_in_backup:
+        lines.append(f"Only in the backup: {snap.only_in_backup} studies Horos's database no longer has; their ZIPs "
+                     f"are the only copy (horos-backup catalog --only-in-backup)")
     if snap.incoming_count is not None:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")

@@ -58,9 +58,11 @@ class Engine:
     """One run. Create, then ``await run()``; ``request_stop()`` is safe from a signal handler."""
 
     def __init__(self, cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-                 max_minutes: Optional[float] = None, clock=time.time, announce=None) -> None:
+                 max_minutes: Optional[float] = None, clock=time.time, announce=None,
+                 retry_failed: bool = False) -> None:
         self.cfg = cfg
         self.until_done = until_done
+        self.retry_failed = retry_failed  # run --retry-failed: the planner lets no study wait for its retry time
         self.max_studies = max_studies
         self.max_minutes = max_minutes
         self.clock = clock
@@ -203,9 +205,10 @@ class Engine:
                 if self.max_studies:
                     limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
-                                                        frozenset(self.attempted))
+                                                        frozenset(self.attempted), self.retry_failed)
                 await source_guard.check_source(cfg, reader, self.ledger, totals, self._offload)  # HOROS_DB_SHRANK
                 await self.ledger.refresh_pks(totals.pk_changes)
+                await self.ledger.note_growth(totals.grown, totals.rows_mark)
                 for old, new in totals.renames:  # Horos recomputed these patientUIDs: same studies
                     if await self.ledger.rekey(old, new, new.split("|", 1)[1]):
                         log.info("study %s: Horos changed its patientUID; its backup record follows it",
@@ -289,6 +292,9 @@ class Engine:
                     if self.max_studies is not None:
                         batch = batch[:max(0, self.max_studies - self.processed)]
                     plans = await planner.plan_batch(reader, batch, cfg, index, self._offload)
+                    for plan in plans:  # malformed Horos rows: named once each (BAD_ROW), the study judged as usual
+                        for note in plan.bad_rows:
+                            await self.ledger.bad_row(plan.study.key, plan.study.uid, note)
                     self.processed += len(batch)
                     self.attempted.update(c.key for c in batch)
                     self.live.batch_index += 1
@@ -382,7 +388,7 @@ class Engine:
             if o.status == PARTIAL:
                 await self.ledger.issue(o.code, o.detail, s.key, s.uid, o.zip_relpath)
         elif o.status == UNCHANGED:
-            await self.ledger.touch_unchanged(s.key, s.date_added)
+            await self.ledger.touch_unchanged(s.key, s.date_added, plan)
         elif o.status == FAILED:
             r.failed += 1
             self.live.run["studies_failed"] += 1

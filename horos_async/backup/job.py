@@ -304,8 +304,8 @@ def _publish(tmp: Path, final: Path, created: List[Path]) -> int:
 
 
 def _unchanged(entry, plan: StudyPlan) -> bool:
-    """The ledger holds a verified ZIP of exactly these files: nothing to export."""
-    return entry is not None and entry.state == DONE and entry.fingerprint == plan.fingerprint
+    """The ledger holds a verified ZIP of exactly these files (complete, or partial): nothing to export."""
+    return entry is not None and entry.state in (DONE, PARTIAL) and entry.fingerprint == plan.fingerprint
 
 
 def _disk_order(path: Path) -> tuple:

@@ -34,6 +34,7 @@ from horos_async import durable, naming, platform
 from horos_async.blocking import Offload, offload as default_offload
 from horos_async.codes import IssueCode
 from horos_async.config import Config
+from horos_async.errors import VolumeError
 from horos_async.state.ledger import Ledger
 from horos_async.state.ledger_records import ZipRecord
 
@@ -45,14 +46,30 @@ DEEP_ADOPT_LIMIT = 50
 re-reads every byte later."""
 
 
-def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
-    """``relpath -> size`` of every ``*.zip`` in the month folders."""
-    out: Dict[str, int] = {}
+def month_folders(backup_dir: Path) -> List[os.DirEntry]:
+    """The month folders of the backup. A month folder moved to another disk and replaced by a symlink
+    is still that month, as the writer sees it (it follows the link); a link whose target cannot be
+    reached (that disk not mounted) stops the run: its ZIPs are not missing, only out of reach."""
     try:
-        months = [e for e in os.scandir(backup_dir) if e.is_dir(follow_symlinks=False) and MONTH_DIR.match(e.name)]
+        with os.scandir(backup_dir) as it:
+            entries = [e for e in it if MONTH_DIR.match(e.name)]
     except FileNotFoundError:
-        return out
-    for m in months:
+        return []
+    months = []
+    for e in sorted(entries, key=lambda e: e.name):
+        if e.is_dir():  # follows a symlink
+            months.append(e)
+        elif e.is_symlink():
+            raise VolumeError(f"the month folder {e.path} links to {os.readlink(e.path)}, which cannot be "
+                              f"reached: mount the disk that holds it (or remove the link), then run again; "
+                              f"nothing was changed")
+    return months
+
+
+def zips_on_disk(backup_dir: Path) -> Dict[str, int]:
+    """``relpath -> size`` of every ``*.zip`` in the month folders (see :func:`month_folders`)."""
+    out: Dict[str, int] = {}
+    for m in month_folders(backup_dir):
         with os.scandir(m.path) as it:
             for e in it:
                 if e.name.endswith(".zip") and not e.name.startswith(".") and e.is_file(follow_symlinks=False):

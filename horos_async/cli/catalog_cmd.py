@@ -22,6 +22,8 @@ def build_parser_catalog(sub) -> None:
     c.add_argument("--from-zips", action="store_true", help="read the ZIPs' own labels instead of the ledger")
     c.add_argument("--search", metavar="TEXT", help="only patients whose name contains TEXT (accents ignored), or UID")
     c.add_argument("--all", action="store_true", help="also list studies that have no ZIP yet (failed, pending)")
+    c.add_argument("--only-in-backup", action="store_true",
+                   help="only studies Horos's database no longer has (their ZIPs are the only copy)")
     c.add_argument("--wide", action="store_true",
                    help="one line per study with every column in full (default: fit the terminal's width)")
     c.set_defaults(func=do_catalog)
@@ -29,7 +31,10 @@ def build_parser_catalog(sub) -> None:
 
 def do_catalog(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    rows = catalog.from_zips(cfg) if args.from_zips else catalog.from_ledger(cfg, include_all=args.all)
+    if args.from_zips and args.only_in_backup:
+        raise ConfigError("--only-in-backup needs the ledger (it records what Horos no longer has); drop --from-zips")
+    rows = (catalog.from_zips(cfg) if args.from_zips
+            else catalog.from_ledger(cfg, include_all=args.all, only_in_backup=args.only_in_backup))
     if args.search:
         rows = catalog.search(rows, args.search)
     if len(args.delimiter) != 1:

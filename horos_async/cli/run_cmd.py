@@ -12,13 +12,14 @@ import datetime as dt
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from horos_async import guards, health, logs, notify, schedule
 from horos_async.cli.common import add_common, config_from, say
-from horos_async.cli.signals import run_stoppable
+from horos_async.cli.signals import run_stoppable, stopped_code
 from horos_async.codes import RunOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, HorosBackupError, LockHeld
@@ -36,6 +37,8 @@ def build_parser_run(sub) -> None:
     r.add_argument("--max-minutes", type=float, metavar="M", help="start no new batch after M minutes")
     r.add_argument("--now", action="store_true", help="ignore 'run_window' (run outside the allowed hours)")
     r.add_argument("--progress", action="store_true", help="print one line per finished study")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="retry every study waiting for its retry time now (after fixing what made it fail)")
     r.add_argument("--accept-horos-db", action="store_true",
                    help="take Horos's database as it is now, after a HOROS_DB_SHRANK refusal you checked")
     r.set_defaults(func=do_run)
@@ -72,8 +75,29 @@ def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) ->
         from horos_async.backup import source_guard
 
         source_guard.accept(cfg)
-    return run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
-                      max_minutes=args.max_minutes, progress=progress, trace=trace)
+    code = run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
+                      max_minutes=args.max_minutes, progress=progress, retry_failed=args.retry_failed, trace=trace)
+    if code == EXIT_OK:
+        code = run_index_upkeep(cfg, progress=progress)
+        if code != EXIT_OK:  # stopped by a signal during the index upkeep
+            trace.outcome = RunOutcome.INTERRUPTED
+    return code
+
+
+def run_index_upkeep(cfg: Config, *, progress: bool = False) -> int:
+    """After an export that ended well: record which studies Horos no longer has and, when due, snapshot
+    Horos's index (ops/index_upkeep). Its problems are issues, never the run's exit code; a stop signal
+    exits 130."""
+    from horos_async.ops import index_upkeep
+
+    cancel = threading.Event()
+
+    def make():
+        return (lambda: index_upkeep.after_run(cfg, cancel=cancel, announce=say if progress else lambda text: None),
+                cancel.set)
+
+    _done, stopped = run_stoppable(make)
+    return stopped_code(EXIT_OK, stopped)
 
 
 def recorded(cfg: Config, body: Callable[[Trace], int]) -> int:
@@ -139,7 +163,8 @@ def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: 
 
 
 def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-               max_minutes: Optional[float] = None, progress: bool = False, trace: Optional[Trace] = None) -> int:
+               max_minutes: Optional[float] = None, progress: bool = False, retry_failed: bool = False,
+               trace: Optional[Trace] = None) -> int:
     """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
     from horos_async.backup.engine import Engine
 
@@ -147,7 +172,7 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
 
     def make():
         engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
-                        announce=announce)
+                        announce=announce, retry_failed=retry_failed)
         if trace is not None:
             trace.engine = engine
         return engine.run, engine.request_stop

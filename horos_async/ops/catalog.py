@@ -43,6 +43,8 @@ class Row:
     version: int
     state: str
     """``done``/``partial``/``pending``/``failed`` from the ledger; ``on disk`` with ``--from-zips``."""
+    only_in_backup_since: str = ""
+    """When Horos's database last had the study, if it no longer does (``YYYY-MM-DD``); empty while it does."""
 
 
 HEADER = [f.name for f in fields(Row)]
@@ -75,8 +77,9 @@ def _stamp(ts: Optional[float]) -> str:
         return ""
 
 
-def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
-    """Rows from the ledger, read-only; ``include_all`` adds studies that have no ZIP yet."""
+def from_ledger(cfg: Config, *, include_all: bool = False, only_in_backup: bool = False) -> List[Row]:
+    """Rows from the ledger, read-only; ``include_all`` adds studies that have no ZIP yet;
+    ``only_in_backup`` keeps the studies Horos's database no longer has."""
     path = cfg.ledger_path
     if not path.exists():
         missing = guards.backup_dir_missing(cfg)
@@ -85,7 +88,7 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
         raise LedgerError(f"no ledger at {path}; to list the ZIPs on disk anyway use 'catalog --from-zips'")
     try:
         with LedgerReader.open(path) as led:
-            records = led.catalog(include_all)
+            records = led.catalog(include_all, only_in_backup=only_in_backup)
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); use 'catalog --from-zips', and see "
                           f"'horos-backup doctor'") from None
@@ -96,7 +99,7 @@ def from_ledger(cfg: Config, *, include_all: bool = False) -> List[Row]:
             state = f"{state} (zip {r.zip_status})"  # e.g. moved to quarantine by verify, re-export queued
         rows.append(Row(_person(r.patient_name), _date(r.birth_date), _date(r.study_date), r.modalities or "",
                         r.uid or "", r.zip_path or "", int(r.zip_size or 0), int(r.files or 0),
-                        _stamp(r.exported_at), int(r.version or 0), state or ""))
+                        _stamp(r.exported_at), int(r.version or 0), state or "", _stamp(r.last_seen)[:10]))
     return rows
 
 
@@ -148,13 +151,19 @@ def to_table(rows: List[Row], name_width: int = 32, width: Optional[int] = None)
         return text if len(text) <= width else text[:width - 1] + "…"
 
     head = ("Patient", "Born", "Study date", "Mod", "Study UID", "ZIP", "MB", "Exported", "v", "State")
-    body = [(short(naming.printable(r.patient_name), name_width), r.birth_date, r.study_date, r.modalities, r.study_uid, r.zip_path,
-             f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version), r.state) for r in rows]
+    body = [(short(naming.printable(r.patient_name), name_width), r.birth_date, r.study_date, r.modalities,
+             r.study_uid, r.zip_path, f"{r.zip_bytes / 1e6:.1f}", r.exported_at[:16], str(r.version),
+             _state_shown(r)) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
     lines.append(_count(rows))
     return "\n".join(lines)
+
+
+def _state_shown(r: Row) -> str:
+    """The state column, with when Horos's database lost the study if it has (its ZIPs are the only copy)."""
+    return r.state + (f", only in the backup since {r.only_in_backup_since}" if r.only_in_backup_since else "")
 
 
 def _count(rows: List[Row]) -> str:
@@ -179,10 +188,11 @@ def _narrow_table(rows: List[Row], width: int) -> str:
     shortened = False
     for r, f in zip(rows, facts):
         lines.append(line(naming.printable(r.patient_name), f))
-        room = width - 4 - naming.cells(r.state)
+        state = _state_shown(r)
+        room = width - 4 - naming.cells(state)
         shown = naming.fit_middle(r.zip_path, room)
         shortened = shortened or shown != r.zip_path
-        lines.append(f"  {r.state}  {shown}".rstrip())
+        lines.append(f"  {state}  {shown}".rstrip())
     lines.append(_count(rows))
     if shortened:
         lines.append("ZIP names shortened with …: 'catalog --wide' or '--csv' shows them in full")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from horos_async import guards, platform
-from horos_async.ops import launchd
+from horos_async.ops import doctor_horos, launchd
 from horos_async.ops.doctor_checks import (  # noqa: F401 (re-exported: doctor's one public face)
     FAIL, INFO, PASS, SKIP, WARN, Check, Mounts, check_backup, check_database, check_filesystem, check_horos,
     check_mount_point, check_writable, filesystem_type, parse_mount_output, parse_proc_mounts, read_mounts)
@@ -40,6 +40,7 @@ def run_checks(cfg: Config, *, volumes_root: Path = Path("/Volumes"), mounts: Op
     macos = platform.is_macos() if macos is None else macos
     out: List[Check] = [check_config(cfg), check_sentinel(cfg)]
     out += check_horos(cfg)
+    out += doctor_horos.checks(cfg, home=home)  # what makes Horos lose studies or its index
     out += check_backup(cfg, volumes_root=volumes_root, mounts=mounts)
     out.append(check_lock(cfg))
     out.append(check_ledger(cfg))

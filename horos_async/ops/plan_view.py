@@ -9,9 +9,9 @@ from horos_async.backup import planner
 from horos_async.codes import IssueCode
 from horos_async.config import Config
 from horos_async.horos_db import HorosReader
-from horos_async.models import DONE, FAILED
+from horos_async.models import DONE, FAILED, PARTIAL
 from horos_async.state.ledger_read import LedgerReader, read_index
-from horos_async.state.ledger_records import StateTotals
+from horos_async.state.ledger_records import MISSING_KEPT, StateTotals
 
 
 def _ledger_bytes(cfg: Config) -> Dict[str, int]:
@@ -46,11 +46,15 @@ async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
             "zip_path": p.zip_relpath, "missing": list(p.missing),
             "file_paths": [{"path": str(f.source.path), "member": f.member, "size": f.size} for f in p.files],
         })
+        for note in p.bad_rows:
+            problems.append({"uid": s.uid, "code": IssueCode.BAD_ROW, "zip_path": p.zip_relpath, "detail": note,
+                             "first_missing": []})
         if p.missing:
             code = IssueCode.NO_FILES if not p.files else IssueCode.MISSING_FILES
             problems.append({"uid": s.uid, "code": code, "zip_path": p.zip_relpath,
                              "detail": f"{len(p.missing)} of {len(p.missing) + len(p.files)} files missing",
                              "first_missing": list(p.missing[:5])})
+    problems += _waiting_for_files(index, totals.waiting_files, now)
     return {
         "generated_at": now, "horos_data": str(cfg.horos_data), "backup_dir": str(cfg.backup_dir),
         "database_journal_mode": journal, "modalities": list(cfg.modalities),
@@ -60,6 +64,30 @@ async def build(cfg: Config, *, limit: int) -> Dict[str, Any]:
         "months": {m: {"eligible": v[0], "done": v[1]} for m, v in sorted(totals.months.items())},
         "studies": studies, "problems": problems,
     }
+
+
+def _waiting_for_files(index, keys: List[str], now: float) -> List[Dict[str, Any]]:
+    """Problems of the studies waiting (not due in this run) for files still missing: what to bring back.
+
+    Each run checks these paths again (one ``stat`` each) and retries the study as soon as they are back.
+    """
+    out = []
+    for key in keys:
+        entry, paths = index.get(key), index.missing.get(key, [])
+        if entry is None or not paths:
+            continue
+        n = f"{len(paths)}{' or more' if len(paths) >= MISSING_KEPT else ''}"
+        if entry.state == PARTIAL:
+            detail = (f"exported without {n} missing files (allow_partial); a new version is made when one "
+                      f"of them is back")
+        else:
+            retry = entry.next_attempt
+            when = "" if not retry or retry <= now else \
+                f", or at {time.strftime('%Y-%m-%d %H:%M', time.localtime(retry))}"
+            detail = f"waiting: {n} files missing; retried as soon as they are back{when}"
+        out.append({"uid": key.split("|", 1)[0], "code": entry.code or IssueCode.MISSING_FILES,
+                    "zip_path": entry.zip_path, "detail": detail, "waiting": True, "first_missing": list(paths[:5])})
+    return out
 
 
 def _mb(n: int) -> str:
@@ -90,5 +118,6 @@ def render(doc: Dict[str, Any]) -> str:
     if doc["problems"]:
         lines += ["", "Problems (these studies will not be marked done):"]
         for p in doc["problems"]:
-            lines.append(f"  {p['code']:<14} {p['uid']}: {p['detail']}; first: {p['first_missing'][0]}")
+            first = f"; first: {p['first_missing'][0]}" if p["first_missing"] else ""
+            lines.append(f"  {p['code']:<14} {p['uid']}: {p['detail']}{first}")
     return "\n".join(lines)

@@ -15,25 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import aiosqlite
 
 from horos_async.blocking import offload
 from horos_async.guards import human_bytes
+from horos_async.codes import IssueCode
 from horos_async.errors import DiskFull, HorosBackupError, LedgerError
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.platform import is_macos
 from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_names
-from horos_async.state.ledger_read import INDEX_SQL, index_from_rows
-from horos_async.state.ledger_records import LedgerIndex, ZipRecord, ZipToVerify
+from horos_async.state.ledger_read import INDEX_SQL, MARK_SQL, MISSING_SQL, ROWS_MARK, index_from_rows
+from horos_async.state.ledger_records import MISSING_KEPT, LedgerIndex, ZipRecord, ZipToVerify
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+"""2 added ``studies.last_seen`` (docs/design/horos-database.md §11: studies Horos deleted); 3 the counts
+that notice a study growing (§12)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS studies (
   state TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0, zip_path TEXT, fingerprint TEXT,
   date_added REAL, month TEXT, files INTEGER, bytes_in INTEGER, zip_size INTEGER,
   exported_at REAL, attempts INTEGER NOT NULL DEFAULT 0, code TEXT, detail TEXT, next_attempt REAL,
-  patient_name TEXT, birth_date TEXT, study_date TEXT, modalities TEXT);
+  patient_name TEXT, birth_date TEXT, study_date TEXT, modalities TEXT, last_seen REAL);
 CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
 CREATE INDEX IF NOT EXISTS studies_uid ON studies (uid);
 CREATE TABLE IF NOT EXISTS zips (
@@ -58,6 +62,43 @@ CREATE TABLE IF NOT EXISTS issues (
   detail TEXT, run_id INTEGER);
 CREATE TABLE IF NOT EXISTS conditions (code TEXT PRIMARY KEY, since REAL NOT NULL, detail TEXT);
 """
+"""Schema 1, as every ledger starts; :data:`MIGRATIONS` brings it to :data:`SCHEMA_VERSION`."""
+
+
+async def _columns(db: aiosqlite.Connection, table: str) -> Set[str]:
+    async with db.execute(f"PRAGMA table_info({table})") as cur:
+        return {r[1] for r in await cur.fetchall()}
+
+
+async def _to_3(db: aiosqlite.Connection) -> None:
+    """Schema 3: what the queue needs to move on its own (growth without a new ZDATEADDED, files coming
+    back): the study's image rows and series as the scan counts them, a "grew since export" flag, and
+    the missing paths of a study waiting for its files (docs/design/horos-database.md §12). The Horos
+    image-row mark needs no step: it is a ``meta`` row (:data:`ROWS_MARK`) the first scan writes; until
+    then every study's rows are counted once.
+
+    Every step adds only what ``PRAGMA table_info`` shows missing (tables and indexes only if absent), so
+    the steps compose in any order and a step run twice changes nothing."""
+    have = await _columns(db, "studies")
+    for column in ("image_rows", "series", "grown"):
+        if column not in have:
+            await db.execute(f"ALTER TABLE studies ADD COLUMN {column} INTEGER")
+    await db.execute("CREATE TABLE IF NOT EXISTS missing_files (key TEXT NOT NULL, path TEXT NOT NULL)")
+    await db.execute("CREATE INDEX IF NOT EXISTS missing_files_key ON missing_files (key)")
+
+
+async def _to_2(db: aiosqlite.Connection) -> None:
+    """Schema 2: ``studies.last_seen``, when Horos last listed the study (docs/design/horos-database.md §11).
+    Like :func:`_to_3`, it adds its column only when ``PRAGMA table_info`` lacks it."""
+    if "last_seen" not in await _columns(db, "studies"):
+        await db.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
+
+
+MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3}
+"""Target version -> the step that brings a ledger one version below it there (run in order, in one
+transaction; a version without a step here is skipped, see :func:`_to_3`)."""
+MISSING_CODES = (IssueCode.MISSING_FILES, IssueCode.NO_FILES)
+"""Failures that wait for files: their missing paths are kept, and checked again at each scan."""
 MAX_BACKOFF = 7 * 24 * 3600.0
 
 
@@ -106,15 +147,25 @@ class Ledger:
             await self.db.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
             async with self.db.execute("SELECT value FROM meta WHERE key='schema'") as cur:
                 row = await cur.fetchone()
-            if row is None:
-                await self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            version = 1 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
                 raise LedgerError(f"ledger {self.path} was written by a newer horos-backup (schema {row[0]}); "
                                   f"upgrade horos-backup")
+            if version < SCHEMA_VERSION:
+                await self._migrate(version)
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise fault(self.path, exc) from None
         return self
+
+    async def _migrate(self, version: int) -> None:
+        """Bring a schema-``version`` ledger (1 when new) to :data:`SCHEMA_VERSION`, in one transaction."""
+        async with self._txn():
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                step = MIGRATIONS.get(target)
+                if step is not None:
+                    await step(self.db)
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     @property
     def is_open(self) -> bool:
@@ -135,9 +186,15 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------------------------------
     async def index(self) -> LedgerIndex:
-        """Every study the ledger knows, by key (about 200 bytes per study in memory)."""
+        """Every study the ledger knows, by key (about 200 bytes per study in memory), with the missing
+        paths of the studies waiting for files and the Horos image-row mark."""
         async with self.db.execute(INDEX_SQL) as cur:
-            return index_from_rows(await cur.fetchall())
+            rows = await cur.fetchall()
+        async with self.db.execute(MISSING_SQL) as cur:
+            missing = await cur.fetchall()
+        async with self.db.execute(MARK_SQL) as cur:
+            mark = await cur.fetchone()
+        return index_from_rows(rows, missing, mark[0] if mark else None)
 
     async def refresh_pks(self, pks: Sequence[Tuple[str, int]]) -> None:
         """Record the ``Z_PK`` each study has now (a Horos rebuild renumbers them), in one commit, so a
@@ -156,7 +213,19 @@ class Ledger:
                     return False
             await self.db.execute("UPDATE studies SET key=?, patient_uid=? WHERE key=?", (new, patient_uid, old))
             await self.db.execute("UPDATE zips SET key=? WHERE key=?", (new, old))
+            await self.db.execute("UPDATE missing_files SET key=? WHERE key=?", (new, old))
         return True
+
+    async def note_growth(self, keys: Sequence[str], mark: Optional[Tuple[str, int]]) -> None:
+        """Flag these exported studies as grown (the scan saw new image rows for them) and move the
+        image-row mark to ``mark``, in one commit: no growth is forgotten once the mark has passed it."""
+        if not keys and mark is None:
+            return
+        async with self._txn():
+            await self.db.executemany("UPDATE studies SET grown=1 WHERE key=?", [(k,) for k in keys])
+            if mark is not None:
+                await self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                      (ROWS_MARK, json.dumps({"store": mark[0], "image_pk": mark[1]})))
 
     async def zip_rows(self) -> Dict[str, ZipRecord]:
         """Every ZIP ever recorded, by ``zip_path``."""
@@ -236,6 +305,7 @@ class Ledger:
                  s.date_added, plan.month, len(plan.files), plan.total_bytes, zip_size, now, code, detail,
                  s.patient_name, s.birth_date.isoformat() if s.birth_date else None,
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
+            await self._seen(plan, plan.missing)
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
                         members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
@@ -292,16 +362,43 @@ class Ledger:
                      s.birth_date.isoformat() if s.birth_date else None,
                      s.study_date.isoformat() if s.study_date else None, s.modalities))
             else:
-                state = row[0] if (keep_done and row[0] == DONE) else FAILED
+                state = row[0] if (keep_done and row[0] in (DONE, PARTIAL)) else FAILED
                 await self.db.execute(
                     "UPDATE studies SET state=?, attempts=?, code=?, detail=?, next_attempt=? WHERE key=?",
                     (state, attempts, outcome.code, outcome.detail, now + delay, key))
+            if plan is not None:  # what it waits for: its files (checked again at each scan), or nothing
+                waiting = outcome.code in MISSING_CODES and (plan.missing or outcome.extra)
+                await self._missing(key, waiting or ())
             return new_event
 
-    async def touch_unchanged(self, key: str, date_added: Optional[float]) -> None:
-        """The study's date changed but its files did not: remember the new date, export nothing."""
-        async with self._lock:
+    async def touch_unchanged(self, key: str, date_added: Optional[float], plan: Optional[StudyPlan] = None) -> None:
+        """The study's date or rows changed but its files did not: remember what was seen, export nothing."""
+        async with self._txn():
             await self.db.execute("UPDATE studies SET date_added=? WHERE key=?", (date_added, key))
+            if plan is not None:
+                await self._seen(plan, plan.missing)
+
+    async def _seen(self, plan: StudyPlan, missing: Sequence[str]) -> None:
+        """Inside a transaction: the study's rows as exported (no longer grown) and its missing paths."""
+        await self.db.execute("UPDATE studies SET image_rows=?, series=?, grown=NULL WHERE key=?",
+                              (plan.counts[0], plan.counts[1], plan.study.key))
+        await self._missing(plan.study.key, missing)
+
+    async def _missing(self, key: str, paths: Sequence[str]) -> None:
+        """Inside a transaction: replace the study's recorded missing paths (the first MISSING_KEPT)."""
+        await self.db.execute("DELETE FROM missing_files WHERE key=?", (key,))
+        await self.db.executemany("INSERT INTO missing_files VALUES (?, ?)",
+                                  [(key, str(p)) for p in paths[:MISSING_KEPT]])
+
+    async def bad_row(self, key: str, uid: str, note: str) -> bool:
+        """Record a malformed Horos row of this study as a ``BAD_ROW`` issue, once (True when new)."""
+        stored = note if self.names_in_csv else redact_zip_names(note)  # as issue() stores it
+        async with self.db.execute("SELECT 1 FROM issues WHERE code=? AND key=? AND detail=? LIMIT 1",
+                                   (IssueCode.BAD_ROW, key, stored)) as cur:
+            if await cur.fetchone() is not None:
+                return False
+        await self.issue(IssueCode.BAD_ROW, note, key, uid)
+        return True
 
     async def mark_zip_bad(self, zip_path: str, status: str, code: str, detail: str) -> Optional[str]:
         """A recorded ZIP is missing or invalid: flag it and requeue its study. Returns the study key."""
@@ -364,6 +461,39 @@ class Ledger:
             if not active and exists:
                 await self.db.execute("DELETE FROM conditions WHERE code=?", (code,))
             return False
+
+    async def condition_since(self, code: str) -> Optional[float]:
+        """When an ongoing condition (see :meth:`condition`) started; None when it is not active."""
+        async with self.db.execute("SELECT since FROM conditions WHERE code=?", (code,)) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def mark_presence(self, present: AbstractSet[str], now: Optional[float] = None) -> Tuple[int, int]:
+        """After a scan of every study row in Horos: record which known studies Horos no longer has.
+
+        ``last_seen`` stays NULL while Horos has the study. When a scan no longer finds it, it becomes the
+        time of the last scan that did (meta ``presence_scan``; on the very first scan, when the study was
+        exported), and is cleared if the study comes back. Only those changes are written, so a scan
+        costs one small commit. Nothing is ever deleted: the study's record and ZIPs stay. Returns
+        (studies newly gone, studies back).
+        """
+        now = time.time() if now is None else now
+        async with self.db.execute("SELECT value FROM meta WHERE key='presence_scan'") as cur:
+            row = await cur.fetchone()
+        previous = float(row[0]) if row else None
+        gone, back = [], []
+        async with self.db.execute("SELECT key, last_seen, exported_at FROM studies") as cur:
+            async for key, last_seen, exported_at in cur:
+                if key in present:
+                    if last_seen is not None:
+                        back.append((key,))
+                elif last_seen is None:
+                    gone.append((previous or exported_at or now, key))
+        async with self._txn():
+            await self.db.executemany("UPDATE studies SET last_seen=? WHERE key=?", gone)
+            await self.db.executemany("UPDATE studies SET last_seen=NULL WHERE key=?", back)
+            await self.db.execute("INSERT OR REPLACE INTO meta VALUES ('presence_scan', ?)", (repr(now),))
+        return len(gone), len(back)
 
 
 FULL_BELOW = 16 << 20

@@ -11,20 +11,27 @@ Errors stay SQLite's (``sqlite3.OperationalError`` when the file cannot be opene
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from horos_async.errors import LedgerError, VolumeError
+from horos_async.errors import HorosBackupError, LedgerError, VolumeError
 from horos_async.state.ledger_records import (Entry, IssueRecord, LedgerIndex, RunRecord, RunsSince,
                                               StateTotals, StudyRecord)
 
-INDEX_SQL = ("SELECT key, state, version, date_added, fingerprint, next_attempt, zip_path, code, horos_pk, uid "
-             "FROM studies")
+INDEX_COLUMNS = ("key", "state", "version", "date_added", "fingerprint", "next_attempt", "zip_path", "code",
+                 "horos_pk", "uid", "files", "image_rows", "series", "grown")
+INDEX_SQL = f"SELECT {', '.join(INDEX_COLUMNS)} FROM studies"
+MISSING_SQL = "SELECT key, path FROM missing_files ORDER BY rowid"
+ROWS_MARK = "horos_rows_mark"
+"""``meta`` key of the Horos image-row high-water mark (JSON ``{"store": uuid, "image_pk": n}``; written by
+``Ledger.note_growth``)."""
+MARK_SQL = f"SELECT value FROM meta WHERE key='{ROWS_MARK}'"
 _CATALOG_SQL = """
 SELECT s.patient_name, s.birth_date, s.study_date, s.modalities, s.uid, s.zip_path, s.zip_size, s.files,
-       s.exported_at, s.version, s.state, z.status
+       s.exported_at, s.version, s.state, z.status, {last_seen}
 FROM studies s LEFT JOIN zips z ON z.zip_path = s.zip_path
 {where}
 ORDER BY s.study_date, s.uid
@@ -32,12 +39,27 @@ ORDER BY s.study_date, s.uid
 _READY_TABLES = {"studies", "issues", "runs"}
 
 
-def index_from_rows(rows: Iterable[Sequence]) -> LedgerIndex:
-    """A LedgerIndex from rows of ``INDEX_SQL`` (the writer's and the reader's, one decoding)."""
+def index_from_rows(rows: Iterable[Sequence], missing: Iterable[Sequence] = (),
+                    mark: Optional[str] = None) -> LedgerIndex:
+    """A LedgerIndex from rows of ``INDEX_SQL``, of ``MISSING_SQL`` and the ``MARK_SQL`` value (the
+    writer's and the reader's, one decoding)."""
     index = LedgerIndex()
     for r in rows:
-        index.add(r[0], r[9], Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8]))
+        index.add(r[0], r[9], Entry(r[1], r[2] or 0, r[3], r[4] or "", r[5], r[6] or "", r[7] or "", r[8],
+                                    r[10], r[11], r[12], bool(r[13])))
+    for key, path in missing:
+        index.missing.setdefault(key, []).append(path)
+    index.rows_mark = _mark(mark)
     return index
+
+
+def _mark(text: Optional[str]) -> Optional[Tuple[str, int]]:
+    """The image-row mark from its ``meta`` value; None when absent or unreadable (counted afresh)."""
+    try:
+        value = json.loads(text) if text else None
+        return (str(value["store"]), int(value["image_pk"])) if value else None
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
@@ -136,14 +158,48 @@ class LedgerReader:
             "SELECT MIN(started), COALESCE(SUM(studies_done), 0) FROM runs WHERE started >= ?", (since,)).fetchone()
         return RunsSince(first, int(studies or 0))
 
-    def catalog(self, include_all: bool = False) -> List[StudyRecord]:
-        """Every study with a ZIP (``include_all``: every study), by study date then UID."""
-        where = "" if include_all else "WHERE s.zip_path IS NOT NULL AND s.zip_path != ''"
-        return [StudyRecord(*r) for r in self.con.execute(_CATALOG_SQL.format(where=where))]
+    def has_last_seen(self) -> bool:
+        """True on a ledger of schema 2 or later: ``studies.last_seen`` records the studies Horos's database
+        no longer has (docs/design/horos-database.md §11). A reader never migrates: an older ledger reads
+        as "Horos still has every study" until the engine opens it."""
+        return "last_seen" in {r[1] for r in self.con.execute("PRAGMA table_info(studies)")}
+
+    def catalog(self, include_all: bool = False, only_in_backup: bool = False) -> List[StudyRecord]:
+        """Every study with a ZIP (``include_all``: every study), by study date then UID;
+        ``only_in_backup`` keeps the studies Horos's database no longer has."""
+        schema2 = self.has_last_seen()
+        where = [] if include_all else ["s.zip_path IS NOT NULL AND s.zip_path != ''"]
+        if only_in_backup:
+            where.append("s.last_seen IS NOT NULL" if schema2 else "0")
+        sql = _CATALOG_SQL.format(where="WHERE " + " AND ".join(where) if where else "",
+                                  last_seen="s.last_seen" if schema2 else "NULL")
+        return [StudyRecord(*r) for r in self.con.execute(sql)]
+
+    def only_in_backup(self) -> int:
+        """Backed-up studies Horos's database no longer has (their ZIPs are the only copy); 0 on a ledger
+        older than schema 2."""
+        if not self.has_last_seen():
+            return 0
+        return self.con.execute(
+            "SELECT COUNT(*) FROM studies WHERE last_seen IS NOT NULL AND COALESCE(zip_path, '') != ''").fetchone()[0]
+
+    def issue_times(self, code: str) -> List[float]:
+        """When issues with ``code`` were recorded, oldest first."""
+        return [float(r[0]) for r in self.con.execute("SELECT ts FROM issues WHERE code=? ORDER BY ts", (code,))]
 
     def index(self) -> LedgerIndex:
-        """Every study the ledger knows, by key (what the planner compares with Horos)."""
-        return index_from_rows(self.con.execute(INDEX_SQL).fetchall())
+        """Every study the ledger knows, by key (what the planner compares with Horos), with the missing
+        paths of the studies waiting for files and the Horos image-row mark.
+
+        A ledger not yet migrated (written by an older horos-backup, no run since) reads with NULL for
+        the columns it lacks and no missing paths."""
+        have = {r[1] for r in self.con.execute("PRAGMA table_info(studies)")}
+        columns = ", ".join(c if c in have else "NULL" for c in INDEX_COLUMNS)
+        rows = self.con.execute(f"SELECT {columns} FROM studies").fetchall()
+        tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = self.con.execute(MISSING_SQL).fetchall() if "missing_files" in tables else []
+        mark = self.con.execute(MARK_SQL).fetchone()
+        return index_from_rows(rows, missing, mark[0] if mark else None)
 
 
 def read_index(path: Path) -> LedgerIndex:
@@ -155,3 +211,16 @@ def read_index(path: Path) -> LedgerIndex:
             return led.index()
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"ledger {path} cannot be read ({exc}); run 'horos-backup doctor'") from None
+
+
+def issue_times(path: Path, code: str) -> List[float]:
+    """When issues with ``code`` were recorded (empty when there is no ledger or it cannot be read).
+
+    ``index`` retention keeps the last snapshot before each ``HOROS_DB_SHRANK`` (the mass-drop guard)."""
+    if not path.exists():
+        return []
+    try:
+        with LedgerReader.open(path) as led:
+            return led.issue_times(code)
+    except (sqlite3.Error, HorosBackupError):
+        return []

@@ -9,7 +9,12 @@ frozen dataclasses, so ``status --json`` shows them as objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+MISSING_KEPT = 20
+"""Missing paths the ledger keeps per study waiting for its files (the first ones): enough to see them come
+back (the retry itself checks every file), few enough that a whole unmounted volume of linked studies
+stays small in memory."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,14 @@ class Entry:
     code: str
     horos_pk: Optional[int] = None
     """``ZSTUDY.Z_PK`` last seen for the study (refreshed after a Horos database rebuild)."""
+    files: Optional[int] = None
+    """Files in the study's current ZIP."""
+    image_rows: Optional[int] = None
+    """Image rows of the study when it was exported, as the scan counts them (None: not recorded yet)."""
+    series: Optional[int] = None
+    """Series holding those image rows."""
+    grown: bool = False
+    """The scan saw new image rows for the study since its export (``Ledger.note_growth``)."""
 
 
 class LedgerIndex(Dict[str, Entry]):
@@ -38,6 +51,11 @@ class LedgerIndex(Dict[str, Entry]):
     def __init__(self) -> None:
         super().__init__()
         self.by_pk: Dict[int, Optional[Tuple[str, str]]] = {}
+        self.missing: Dict[str, List[str]] = {}
+        """key -> the paths a study waiting for its files lacked at its last attempt (the first
+        :data:`MISSING_KEPT`)."""
+        self.rows_mark: Optional[Tuple[str, int]] = None
+        """(Horos store UUID, highest ``ZIMAGE.Z_PK``) the last recorded scan had seen, or None."""
 
     def add(self, key: str, uid: str, entry: Entry) -> None:
         """Index one study under its key and, when known, its ``Z_PK``."""
@@ -98,6 +116,8 @@ class StudyRecord(NamedTuple):
     state: Optional[str]
     zip_status: Optional[str]
     """The current ZIP's ``zips.status`` (None when the study has no ZIP row)."""
+    last_seen: Optional[float] = None
+    """Unix seconds: when Horos's database last had the study, if it no longer does (None while it does)."""
 
 
 @dataclass(frozen=True)
