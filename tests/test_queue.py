@@ -258,7 +258,8 @@ def test_a_schema_2_ledger_with_another_changes_column_migrates_to_3(lib, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in zips(backup)}
     _as_schema_1(backup)
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    con.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
+    if "last_seen" not in {r[1] for r in con.execute("PRAGMA table_info(studies)")}:
+        con.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
     con.execute("UPDATE studies SET last_seen = 1234.5")
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     con.commit()
