@@ -19,22 +19,12 @@ from horos_async import cli, config as config_mod, demo
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, VolumeError
 from horos_async.ops import plan_view
 
-from helpers import assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips, zips_by_key
+from helpers import horos_sql as sql, assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips, zips_by_key
 
 
 @pytest.fixture
 def lib(tmp_path):
     return demo.build_demo(tmp_path / "lib", studies=2)
-
-
-def sql(lib, query, *args):
-    con = sqlite3.connect(str(lib.database))
-    try:
-        rows = con.execute(query, args).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
 
 
 def issues(backup, code=None):
