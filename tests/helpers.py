@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sqlite3
 import zipfile
 from pathlib import Path
 from typing import Dict, List
@@ -124,3 +125,14 @@ def small_tmpfs(folder: Path, size_mb: int):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def horos_sql(lib, query, *args):
+    """Run one statement on a demo library's Database.sql (as Horos or another tool would), committed."""
+    con = sqlite3.connect(str(lib.database))
+    try:
+        rows = con.execute(query, args).fetchall()
+        con.commit()
+        return rows
+    finally:
+        con.close()

@@ -15,22 +15,12 @@ import pytest
 
 from horos_async import demo
 
-from helpers import make_config, run, zips, zips_by_key
+from helpers import horos_sql as sql, make_config, run, zips, zips_by_key
 
 
 @pytest.fixture
 def lib(tmp_path):
     return demo.build_demo(tmp_path / "lib", studies=2)
-
-
-def sql(lib, query, *args):
-    con = sqlite3.connect(str(lib.database))
-    try:
-        rows = con.execute(query, args).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
 
 
 def zip_mtimes(backup):

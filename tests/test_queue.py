@@ -19,22 +19,12 @@ from horos_async import cli, config as config_mod, demo
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, VolumeError
 from horos_async.ops import plan_view
 
-from helpers import assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips, zips_by_key
+from helpers import horos_sql as sql, assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips, zips_by_key
 
 
 @pytest.fixture
 def lib(tmp_path):
     return demo.build_demo(tmp_path / "lib", studies=2)
-
-
-def sql(lib, query, *args):
-    con = sqlite3.connect(str(lib.database))
-    try:
-        rows = con.execute(query, args).fetchall()
-        con.commit()
-        return rows
-    finally:
-        con.close()
 
 
 def issues(backup, code=None):
@@ -259,7 +249,8 @@ def test_a_schema_2_ledger_with_another_changes_column_migrates_to_3(lib, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in zips(backup)}
     _as_schema_1(backup)
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    con.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
+    if "last_seen" not in {r[1] for r in con.execute("PRAGMA table_info(studies)")}:
+        con.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
     con.execute("UPDATE studies SET last_seen = 1234.5")
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     con.commit()
