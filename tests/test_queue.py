@@ -206,10 +206,9 @@ def test_study_that_grows_without_a_new_date_added_gets_a_new_version(lib, tmp_p
 
 
 def _as_schema_1(backup) -> None:
-    """Turn the ledger back into what horos-backup wrote at schema 1 (no ``last_seen``, no counts, no
-    missing paths)."""
+    """Turn the ledger back into what horos-backup wrote before schema 3 (no counts, no missing paths)."""
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    for column in ("last_seen", "image_rows", "series", "grown"):
+    for column in ("image_rows", "series", "grown"):
         con.execute(f"ALTER TABLE studies DROP COLUMN {column}")
     con.execute("DROP TABLE missing_files")
     con.execute("DELETE FROM meta WHERE key = 'horos_rows_mark'")
