@@ -178,3 +178,22 @@ def test_cli_start_check_reads_run_window_in_the_configured_timezone(tmp_path, s
             assert cli.main(["run", "--config", str(path), "--now"]) == 0
             assert zips(cfg.backup_dir)
 
+
+
+def test_a_run_keeps_an_idle_mac_awake_until_it_exits(tmp_path, monkeypatch):
+    """macOS: `caffeinate -i -m -w <pid>` holds the Mac awake for the run's life; Linux: nothing starts."""
+    from horos_async import platform
+
+    assert platform.keep_awake(os.getpid(), macos=False) is None
+    seen = tmp_path / "argv"
+    fake = tmp_path / "bin" / "caffeinate"  # records its arguments, then waits as caffeinate -w does
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > {seen}\nwhile kill -0 "$4" 2>/dev/null; do sleep 0.05; done\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    awake = platform.keep_awake(child.pid, macos=True)
+    assert awake is not None
+    child.wait()
+    assert awake.wait(timeout=10) == 0  # it ends by itself with the process it watches
+    assert seen.read_text().split() == ["-i", "-m", "-w", str(child.pid)]

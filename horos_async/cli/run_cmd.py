@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Optional
 
-from horos_async import guards, logs, schedule
+from horos_async import guards, logs, platform, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable
 from horos_async.codes import RunOutcome
@@ -49,8 +49,14 @@ def do_run(args: argparse.Namespace) -> int:
     guards.check_backup_writable(cfg)  # a read-only volume: one clear message (exit 7), not a traceback from the log
     progress = args.progress or sys.stdout.isatty()
     logs.setup(cfg, verbose=args.verbose, interactive=progress)
-    return run_engine(cfg, max_studies=args.max_studies, max_minutes=args.max_minutes, ignore_window=args.now,
-                      progress=progress)
+    awake = platform.keep_awake(os.getpid())  # a long catch-up must not stop because the Mac dozed off
+    try:
+        return run_engine(cfg, max_studies=args.max_studies, max_minutes=args.max_minutes,
+                          ignore_window=args.now, progress=progress)
+    finally:
+        if awake is not None:
+            awake.terminate()
+            awake.wait()
 
 
 def run_engine(cfg: Config, *, until_done: bool = True, max_studies: Optional[int] = None,
