@@ -117,6 +117,9 @@ class RunOutcome(_Code):
 
     OK = ("ok", "studies were exported (or failed and were recorded)", "nothing")
     NOTHING_TO_DO = ("nothing-to-do", "no study was due", "nothing")
+    LIMIT_REACHED = ("limit-reached", "run_window closed or the time budget (max_run_minutes, --max-minutes) "
+                                      "was spent before any study was exported; studies are still due",
+                     "nothing: the next run inside the window goes on")
     PAUSED = ("paused", "a guard paused the run (Horos importing)", "nothing: the next run tries again")
     INTERRUPTED = ("interrupted", "stopped by SIGTERM/SIGINT, cleanly", "nothing: the next run resumes")
     OUTSIDE_WINDOW = ("outside-window", "started outside run_window: nothing done (health file only)",

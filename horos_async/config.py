@@ -87,11 +87,14 @@ class Config:
     modalities: Tuple[str, ...] = ("CT", "MR")
     """A study is due when at least one of its series has one of these modalities (upper case)."""
     batch_size: int = 15
-    """Studies per batch: one short database read, then up to ``concurrency`` ZIP jobs at once."""
+    """Studies read from the Horos database in one short read transaction (released before any file is
+    touched). Only the size of one read: a run goes on, batch after batch, until nothing is due."""
     concurrency: int = 2
     """ZIP jobs running at once (threads); 2 suits a 2-core Mac, raise it on faster machines."""
-    sleep_between_studies: float = 1.0
-    """Seconds to pause before starting each study, so Horos keeps its share of the disk."""
+    sleep_between_studies: float = 0.0
+    """Seconds to pause before starting each study (0 = none). Horos already keeps its share without it:
+    runs are low-priority I/O, niced, pause while INCOMING is busy, and never hold a database
+    transaction over file I/O; raise it only if the Mac feels slow during a run."""
     order_by: str = "study_date"
     """Export order: ``study_date`` (oldest acquisition first) or ``date_added`` (oldest import first)."""
     incoming_max_files: int = 25000
@@ -134,7 +137,11 @@ class Config:
     start_interval: int = 600
     """launchd ``StartInterval``: seconds between scheduled runs."""
     run_window: str = ""
-    """Only run inside this local window, e.g. ``"20:00-06:00"``; empty = any time."""
+    """Only run inside this window of the Horos Mac's local time (``timezone``), e.g. ``"20:00-06:00"``;
+    checked before every study, so a run stops when the window closes. Empty = any time."""
+    max_run_minutes: float = 0.0
+    """Time budget of one run, in minutes: no study starts after it is spent (running ones finish);
+    0 = no budget, the run goes on until nothing is due. ``run --max-minutes`` overrides it."""
     index_snapshot_hours: float = 24.0
     """Hours between automatic snapshots of Horos's index (``Database.sql`` and its side files), taken by
     the scheduled run inside ``run_window``; 0 turns the automatic snapshot off (``index snapshot`` still
@@ -407,6 +414,7 @@ def validate(cfg: Config) -> Config:
         ("index_lock_budget_ms", 10 <= cfg.index_lock_budget_ms <= 2000, "must be between 10 and 2000 milliseconds"),
         ("index_quiet_seconds", 0 <= cfg.index_quiet_seconds <= 3600, "must be between 0 and 3600 seconds"),
         ("shrink_threshold", 0 <= cfg.shrink_threshold <= 1, "must be between 0 (off) and 1"),
+        ("max_run_minutes", cfg.max_run_minutes >= 0, "must not be negative (0 = no budget)"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -1,4 +1,5 @@
-"""The one seam between macOS and Linux: syncing files and directories all the way to the device.
+"""The one seam between macOS and Linux: syncing files and directories all the way to the device (and
+keeping an idle Mac awake during a run, :func:`keep_awake`).
 
 On macOS ``os.fsync`` only hands data to the drive, which may hold it in a volatile cache; only
 ``fcntl(F_FULLFSYNC)`` asks the drive to write it out (docs/design/durability.md §1 step 2). Some filesystems
@@ -12,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional, Set, Tuple, Union
@@ -260,3 +263,20 @@ def pids_named(name: str) -> List[int]:
     """Pids of running processes whose program name is exactly ``name`` (``Horos``), this one excluded."""
     me = os.getpid()
     return sorted({pid for pid, prog in running_processes() if prog == name and pid != me})
+
+
+def keep_awake(pid: int, *, macos: Optional[bool] = None) -> Optional[subprocess.Popen]:
+    """macOS: keep an idle Mac (and its disks) from sleeping while process ``pid`` runs, with
+    ``caffeinate -i -m -w pid``; the assertion ends by itself when ``pid`` exits. A Mac that dozes off
+    mid-backlog stops the run, and launchd fires no run while it sleeps (README "Install on the Horos
+    Mac"). Elsewhere, or when caffeinate cannot start: None, and nothing changes."""
+    if not (is_macos() if macos is None else macos):
+        return None
+    program = shutil.which("caffeinate") or "/usr/bin/caffeinate"
+    try:
+        return subprocess.Popen([program, "-i", "-m", "-w", str(pid)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError as exc:
+        log.warning("cannot start %s (%s): an idle Mac may sleep during this run; see README "
+                    "'Install on the Horos Mac' to keep it awake", program, exc.strerror or exc)
+        return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Tuple
+from typing import Optional, Tuple
 
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
@@ -24,7 +24,8 @@ def parse_window(text: str) -> Tuple[dt.time, dt.time]:
 
 
 def in_window(now: dt.datetime, text: str) -> bool:
-    """True when ``now`` (local) is inside the window, or when no window is configured."""
+    """True when ``now`` (local wall-clock time: the caller reads it in the configured ``timezone``) is
+    inside the window, or when no window is configured."""
     if not text:
         return True
     start, end = parse_window(text)
@@ -32,3 +33,12 @@ def in_window(now: dt.datetime, text: str) -> bool:
     if start < end:
         return start <= t < end
     return t >= start or t < end
+
+
+def window_open(unix: float, text: str, zone: Optional[dt.tzinfo]) -> bool:
+    """:func:`in_window` at the instant ``unix`` read in ``zone`` (the configured ``timezone``; None:
+    this machine's local time)."""
+    if not text:
+        return True
+    now = dt.datetime.fromtimestamp(unix, zone) if zone is not None else dt.datetime.fromtimestamp(unix)
+    return in_window(now, text)

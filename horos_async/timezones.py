@@ -52,6 +52,12 @@ def system_zone() -> Optional[dt.tzinfo]:
     return None
 
 
+def zone_for(name: str) -> Optional[dt.tzinfo]:
+    """The config's ``timezone`` as a zone: the IANA zone ``name``, or this machine's zone when empty
+    (None when even that is unknown: then local time is this machine's, as ``to_local`` reads it)."""
+    return load_zone(name) if name else system_zone()
+
+
 def cocoa_to_unix(value: Optional[float]) -> Optional[float]:
     """Core Data seconds-since-2001 (int or float) to Unix seconds; None stays None."""
     if value is None or value == "":

@@ -8,8 +8,8 @@ process may (root on Linux), otherwise every run starts equally warm (all source
              testzip(), fsync per ZIP (what the classic script does)
   ceiling  : ISA-L deflate level 1 through zipfile, 2 threads, members streamed in 1 MiB chunks,
              testzip with ISA-L inflate, fsync per ZIP (the fastest verified pipeline a short script builds)
-  engine   : `horos-backup run --until-done` with default settings (sleep_between_studies = 0 so the
-             throttle does not count), concurrency 2, then 1; and store mode (information only)
+  engine   : `horos-backup run` (what the LaunchAgent runs) with the product's default settings,
+             concurrency 2, then 1; and store mode (information only)
 
 Usage: python scripts/bench.py [--lib DIR] [--studies 40] [--images 40] [--big-files 20000]
 """
@@ -154,12 +154,12 @@ def engine_cmd(lib, backup: Path, work: Path, **over):
     from horos_async import config as config_mod
 
     data = {"horos_data": str(lib.horos_data), "backup_dir": str(backup), "sentinel": "",
-            "timezone": lib.timezone, "sleep_between_studies": 0, "min_free_gb": 0.5, "horos_free_gb": 0.5}
+            "timezone": lib.timezone, "min_free_gb": 0.5, "horos_free_gb": 0.5}
     data.update(over)
     cfg = config_mod.from_mapping(data)
     path = work / f"cfg-{backup.name}.toml"
     path.write_text(config_mod.render_toml(cfg), encoding="utf-8")
-    return [sys.executable, "-m", "horos_async", "run", "--config", str(path), "--until-done"]
+    return [sys.executable, "-m", "horos_async", "run", "--config", str(path)]
 
 
 def main() -> None:

@@ -90,13 +90,6 @@ def test_rerun_does_nothing_and_failures_are_not_repeated(lib, backup):
     assert len(issues_rows(backup)) == rows_before  # same problem, same study: no new row
 
 
-def test_default_run_is_one_batch(lib, backup):
-    cfg = make_config(lib, backup, batch_size=3)
-    result = run(cfg)
-    assert result.done + result.failed == 3
-    assert len(zips(backup)) <= 3
-
-
 def test_partial_export_when_allowed_is_recorded_partial(lib, backup):
     cfg = make_config(lib, backup, allow_partial=True)
     run(cfg, until_done=True)

@@ -1,7 +1,8 @@
 """The asyncio engine: one run of ``horos-backup run`` from guards to ledger.
 
 Flow: guards (sentinel, volumes, run lock) → ledger → reconcile the backup folder with the ledger →
-INCOMING guard → scan → batches: read one batch (short DB transaction) → up to ``concurrency`` ZIP
+INCOMING guard → scan → batches, until nothing is due, the time budget is spent or ``run_window``
+closes (checked before every study): read one batch (short DB transaction) → up to ``concurrency`` ZIP
 jobs at once (blocking work in a thread pool sized by the knob, reached only through ``_offload``, a
 :class:`horos_async.blocking.Offload`) → each job (:class:`horos_async.backup.job.StudyJob`, built from
 a declared :class:`~horos_async.backup.job.JobContext`): claim space → build temp ZIP → verify →
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from horos_async import allocator, durable, guards
+from horos_async import allocator, durable, guards, schedule
 from horos_async.backup import archive, planner, reconcile, source_guard
 from horos_async.backup.job import JobContext, StudyJob, compression_flags
 from horos_async.blocking import Offload
@@ -33,6 +34,7 @@ from horos_async.state.ledger import Ledger, fault as ledger_fault
 from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.backup.months import update_month_markers
 from horos_async.state.live import LiveState
+from horos_async.timezones import zone_for
 
 log = logging.getLogger(__name__)
 LOOKAHEAD_BATCHES = 20
@@ -44,7 +46,7 @@ class RunResult:
 
     exit_code: int = EXIT_OK
     outcome: str = RunOutcome.OK
-    """``ok``, ``nothing-to-do``, ``paused``, ``interrupted`` or an error class name."""
+    """``ok``, ``nothing-to-do``, ``limit-reached``, ``paused``, ``interrupted`` or an error class name."""
     message: str = ""
     done: int = 0
     failed: int = 0
@@ -55,17 +57,28 @@ class RunResult:
 
 
 class Engine:
-    """One run. Create, then ``await run()``; ``request_stop()`` is safe from a signal handler."""
+    """One run. Create, then ``await run()``; ``request_stop()`` is safe from a signal handler.
 
-    def __init__(self, cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-                 max_minutes: Optional[float] = None, clock=time.time, announce=None,
-                 retry_failed: bool = False) -> None:
+    A run exports batch after batch until nothing is due; it starts no new study once ``max_studies``
+    have been planned, the time budget (``max_minutes``, else the config's ``max_run_minutes``) is spent
+    or ``run_window`` has closed. ``clock`` is the wall clock (Unix seconds) for all three and for the
+    planner: wall time, not a monotonic clock, because a sleeping Mac's monotonic clock stands still
+    while the window and the budget, as people read them, do not.
+    """
+
+    def __init__(self, cfg: Config, *, until_done: bool = True, max_studies: Optional[int] = None,
+                 max_minutes: Optional[float] = None, ignore_window: bool = False, clock=time.time,
+                 announce=None, retry_failed: bool = False) -> None:
         self.cfg = cfg
-        self.until_done = until_done
+        del until_done  # accepted for older callers: every run now goes on until nothing is due
         self.retry_failed = retry_failed  # run --retry-failed: the planner lets no study wait for its retry time
         self.max_studies = max_studies
-        self.max_minutes = max_minutes
+        self.max_minutes = max_minutes if max_minutes is not None else (cfg.max_run_minutes or None)
+        self.budget_source = "--max-minutes" if max_minutes is not None else "max_run_minutes"
+        self.window = "" if ignore_window else cfg.run_window  # ``run --now`` ignores it
+        self.zone = zone_for(cfg.timezone) if self.window else None  # the Horos Mac's zone (docs/design/horos-database.md §5)
         self.clock = clock
+        self.limit = ""  # why no further study may start: the window closed, or the budget is spent
         self.announce = announce or (lambda text: None)
         self.stop: Optional[asyncio.Event] = None  # made inside run(): Python 3.9 binds it to a loop
         self.cancel = threading.Event()
@@ -75,7 +88,7 @@ class Engine:
         self.live = LiveState(cfg.live_status_path, incoming_limit=cfg.incoming_max_files)
         self.ledger: Optional[Ledger] = None
         self.fatal: Optional[BaseException] = None
-        self.started = time.monotonic()
+        self.started = clock()  # the budget counts from here (run() sets it again as it starts)
         self.shares_horos_disk = False
         self.attempted: set = set()
         self.processed = 0  # studies planned in this run (for --max-studies)
@@ -98,6 +111,7 @@ class Engine:
     async def run(self) -> RunResult:
         """Do one run; raises HorosBackupError subclasses for run-level faults."""
         cfg = self.cfg
+        self.started = self.clock()
         self.stop = asyncio.Event()
         if self.cancel.is_set():  # a signal arrived before the loop started
             self.stop.set()
@@ -196,12 +210,11 @@ class Engine:
         if await self._incoming_busy():
             r.outcome = RunOutcome.PAUSED
             return
-        longer = bool(self.until_done or self.max_studies or self.max_minutes)
         async with HorosReader(cfg) as reader:
             while not (self._should_stop() or self._quota_reached()):
                 self.live.phase = "scan"
                 index = await self.ledger.index()
-                limit = cfg.batch_size * (LOOKAHEAD_BATCHES if longer else 1)
+                limit = cfg.batch_size * LOOKAHEAD_BATCHES
                 if self.max_studies:
                     limit = min(limit, max(0, self.max_studies - self.processed))
                 candidates, totals = await planner.scan(reader, index, cfg, self.clock(), max(1, limit),
@@ -218,8 +231,8 @@ class Engine:
                 if not candidates:
                     break
                 self.live.phase = "export"
-                await self._export_all(reader, candidates, index, one_batch=not longer)
-                if not longer or r.outcome == RunOutcome.PAUSED:
+                await self._export_all(reader, candidates, index)
+                if r.outcome == RunOutcome.PAUSED:
                     break
             if r.done or r.failed:
                 index = await self.ledger.index()
@@ -229,16 +242,32 @@ class Engine:
                 await self._offload(update_month_markers, cfg, totals.months)
             else:
                 await self._offload(update_month_markers, cfg, self.live.months)
+        if self.limit and r.outcome == RunOutcome.OK and not self.stop.is_set():
+            still = f" ({r.pending} studies still due)" if r.pending else ""
+            r.message = f"stopped: {self.limit}; the next run goes on{still}"
+            if not (r.done or r.failed):
+                r.outcome = RunOutcome.LIMIT_REACHED
         if r.outcome == RunOutcome.OK and not (r.done or r.failed):
             r.outcome = RunOutcome.NOTHING_TO_DO
 
     def _should_stop(self) -> bool:
-        """No new study may start (stop asked, fatal error, guard paused, --max-minutes reached)."""
+        """No new study may start: stop asked, fatal error, guard paused, or a limit reached (the time
+        budget spent, ``run_window`` closed). Asked before every study and by waiting jobs."""
         if self.stop.is_set() or self.fatal is not None or self.result.outcome == RunOutcome.PAUSED:
             return True
-        if self.max_minutes is not None and time.monotonic() - self.started > self.max_minutes * 60:
-            return True
-        return False
+        return bool(self.limit or self._limit_reached())
+
+    def _limit_reached(self) -> str:
+        """Why no further study may start (and remember it), or "" while the run may go on."""
+        now = self.clock()
+        if self.max_minutes is not None and now - self.started >= self.max_minutes * 60:
+            self.limit = f"the time budget of {self.max_minutes:g} minutes ({self.budget_source}) is spent"
+        elif self.window and not schedule.window_open(now, self.window, self.zone):
+            where = self.cfg.timezone or "this Mac's time"
+            self.limit = f"run_window {self.window} ({where}) has closed"
+        if self.limit:
+            log.info("%s: no new study starts; the running ones finish", self.limit)
+        return self.limit
 
     def _quota_reached(self) -> bool:
         """--max-studies studies have been planned in this run."""
@@ -269,7 +298,7 @@ class Engine:
         return busy
 
     # -- a batch -----------------------------------------------------------------------------------
-    async def _export_all(self, reader: HorosReader, candidates, index, one_batch: bool) -> None:
+    async def _export_all(self, reader: HorosReader, candidates, index) -> None:
         """Plan batch after batch (one short DB read each) while ``concurrency`` workers export.
 
         A small queue between the two keeps every worker busy across batch boundaries; the database is
@@ -304,8 +333,6 @@ class Engine:
                         # each on a cold cache) then overlap the ZIP jobs instead of delaying them.
                         flags = await compression_flags(cfg, plan, index.get(plan.study.key), self._offload)
                         await queue.put((plan, flags))
-                    if one_batch:
-                        break
             except asyncio.CancelledError:
                 cancelled = True  # the whole gather is being cancelled: no worker is left to wake
                 raise

@@ -1,4 +1,8 @@
-"""``horos-backup run``: export the due studies (what launchd runs).
+"""``horos-backup run``: export every due study, batch after batch (what launchd runs).
+
+A run goes on until nothing is due, its time budget (``max_run_minutes``, or ``--max-minutes``) is spent
+or ``run_window`` closes, all three checked before every study; the run lock keeps launchd from
+starting a second one meanwhile.
 
 Every attempt, refused or not, is recorded in the health file off the backup volume (``attempts.record``)
 here, where the run's errors become its exit code: a run refused before it could write anything still
@@ -8,7 +12,6 @@ leaves a trace that ``status`` shows (docs/design/durability.md §7).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
@@ -17,24 +20,26 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from horos_async import guards, health, logs, notify, schedule
+from horos_async import guards, health, logs, notify, platform, schedule
 from horos_async.cli.common import add_common, config_from, say
 from horos_async.cli.signals import run_stoppable, stopped_code
 from horos_async.codes import RunOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_OK, HorosBackupError, LockHeld
 from horos_async.state import attempts
-from horos_async.timezones import zone_of
+from horos_async.timezones import zone_for
 
 log = logging.getLogger("horos_async")
 
 
 def build_parser_run(sub) -> None:
-    r = sub.add_parser("run", help="export the next batch of due studies (what launchd runs)")
+    r = sub.add_parser("run", help="export every due study, batch after batch (what launchd runs)")
     add_common(r)
-    r.add_argument("--until-done", action="store_true", help="keep going batch after batch until nothing is due")
+    r.add_argument("--until-done", action="store_true",
+                   help="keep going until nothing is due: the default now (kept for scripts that pass it)")
     r.add_argument("--max-studies", type=int, metavar="N", help="stop after N studies")
-    r.add_argument("--max-minutes", type=float, metavar="M", help="start no new batch after M minutes")
+    r.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no new study after M minutes (overrides max_run_minutes)")
     r.add_argument("--now", action="store_true", help="ignore 'run_window' (run outside the allowed hours)")
     r.add_argument("--progress", action="store_true", help="print one line per finished study")
     r.add_argument("--retry-failed", action="store_true",
@@ -62,7 +67,7 @@ def do_run(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) -> int:
-    if not args.now and not schedule.in_window(dt.datetime.now(zone_of(cfg.timezone)), cfg.run_window):
+    if not args.now and not schedule.window_open(time.time(), cfg.run_window, zone_for(cfg.timezone)):
         trace.outcome = RunOutcome.OUTSIDE_WINDOW
         trace.message = f"outside run_window {cfg.run_window} ({cfg.timezone or 'local time'})"
         print(f"horos-backup: {trace.message}; nothing done (use --now to override)")
@@ -75,8 +80,14 @@ def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) ->
         from horos_async.backup import source_guard
 
         source_guard.accept(cfg)
-    code = run_engine(cfg, until_done=args.until_done, max_studies=args.max_studies,
-                      max_minutes=args.max_minutes, progress=progress, retry_failed=args.retry_failed, trace=trace)
+    awake = platform.keep_awake(os.getpid())  # a long catch-up must not stop because the Mac dozed off
+    try:
+        code = run_engine(cfg, max_studies=args.max_studies, max_minutes=args.max_minutes,
+                          ignore_window=args.now, progress=progress, retry_failed=args.retry_failed, trace=trace)
+    finally:
+        if awake is not None:
+            awake.terminate()
+            awake.wait()
     if code == EXIT_OK:
         code = run_index_upkeep(cfg, progress=progress)
         if code != EXIT_OK:  # stopped by a signal during the index upkeep
@@ -162,16 +173,17 @@ def _record(cfg: Config, started: float, trace: Trace, exit_code: int, outcome: 
         notify.after_run(cfg, attempt, pinging)  # bounded by its timeouts; never raises
 
 
-def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[int] = None,
-               max_minutes: Optional[float] = None, progress: bool = False, retry_failed: bool = False,
-               trace: Optional[Trace] = None) -> int:
-    """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome."""
+def run_engine(cfg: Config, *, until_done: bool = True, max_studies: Optional[int] = None,
+               max_minutes: Optional[float] = None, ignore_window: bool = False, progress: bool = False,
+               retry_failed: bool = False, trace: Optional[Trace] = None) -> int:
+    """Run the engine with SIGTERM/SIGINT wired to a clean stop; print the outcome. (``until_done`` is
+    accepted for older callers: every run goes on until nothing is due.)"""
     from horos_async.backup.engine import Engine
 
     announce = say if progress else (lambda text: None)
 
     def make():
-        engine = Engine(cfg, until_done=until_done, max_studies=max_studies, max_minutes=max_minutes,
+        engine = Engine(cfg, max_studies=max_studies, max_minutes=max_minutes, ignore_window=ignore_window,
                         announce=announce, retry_failed=retry_failed)
         if trace is not None:
             trace.engine = engine
@@ -189,6 +201,8 @@ def run_engine(cfg: Config, *, until_done: bool = False, max_studies: Optional[i
         say(f"horos-backup: paused: {result.message}")
     elif result.outcome == RunOutcome.INTERRUPTED:
         print(f"horos-backup: {result.message}", file=sys.stderr)
+    elif result.message:  # stopped at run_window's end or the time budget
+        say(f"horos-backup: {result.message}")
     say(f"horos-backup: {summary}")
     if result.failed:
         say(f"horos-backup: see {cfg.issues_csv} for why studies were not exported")

@@ -107,7 +107,10 @@ def render(doc: Dict[str, Any]) -> str:
     if not doc["studies"]:
         lines.append("Nothing is due: the next run has nothing to export.")
     else:
-        lines.append(f"Next run exports {len(doc['studies'])} studies, {_mb(t['next_run_bytes'])}:")
+        shown, size = len(doc["studies"]), _mb(t["next_run_bytes"])
+        head = f"Next run exports all {t['due_now']} due studies"
+        lines.append(f"{head} ({size}):" if shown >= t["due_now"] else
+                     f"{head}; the first {shown} ({size}; --limit N lists more):")
         for s in doc["studies"]:
             date = (s["study_date"] or "undated")[:10]
             flag = f"  ({len(s['missing'])} MISSING)" if s["missing"] else ""
