@@ -16,7 +16,7 @@ import pytest
 
 from horos_async import cli, config as config_mod, demo
 from horos_async.backup.engine import Engine
-from horos_async.backup import archive
+from horos_async.backup import zipcheck
 from horos_async.codes import RunOutcome
 from horos_async.ops import launchd
 from horos_async.timezones import load_zone
@@ -56,7 +56,7 @@ def assert_consistent(cfg) -> None:
     """Whatever stopped the run: no temp file, every ZIP valid, every done study's ZIP on disk."""
     assert not list(cfg.backup_dir.rglob("*.partial"))
     for z in zips(cfg.backup_dir):
-        archive.verify_zip(z, None, deep=True)
+        zipcheck.verify_zip(z, None, deep=True)
     assert done_in_ledger(cfg) == len(zips_by_key(cfg.backup_dir))
 
 
