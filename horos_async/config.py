@@ -71,6 +71,7 @@ class NotifyConfig:
 ORDER_CHOICES = ("study_date", "date_added")
 COMPRESSION_CHOICES = ("auto", "deflate", "store")
 NAMING_CHOICES = ("classic", "pseudonymous")
+ZIP_LAYOUT_CHOICES = ("series", "dicom-media")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,9 @@ class Config:
     """Free space, in GB, always left on the backup volume after the next ZIP."""
     horos_free_gb: float = 20.0
     """When the backup shares Horos's disk: free space, in GB, kept so Horos never auto-cleans."""
+    zip_layout: str = "series"
+    """Inside each ZIP: ``series`` (``S0001_CT_Head/IM00001.dcm``) or ``dicom-media`` (DICOM PS3.12 Annex V:
+    a DICOMDIR at the root and File IDs such as ``PT000000/ST000000/SE000000/IM000000``)."""
     naming: str = "classic"
     """``classic`` = ``Patient_DOB_StudyDate_UID.zip``; ``pseudonymous`` replaces the patient with a hash."""
     log_patient_names: bool = False
@@ -403,6 +407,7 @@ def validate(cfg: Config) -> Config:
         ("min_free_gb", cfg.min_free_gb >= 0, "must not be negative"),
         ("horos_free_gb", cfg.horos_free_gb >= 0, "must not be negative"),
         ("naming", cfg.naming in NAMING_CHOICES, f"must be one of {', '.join(NAMING_CHOICES)}"),
+        ("zip_layout", cfg.zip_layout in ZIP_LAYOUT_CHOICES, f"must be one of {', '.join(ZIP_LAYOUT_CHOICES)}"),
         ("retry_backoff_minutes", cfg.retry_backoff_minutes >= 0, "must not be negative"),
         ("db_busy_seconds", cfg.db_busy_seconds >= 0, "must not be negative"),
         ("start_interval", cfg.start_interval >= 60, "must be at least 60 seconds"),

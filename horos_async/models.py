@@ -148,3 +148,7 @@ class Outcome:
     """First few paths involved (missing or unreadable files)."""
     members_digest: str = ""
     """Digest of the published ZIP's members (names, CRCs, sizes) for the ledger; done and partial only."""
+    members: int = 0
+    """Members of the published ZIP (its files, the manifest, a DICOMDIR); 0 when nothing was written."""
+    manifest_sha256: str = ""
+    """SHA-256 of the ZIP's manifest member ("" when it has none); the ledger keeps it."""

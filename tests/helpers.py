@@ -47,9 +47,19 @@ def zips_by_key(backup: Path) -> Dict[str, List[Path]]:
     return out
 
 
+NOT_STUDY_FILES = ("horos-backup-manifest.json", "DICOMDIR")
+"""Members of a study ZIP that are not one of the study's files (the manifest, a DICOMDIR)."""
+
+
+def study_members(zf: zipfile.ZipFile) -> List[zipfile.ZipInfo]:
+    """The members holding the study's files (the manifest and a DICOMDIR left out)."""
+    return [i for i in zf.infolist() if i.filename not in NOT_STUDY_FILES]
+
+
 def member_hashes(zip_path: Path) -> List[str]:
+    """SHA-256 of each of the study's files in a ZIP, sorted."""
     with zipfile.ZipFile(zip_path) as zf:
-        return sorted(hashlib.sha256(zf.read(i)).hexdigest() for i in zf.infolist())
+        return sorted(hashlib.sha256(zf.read(i)).hexdigest() for i in study_members(zf))
 
 
 def key_of(study) -> str:

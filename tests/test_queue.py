@@ -19,7 +19,8 @@ from horos_async import cli, config as config_mod, demo
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, VolumeError
 from horos_async.ops import plan_view
 
-from helpers import horos_sql as sql, assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, zips, zips_by_key
+from helpers import horos_sql as sql, assert_backup_complete, exportable, key_of, make_config, member_hashes, run, sha, study_members, zips, zips_by_key
+from horos_async.state.ledger import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def ledger_row(backup, key):
 
 def members(path):
     with zipfile.ZipFile(path) as zf:
-        return len(zf.infolist())
+        return len(study_members(zf))
 
 
 def restore_missing(study) -> None:
@@ -231,7 +232,7 @@ def test_a_ledger_from_before_the_counts_still_notices_growth(lib, tmp_path):
     run(cfg, until_done=True)
     assert {p: p.stat().st_mtime_ns for p in zips(backup)} == before
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
     con.close()
     _as_schema_1(backup)
     _grow_silently(lib, s, 1)
@@ -257,7 +258,7 @@ def test_a_schema_2_ledger_with_another_changes_column_migrates_to_3(lib, tmp_pa
     run(cfg, until_done=True)
     assert {p: p.stat().st_mtime_ns for p in zips(backup)} == before
     con = sqlite3.connect(str(backup / "export_state.sqlite"))
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert {r[0] for r in con.execute("SELECT DISTINCT last_seen FROM studies")} == {1234.5}
     assert {"image_rows", "series", "grown"} <= {r[1] for r in con.execute("PRAGMA table_info(studies)")}
     con.close()

@@ -9,20 +9,23 @@ bytes actually read, and fully syncs the file before returning. Errors of the *o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import queue
 import stat
 import threading
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 from horos_async import durable
+from horos_async.backup import dicom_header
 from horos_async.naming import redact_zip_path
 
 try:  # ISA-L writes the same raw deflate stream as zlib, 5-20x faster at low levels.
@@ -104,13 +107,27 @@ class BuiltMember:
     """Uncompressed size in bytes."""
     compressed_size: int
     """Size in bytes as stored in the ZIP."""
+    sha256: str = field(default="", compare=False)
+    """SHA-256 (hex) of the uncompressed bytes, when the writer or a hashing verify computed it."""
+    header: Optional[Dict[str, object]] = field(default=None, compare=False)
+    """What the file's DICOM header says (``dicom_header.facts``), when the writer read it."""
+    source: Optional[Path] = field(default=None, compare=False)
+    """The source file it was written from (None for an in-memory member such as the manifest)."""
+
+
+Trailer = Optional[Callable[[List[BuiltMember]], List[Tuple[str, bytes]]]]
+"""Given the members written, the in-memory members to write after them (the DICOMDIR, the manifest)."""
 
 
 def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comment: bytes = b"",
               progress: Progress = None, cancel: Optional[threading.Event] = None,
               opener: Optional[Callable[[Path], IO[bytes]]] = None, chunk_size: int = 1 << 20,
-              trace: durable.Trace = None) -> List[BuiltMember]:
-    """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure."""
+              trace: durable.Trace = None, trailer: Trailer = None, hashes: bool = True) -> List[BuiltMember]:
+    """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure.
+
+    With ``hashes`` each source is read by a thread of its own that computes its SHA-256 and CRC-32 and
+    reads its DICOM header facts while this thread deflates and writes (docs/design/manifest.md §3);
+    ``trailer`` then gives the members written last (the manifest needs every hash)."""
     names = [m.name for m in members]
     bad = [n for n in names if not safe_member_name(n)]
     if bad or len(set(names)) != len(names) or not 0 <= level <= 9 or len(comment) > 0xFFFF:
@@ -123,7 +140,7 @@ def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comm
     else:
         out = opener(out_path)
     try:
-        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size))
+        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size), trailer, hashes)
         durable.sync_file(out, path=out_path, trace=trace)
         out.close()
     except BaseException:
@@ -197,18 +214,27 @@ class Stream:
             self.progress(self.files, self.bytes)
 
 
-def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: Stream) -> List[BuiltMember]:
+def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: Stream, trailer: Trailer = None,
+               hashes: bool = False) -> List[BuiltMember]:
     zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True)
-    built = []
+    built: List[BuiltMember] = []
+    reader = _Reader(members, run) if hashes else None
     try:
         for member in members[:PREFETCH_FILES]:
             _prefetch(member.source)
+        if reader is not None:
+            reader.start()
         for i, member in enumerate(members):
             run.check_cancel()
             if i + PREFETCH_FILES < len(members):
                 _prefetch(members[i + PREFETCH_FILES].source)
-            built.append(_write_member(zf, member, level, run))
+            if reader is None:
+                built.append(_write_member(zf, member, level, run))
+            else:
+                built.append(_write_piped(zf, member, level, run, reader))
             run.file_done()
+        for name, data in (trailer(built) if trailer is not None else ()):
+            built.append(_write_bytes(zf, name, data, level))
         zf.comment = comment
         zf.close()  # writes the central directory; `out` stays open (a passed file object)
     except BaseException:
@@ -216,18 +242,143 @@ def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: 
         # file; close() returns at once when fp is None.
         zf.fp = None
         raise
+    finally:
+        if reader is not None:
+            reader.finish()
     return built
+
+
+_QUEUE_CHUNKS = 4
+"""Chunks the reading thread may run ahead of the deflating one (4 MiB per job at 1 MiB chunks)."""
+
+
+class _Reader(threading.Thread):
+    """Reads the sources in order and hands their chunks to the writer; hashes as it reads.
+
+    The SHA-256, the CRC-32 and the header facts of each source are computed here, in the thread that
+    reads, so they run on the other core while the writer deflates (hashlib and ISA-L release the GIL).
+    Items: ``("open", mtime)``, ``("data", chunk)``, ``("end", crc, sha256, facts)``, ``("error", exc)``.
+    """
+
+    def __init__(self, members: Sequence[Member], run: Stream) -> None:
+        super().__init__(name="zip-reader", daemon=True)
+        self.members, self.run_ = members, run
+        self.items: "queue.Queue[tuple]" = queue.Queue(_QUEUE_CHUNKS)
+        self.stop = threading.Event()
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        run = self.run_
+        try:
+            for m in self.members:
+                src = _open_source(m.source)
+                with src:
+                    if not self._put(("open", os.fstat(src.fileno()).st_mtime)):
+                        return
+                    sha, crc, remaining, facts = hashlib.sha256(), 0, m.size, None
+                    while remaining > 0:
+                        chunk = _read(src, m.source, min(run.chunk_size, remaining))
+                        if not chunk:
+                            raise SourceReadError(m.source, None, f"changed while reading (shrank below {m.size} bytes)")
+                        if facts is None:  # the header is in the first chunk (1 MiB); never the pixels
+                            facts = dicom_header.facts(chunk, m.source)
+                        sha.update(chunk)
+                        crc, remaining = run.crc32(chunk, crc), remaining - len(chunk)
+                        if not self._put(("data", chunk)):
+                            return
+                        del chunk
+                    if _read(src, m.source, 1):
+                        raise SourceReadError(m.source, None, f"changed while reading (grew past {m.size} bytes)")
+                    if facts is None:
+                        facts = dicom_header.facts(b"")
+                    if not self._put(("end", crc, sha.hexdigest(), facts)):
+                        return
+        except BaseException as exc:  # handed to the writer, which raises it in its own thread
+            self._put(("error", exc))
+
+    def take(self) -> tuple:
+        """The next item; a reading error is raised here, in the writer's thread."""
+        while True:
+            self.run_.check_cancel()
+            try:
+                item = self.items.get(timeout=0.1)
+            except queue.Empty:
+                if not self.is_alive() and self.items.empty():
+                    raise ZipInvalid("the reading thread ended early")
+                continue
+            if item[0] == "error":
+                raise item[1]
+            return item
+
+    def finish(self) -> None:
+        """Stop the thread (it may be blocked handing over a chunk) and wait for it."""
+        self.stop.set()
+        self.join(timeout=10)  # a source read stuck on a dead volume must not hang the job for ever
+
+
+def _write_piped(zf: zipfile.ZipFile, member: Member, level: int, run: Stream, reader: _Reader) -> BuiltMember:
+    """One member whose bytes, CRC and SHA-256 come from the reading thread."""
+    kind, mtime = reader.take()
+    if kind != "open":
+        raise ZipInvalid(f"reading thread out of step ({kind})", member.name)
+    zinfo = _zinfo(member, mtime, level)
+    writer = zf.open(zinfo, "w")
+    try:
+        if member.compress:
+            _install_fast_compressor(writer, level)
+        while True:
+            item = reader.take()
+            if item[0] != "data":
+                break
+            writer.write(item[1])
+            run.add(len(item[1]))
+            del item
+    except BaseException:
+        io.IOBase.close(writer)  # see _write_member
+        raise
+    writer.close()
+    _, crc, digest, facts = item
+    if zinfo.CRC != crc or zinfo.file_size != member.size:
+        raise ZipInvalid("CRC or size written differs from the source bytes read", member.name)
+    return BuiltMember(member.name, crc, member.size, zinfo.compress_size, digest, facts, member.source)
+
+
+def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes, level: int) -> BuiltMember:
+    """An in-memory member (the manifest, a DICOMDIR), deflated, dated now."""
+    if not safe_member_name(name):
+        raise ValueError(f"bad ZIP plan: unsafe member name {name!r}")
+    zinfo = zipfile.ZipInfo(name, date_time=_dos_time(time.time()))
+    zinfo.compress_type = zipfile.ZIP_DEFLATED
+    zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
+    zf.writestr(zinfo, data, compresslevel=max(1, min(level, 9)))
+    crc = zlib.crc32(data)
+    if zinfo.CRC != crc:
+        raise ZipInvalid("CRC written differs from the bytes given", name)
+    return BuiltMember(name, crc, len(data), zinfo.compress_size, hashlib.sha256(data).hexdigest())
+
+
+def _zinfo(member: Member, mtime: float, level: int) -> zipfile.ZipInfo:
+    zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(mtime))
+    zinfo.compress_type = zipfile.ZIP_DEFLATED if member.compress else zipfile.ZIP_STORED
+    zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
+    zinfo.file_size = member.size  # zipfile decides ZIP64 from this before writing the header
+    # The stdlib compressor's level: ZipInfo.compress_level from Python 3.13, _compresslevel before.
+    setattr(zinfo, "compress_level" if hasattr(zinfo, "compress_level") else "_compresslevel", level)
+    return zinfo
 
 
 def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: Stream) -> BuiltMember:
     src = _open_source(member.source)
     with src:
-        zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(os.fstat(src.fileno()).st_mtime))
-        zinfo.compress_type = zipfile.ZIP_DEFLATED if member.compress else zipfile.ZIP_STORED
-        zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
-        zinfo.file_size = member.size  # zipfile decides ZIP64 from this before writing the header
-        # The stdlib compressor's level: ZipInfo.compress_level from Python 3.13, _compresslevel before.
-        setattr(zinfo, "compress_level" if hasattr(zinfo, "compress_level") else "_compresslevel", level)
+        zinfo = _zinfo(member, os.fstat(src.fileno()).st_mtime, level)
         writer = zf.open(zinfo, "w")
         try:
             if member.compress:
@@ -252,7 +403,7 @@ def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: Stream) 
         writer.close()
     if zinfo.CRC != crc or zinfo.file_size != member.size:
         raise ZipInvalid("CRC or size written differs from the source bytes read", member.name)
-    return BuiltMember(member.name, crc, member.size, zinfo.compress_size)
+    return BuiltMember(member.name, crc, member.size, zinfo.compress_size, source=member.source)
 
 
 def _install_fast_compressor(writer, level: int) -> bool:

@@ -393,7 +393,7 @@ class Engine:
         if exported:
             on_disk = plan if o.zip_relpath == plan.zip_relpath else replace(plan, zip_relpath=o.zip_relpath)
             await self.ledger.record_zip(on_disk, o.zip_relpath, o.bytes_out, o.members_digest, o.status, o.code,
-                                         o.detail)
+                                         o.detail, members=o.members or o.files, manifest_sha256=o.manifest_sha256)
             if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
                 self._space_ok_recorded = True
                 await self.ledger.condition(GuardCode.DISK_FULL, False)

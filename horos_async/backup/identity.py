@@ -16,17 +16,27 @@ from typing import Optional
 from horos_async.backup import zipcheck
 from horos_async.models import DONE, StudyPlan
 
+MANIFEST_NAME = "horos-backup-manifest.json"
+"""The manifest member (its format: ``zip_manifest``), named in the comment of every ZIP that has one."""
 
-def zip_comment(plan: StudyPlan, state: str = DONE) -> bytes:
-    """The study identity stored as the ZIP comment: lets a lost ledger be rebuilt from disk."""
+
+def zip_comment(plan: StudyPlan, state: str = DONE, *, layout: str = "series", members: Optional[int] = None,
+                manifest: bool = True) -> bytes:
+    """The study identity stored as the ZIP comment: lets a lost ledger be rebuilt from disk.
+
+    ``members`` counts every member (the files, and the DICOMDIR and the manifest when there are);
+    ``manifest`` names the manifest member (docs/design/manifest.md)."""
     s = plan.study
+    extra = {"layout": layout, "members": members if members is not None else len(plan.files)}
+    if manifest:
+        extra["manifest"] = MANIFEST_NAME
     return json.dumps({
         "horos_backup": 1, "key": s.key, "uid": s.uid, "patient_uid": s.patient_uid, "horos_pk": s.pk,
         "version": plan.version, "fingerprint": plan.fingerprint, "date_added": s.date_added,
         "files": len(plan.files), "bytes_in": plan.total_bytes, "state": state,
         "study_date": s.study_date.isoformat() if s.study_date else None,
         "birth_date": s.birth_date.isoformat() if s.birth_date else None,
-        "patient_name": s.patient_name, "modalities": s.modalities, "exported_at": time.time(),
+        "patient_name": s.patient_name, "modalities": s.modalities, "exported_at": time.time(), **extra,
     }, ensure_ascii=True, separators=(",", ":")).encode("ascii")[:65000]
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from horos_async import durable, guards, naming
-from horos_async.backup import archive, zipcheck
+from horos_async.backup import archive, dicom_header, dicom_media, zip_manifest, zipcheck
 from horos_async.backup.identity import members_digest, read_identity, zip_comment
 from horos_async.blocking import Offload
 from horos_async.config import Config
@@ -40,6 +42,13 @@ log = logging.getLogger(__name__)
 ZIP_OVERHEAD_PER_FILE = 512  # local header + central entry (+ ZIP64 extras) + the name twice, per member
 ZIP_OVERHEAD = 64 << 10  # end records and the archive comment
 SPACE_POLL_SECONDS = 0.5
+MANIFEST_BYTES_PER_FILE = 600  # the manifest's entry of one file, deflated (a DICOMDIR record is smaller)
+
+
+def manifests_on() -> bool:
+    """Every ZIP gets its manifest; ``HOROS_BACKUP_MANIFEST=0`` turns it off for the benchmark's baseline
+    only (scripts/bench_manifest.py), never for a backup (docs/design/manifest.md §3)."""
+    return os.environ.get("HOROS_BACKUP_MANIFEST", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ class StudyJob:
             flags = await compression_flags(cfg, plan, None, ctx.offload)
         members = [archive.Member(source=f.source.path, name=f.member, size=f.size, compress=fl)
                    for f, fl in zip(plan.files, flags)]
+        if cfg.zip_layout == "dicom-media":  # File IDs and the DICOMDIR from the headers, in the file order
+            members = await ctx.offload(_media_members, plan, members)
         # Write in on-disk order (Horos numbers files as it imports them), not series order: reading
         # sequentially lets the disk read ahead. Member names keep the series layout either way.
         members.sort(key=lambda m: _disk_order(m.source))
@@ -186,22 +197,44 @@ class StudyJob:
                                           f"this study was being written; will retry")
         except OSError as exc:
             raise _VolumeFailed(exc) from None
-        return Outcome(plan.study.key, state, code, detail, rel, len(built), plan.total_bytes, size,
-                       time.monotonic() - self.started, members_digest=digest)
+        return Outcome(plan.study.key, state, code, detail, rel, len(plan.files), plan.total_bytes, size,
+                       time.monotonic() - self.started, members_digest=digest[0], members=len(built),
+                       manifest_sha256=digest[1])
 
     def _fail(self, code: str, detail: str, extra=()) -> Outcome:
         return Outcome(self.plan.study.key, FAILED, code, detail, files=len(self.plan.files),
                        seconds=time.monotonic() - self.started, extra=tuple(extra))
 
     def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str,
-                          progress) -> Tuple[List[archive.BuiltMember], str]:
-        """Blocking: build the temp ZIP (synced inside), read it back fully against the sources; the
-        members and their digest for the ledger."""
-        cancel = self.ctx.cancel
-        built = archive.build_zip(tmp, members, level=self.ctx.config.compression_level,
-                                  comment=zip_comment(identity, state), progress=progress, cancel=cancel)
+                          progress) -> Tuple[List[archive.BuiltMember], Tuple[str, str]]:
+        """Blocking: build the temp ZIP (synced inside), its manifest last, read it back fully against the
+        sources; the members, their digest and the manifest's SHA-256 for the ledger."""
+        cancel, cfg = self.ctx.cancel, self.ctx.config
+        media = getattr(members, "dicomdir", None)
+        manifest = manifests_on()
+        extra = (1 if manifest else 0) + (1 if media is not None else 0)
+        comment = zip_comment(identity, state, layout=cfg.zip_layout, members=len(members) + extra,
+                              manifest=manifest)
+        kept: Dict[str, str] = {}
+
+        def trailer(built: List[archive.BuiltMember]) -> List[Tuple[str, bytes]]:
+            tail: List[Tuple[str, bytes]] = []
+            listed = list(built)
+            if media is not None:
+                tail.append((zip_manifest.DICOMDIR_NAME, media))
+                listed.append(archive.BuiltMember(zip_manifest.DICOMDIR_NAME, _crc(media), len(media), 0,
+                                                  hashlib.sha256(media).hexdigest()))
+            if manifest:
+                data = zip_manifest.build(identity, listed, layout=cfg.zip_layout, identity=json.loads(comment),
+                                          header_study=_header_study(identity))
+                kept["sha256"] = zip_manifest.digest(data)
+                tail.append((zip_manifest.MANIFEST_NAME, data))
+            return tail
+
+        built = archive.build_zip(tmp, members, level=cfg.compression_level, comment=comment, progress=progress,
+                                  cancel=cancel, trailer=trailer, hashes=manifest)
         zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
-        return built, members_digest(built)
+        return built, (members_digest(built), kept.get("sha256", ""))
 
     async def _claim_space(self) -> None:
         """Wait until the backup volume has room for this ZIP, the floor, and what the ZIPs being written
@@ -212,7 +245,7 @@ class StudyJob:
         """
         ctx, plan = self.ctx, self.plan
         cfg, key, jobs = ctx.config, plan.study.key, ctx.live.jobs
-        own = plan.total_bytes + ZIP_OVERHEAD_PER_FILE * len(plan.files) + ZIP_OVERHEAD
+        own = plan.total_bytes + (ZIP_OVERHEAD_PER_FILE + MANIFEST_BYTES_PER_FILE) * len(plan.files) + ZIP_OVERHEAD
         while True:
             others = {k: max(0, n - (jobs[k].bytes_done if k in jobs else 0))
                       for k, n in ctx.claims.items() if k != key}
@@ -286,6 +319,38 @@ async def compression_flags(cfg: Config, plan: StudyPlan, entry: Optional[Entry]
     if cfg.compression == "auto":
         return await offload(_deflate_flags, plan.files)
     return [cfg.compression == "deflate"] * len(plan.files)
+
+
+class _MediaMembers(list):
+    """The members under their File IDs, with the DICOMDIR that references them."""
+
+    dicomdir: bytes = b""
+
+
+def _media_members(plan: StudyPlan, members: List[archive.Member]) -> List[archive.Member]:
+    """Blocking: rename the members to their PS3.10 File IDs (headers read, never pixels); the list
+    carries the DICOMDIR (``dicom_media.lay_out``)."""
+    series = {f.source.path: f"{f.source.series_pk}" for f in plan.files}
+    headers = dicom_media.headers_of([m.source for m in members], [series.get(m.source, "") for m in members])
+    date = plan.study.study_date.strftime("%Y%m%d") if plan.study.study_date else ""
+    media = dicom_media.lay_out(headers, default_date=date)
+    out = _MediaMembers(replace(m, name=n) for m, n in zip(members, media.names))
+    out.dicomdir = media.dicomdir if media.dicomdir else None  # type: ignore[assignment]
+    return out
+
+
+def _header_study(plan: StudyPlan) -> Optional[Dict[str, str]]:
+    """The study's values from its first file's header, read only when Horos's database lacks one of them."""
+    s = plan.study
+    if all((s.patient_id, s.patient_name, s.accession, s.description, s.birth_date, s.study_date)) or not plan.files:
+        return None
+    return dicom_header.study_facts(plan.files[0].source.path)
+
+
+def _crc(data: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(data)
 
 
 def _owner_on_disk(path: Path) -> Tuple[bool, Optional[str]]:

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from horos_async.backup import archive, zipcheck
+from horos_async.backup import archive, zip_manifest, zipcheck
 from horos_async import durable, guards
 from horos_async.config import Config
 from horos_async.errors import ConfigError, RestoreError, VolumeError
 
+NOT_FOR_HOROS = zip_manifest.SPECIAL
+"""Members ``--into-horos`` leaves out: they describe the ZIP, they are not images (docs/design/manifest.md)."""
 CHUNK = 1 << 20
 _MAX_NAME = 240  # bytes; every filesystem we meet allows 255 per name, the temp name adds a little
 _SLACK = 4096  # bytes per file on top of its size: the last block and its directory entry
@@ -370,7 +372,8 @@ def restore_into_horos(path: Path, cfg: Config, *, wait_seconds: float = 600.0, 
     limit = cfg.incoming_max_files if limit is None else limit
     report = Restored(Path(path), incoming)
     try:
-        infos = [i for i in safe_members(path) if not i.is_dir()]
+        # The manifest and a DICOMDIR describe the ZIP; Horos would file them as unreadable files.
+        infos = [i for i in safe_members(path) if not i.is_dir() and i.filename not in NOT_FOR_HOROS]
     except Refused as exc:
         report.error, report.kind = str(exc), REFUSED
         return report

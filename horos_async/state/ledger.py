@@ -35,9 +35,10 @@ from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_
 from horos_async.state.ledger_read import INDEX_SQL, MARK_SQL, MISSING_SQL, ROWS_MARK, index_from_rows
 from horos_async.state.ledger_records import MISSING_KEPT, LedgerIndex, ZipRecord, ZipToVerify
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2 added ``studies.last_seen`` (docs/design/horos-database.md §11: studies Horos deleted); 3 the counts
-that notice a study growing (§12)."""
+that notice a study growing (§12); 4 the manifest's digest and the values ``export`` selects by
+(docs/design/manifest.md §5)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -87,6 +88,19 @@ async def _to_3(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX IF NOT EXISTS missing_files_key ON missing_files (key)")
 
 
+async def _to_4(db: aiosqlite.Connection) -> None:
+    """Schema 4: ``zips.manifest_sha256``, the SHA-256 of the ZIP's manifest member (empty for ZIPs from
+    before manifests), and ``studies.patient_id`` and ``studies.accession``, which ``export`` selects by
+    (docs/design/manifest.md §5). Like :func:`_to_3`, it adds only the columns ``PRAGMA table_info``
+    lacks, so it composes with the other steps in any order and a second run changes nothing."""
+    if "manifest_sha256" not in await _columns(db, "zips"):
+        await db.execute("ALTER TABLE zips ADD COLUMN manifest_sha256 TEXT")
+    have = await _columns(db, "studies")
+    for column in ("patient_id", "accession"):
+        if column not in have:
+            await db.execute(f"ALTER TABLE studies ADD COLUMN {column} TEXT")
+
+
 async def _to_2(db: aiosqlite.Connection) -> None:
     """Schema 2: ``studies.last_seen``, when Horos last listed the study (docs/design/horos-database.md §11).
     Like :func:`_to_3`, it adds its column only when ``PRAGMA table_info`` lacks it."""
@@ -94,9 +108,12 @@ async def _to_2(db: aiosqlite.Connection) -> None:
         await db.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
 
 
-MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3}
+MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3, 4: _to_4}
 """Target version -> the step that brings a ledger one version below it there (run in order, in one
 transaction; a version without a step here is skipped, see :func:`_to_3`)."""
+ZIP_COLUMNS = ("zip_path, key, version, files, bytes_in, zip_size, members_digest, created_at, verified_at, status, "
+               "manifest_sha256")
+"""The ``zips`` columns every insert names (positional inserts broke when a step added a column)."""
 MISSING_CODES = (IssueCode.MISSING_FILES, IssueCode.NO_FILES)
 """Failures that wait for files: their missing paths are kept, and checked again at each scan."""
 MAX_BACKOFF = 7 * 24 * 3600.0
@@ -280,15 +297,19 @@ class Ledger:
             (time.time(), outcome, exit_code, done, failed, bytes_in, bytes_out, message, self.run_id))
 
     async def record_zip(self, plan: StudyPlan, zip_path: str, zip_size: int, members_digest: str,
-                         state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None) -> None:
-        """Commit a verified, published ZIP and mark its study done (or partial), in one transaction."""
+                         state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None,
+                         members: Optional[int] = None, manifest_sha256: str = "") -> None:
+        """Commit a verified, published ZIP and mark its study done (or partial), in one transaction.
+
+        ``members`` counts every member of the ZIP (its files, and its manifest and DICOMDIR);
+        ``studies.files`` keeps the study's files."""
         now = time.time() if now is None else now
         s = plan.study
         async with self._txn():
             await self.db.execute(
-                "INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
-                (zip_path, s.key, plan.version, len(plan.files), plan.total_bytes, zip_size, members_digest,
-                 now, now))
+                f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
+                (zip_path, s.key, plan.version, members if members is not None else len(plan.files),
+                 plan.total_bytes, zip_size, members_digest, now, now, manifest_sha256 or None))
             await self.db.execute(
                 "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, zip_path, fingerprint, "
                 "date_added, month, files, bytes_in, zip_size, exported_at, attempts, code, detail, next_attempt, "
@@ -305,21 +326,28 @@ class Ledger:
                  s.date_added, plan.month, len(plan.files), plan.total_bytes, zip_size, now, code, detail,
                  s.patient_name, s.birth_date.isoformat() if s.birth_date else None,
                  s.study_date.isoformat() if s.study_date else None, s.modalities))
+            await self.db.execute("UPDATE studies SET patient_id=?, accession=? WHERE key=?",
+                                  (s.patient_id or None, s.accession or None, s.key))
             await self._seen(plan, plan.missing)
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
-                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
+                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True,
+                        manifest_sha256: str = "", study: Optional[dict] = None) -> None:
         """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
 
+        ``files`` counts the ZIP's members; ``ident['files']``, when there, the study's files.
+        ``study`` is the manifest's study section, when the ZIP has a manifest (patient ID, accession).
         ``crc_checked=False`` (only its central directory was read) leaves ``verified_at`` empty until a
         ``verify --deep`` reads every member."""
         now = time.time() if now is None else now
         key = ident["key"]
         version = int(ident.get("version", 1))
+        study = study or {}
         async with self._txn():
-            await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
+            await self.db.execute(f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
-                                   ident.get("exported_at", now), now if crc_checked else None))
+                                   ident.get("exported_at", now), now if crc_checked else None,
+                                   manifest_sha256 or None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:
@@ -331,9 +359,12 @@ class Ledger:
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?,?,?,?)",
                     (key, ident.get("uid", ""), ident.get("patient_uid", ""), ident.get("horos_pk"), state,
                      version, zip_path, ident.get("fingerprint", ""), ident.get("date_added"),
-                     zip_path.split("/", 1)[0], files, bytes_in, zip_size, ident.get("exported_at", now),
-                     "" if state == DONE else ident.get("code", ""), "", ident.get("patient_name"),
-                     ident.get("birth_date"), ident.get("study_date"), ident.get("modalities")))
+                     zip_path.split("/", 1)[0], int(ident.get("files", files)), bytes_in, zip_size,
+                     ident.get("exported_at", now), "" if state == DONE else ident.get("code", ""), "",
+                     ident.get("patient_name"), ident.get("birth_date"), ident.get("study_date"),
+                     ident.get("modalities")))
+                await self.db.execute("UPDATE studies SET patient_id=?, accession=? WHERE key=?",
+                                      (study.get("patient_id"), study.get("accession_number"), key))
 
     async def record_failure(self, plan_or_key, outcome: Outcome, backoff_minutes: float,
                              now: Optional[float] = None, keep_done: bool = False) -> bool:
