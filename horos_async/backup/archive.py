@@ -193,6 +193,8 @@ class Stream:
         self.use_isal = USE_ISAL and _isal is not None
         self.crc32 = _isal.crc32 if self.use_isal else zlib.crc32
         self.files, self.bytes, self.next_report = 0, 0, _PROGRESS_STEP
+        self.hashes: Optional[Dict[str, str]] = None
+        """Member name -> SHA-256 of its bytes, filled by a hashing verify (None: not hashing)."""
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():

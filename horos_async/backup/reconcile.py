@@ -28,8 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from horos_async.backup import archive, zipcheck
-from horos_async.backup.identity import members_digest, read_identity
+from horos_async.backup import archive, zip_manifest, zipcheck
+from horos_async.backup.identity import members_digest
 from horos_async import durable, naming, platform
 from horos_async.blocking import Offload, offload as default_offload
 from horos_async.codes import IssueCode
@@ -160,7 +160,8 @@ async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offl
                  f"run 'horos-backup verify --deep' for a full re-read)")
     for rel in unknown:
         path = cfg.backup_dir / rel
-        ident = await offload(read_identity, path)
+        described = await offload(zip_manifest.describe, path)
+        ident = described.identity
         if ident is None:
             await _no_identity(cfg, ledger, offload, rel, stats)
             continue
@@ -181,8 +182,10 @@ async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offl
             log.info("the ZIP of study %s was renamed by someone (%s -> %s): the ledger follows the new name; "
                      "nothing is exported again", ident.get("uid", ""), shown(cfg, old), shown(cfg, rel))
             continue
-        await ledger.adopt_zip(ident, rel, disk[rel], len(members), sum(m.size for m in members), digest,
-                               crc_checked=deep)
+        bytes_in = int(ident.get("bytes_in") or 0) or sum(m.size for m in members if m.name not in zip_manifest.SPECIAL)
+        await ledger.adopt_zip(ident, rel, disk[rel], len(members), bytes_in, digest, crc_checked=deep,
+                               manifest_sha256=described.manifest_sha256,
+                               study=zip_manifest.study_fields(described.manifest or {}))
         stats["adopted"] += 1
         log.info("adopted verified ZIP %s (written before an interruption, or found by a rebuild)", shown(cfg, rel))
     for rel, z in known.items():

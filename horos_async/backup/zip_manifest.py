@@ -14,11 +14,11 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from horos_async import __version__
 from horos_async.backup.archive import BuiltMember
-from horos_async.backup.identity import MANIFEST_NAME
+from horos_async.backup.identity import MANIFEST_NAME, read_identity
 from horos_async.models import StudyPlan
 
 __all__ = ["MANIFEST_NAME", "build", "read", "parse", "digest", "check_members"]
@@ -112,6 +112,31 @@ def parse(data: Optional[bytes]) -> Optional[dict]:
 def read(path: Path) -> Optional[dict]:
     """The ZIP's manifest, or None (no manifest: a ZIP from before manifests, or not ours)."""
     return parse(read_bytes(path))
+
+
+class Described(NamedTuple):
+    """What a ZIP says about itself: its identity, and its manifest when it has one."""
+
+    identity: Optional[dict]
+    """The identity (the manifest's copy, else the archive comment); None: not one of our ZIPs."""
+    manifest: Optional[dict]
+    """The manifest document, None for a ZIP from before manifests."""
+    manifest_sha256: str
+    """SHA-256 of the manifest's bytes ("" without one)."""
+
+
+def describe(path: Path) -> Described:
+    """The identity and manifest of a ZIP: the manifest when present (a ZIP whose comment was stripped
+    by another tool is still known by it), else the comment alone (ZIPs from before manifests)."""
+    data = read_bytes(path)
+    doc = parse(data)
+    comment = read_identity(path)
+    ident = comment
+    if doc is not None:
+        copy = doc.get("identity")
+        if isinstance(copy, dict) and copy.get("horos_backup") and copy.get("key"):
+            ident = dict(copy, **(comment or {}))  # the comment, when there, is the same document
+    return Described(ident, doc, digest(data) if doc is not None and data is not None else "")
 
 
 def by_path(doc: dict) -> Dict[str, dict]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -31,7 +32,7 @@ import struct
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -84,12 +85,15 @@ class _End(NamedTuple):
 
 def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, deep: bool = True,
                progress: Progress = None, cancel: Optional[threading.Event] = None,
-               chunk_size: int = 1 << 20) -> List[BuiltMember]:
+               chunk_size: int = 1 << 20, hashes: bool = False) -> List[BuiltMember]:
     """Check a ZIP's structure (and with ``deep`` every header and every member's bytes); return its members.
 
-    Raises :class:`ZipInvalid` for any defect, ``OSError`` when the file or its disk cannot be read.
+    With ``deep`` and ``hashes`` each member's SHA-256 is computed from its inflated bytes too (for the
+    manifest check of ``verify --deep``). Raises :class:`ZipInvalid` for any defect, ``OSError`` when
+    the file or its disk cannot be read.
     """
     run = Stream(progress, cancel, chunk_size)
+    run.hashes = {} if hashes and deep else None
     with open(path, "rb") as f:
         member = None
         try:
@@ -111,6 +115,8 @@ def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, 
                 member = None
                 if at != end.cd_offset:
                     raise ZipInvalid("bytes between the last member and the central directory, or overlapping it")
+                if run.hashes is not None:
+                    found = [replace(m, sha256=run.hashes.get(m.name, "")) for m in found]
         except (ZipInvalid, Cancelled):
             raise
         except Exception as exc:
@@ -122,7 +128,7 @@ def verify_zip(path: Path, expected: Optional[Sequence[BuiltMember]] = None, *, 
 
 def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
                   cancel: Optional[threading.Event] = None, on_retry: Optional[Callable[[str], None]] = None,
-                  pause: float = RETRY_PAUSE) -> List[BuiltMember]:
+                  pause: float = RETRY_PAUSE, hashes: bool = False) -> List[BuiltMember]:
     """:func:`verify_zip` for a ZIP on the backup disk, read twice before it is called bad.
 
     A first reading that fails (a defect, or a read error such as EIO) is reported to ``on_retry`` and
@@ -131,7 +137,7 @@ def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
     at once (reading again cannot change them).
     """
     try:
-        return verify_zip(path, deep=deep, progress=progress, cancel=cancel)
+        return verify_zip(path, deep=deep, progress=progress, cancel=cancel, hashes=hashes)
     except ZipInvalid as exc:
         first = str(exc)
     except OSError as exc:
@@ -146,7 +152,7 @@ def verify_stored(path: Path, *, deep: bool = True, progress: Progress = None,
         cancel.wait(pause)  # a stop request cuts the pause short; the second reading then stops at once
     else:
         time.sleep(pause)
-    return verify_zip(path, deep=deep, progress=progress, cancel=cancel)
+    return verify_zip(path, deep=deep, progress=progress, cancel=cancel, hashes=hashes)
 
 
 def _drop_cached(path: Path) -> None:
@@ -343,6 +349,7 @@ def _check_data(f: IO[bytes], e: _Entry, run: Stream) -> None:
     """Read the member's stored bytes (``f`` is at their start); inflate a deflated one to its very end."""
     inflater = run.inflater() if e.method == _DEFLATED else None
     crc = size = 0
+    sha = hashlib.sha256() if getattr(run, "hashes", None) is not None else None
     remaining = e.compressed_size
     while remaining:
         run.check_cancel()
@@ -352,6 +359,8 @@ def _check_data(f: IO[bytes], e: _Entry, run: Stream) -> None:
         remaining -= len(chunk)
         if inflater is None:
             crc, size = run.crc32(chunk, crc), size + len(chunk)
+            if sha is not None:
+                sha.update(chunk)
             run.add(len(chunk))
         else:
             if inflater.eof:
@@ -362,6 +371,8 @@ def _check_data(f: IO[bytes], e: _Entry, run: Stream) -> None:
                 buf = inflater.unconsumed_tail
                 if out:
                     crc, size = run.crc32(out, crc), size + len(out)
+                    if sha is not None:
+                        sha.update(out)
                     run.add(len(out))
                     if size > e.size:
                         raise ZipInvalid(f"inflates to more than the {e.size} bytes the directory says", e.name)
@@ -377,6 +388,8 @@ def _check_data(f: IO[bytes], e: _Entry, run: Stream) -> None:
         raise ZipInvalid("the compressed stream does not end where the member's data does (damaged)", e.name)
     if (size, crc) != (e.size, e.crc):
         raise ZipInvalid(f"content {size} bytes/CRC {crc:08x}, directory says {e.size}/{e.crc:08x}", e.name)
+    if sha is not None:
+        run.hashes[e.name] = sha.hexdigest()
 
 
 def _check_descriptor(f: IO[bytes], e: _Entry, at: int, zip64: bool) -> int:

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional
 
 from horos_async import guards, naming
 from horos_async.backup import reconcile
-from horos_async.backup.identity import read_identity
+from horos_async.backup import zip_manifest
 from horos_async.config import Config
 from horos_async.errors import LedgerError, VolumeError
 from horos_async.state.ledger_read import LedgerReader
@@ -104,13 +104,20 @@ def from_ledger(cfg: Config, *, include_all: bool = False, only_in_backup: bool 
 
 
 def from_zips(cfg: Config) -> List[Row]:
-    """Rows from the identity comments of the ZIPs on disk (every version), without the ledger."""
+    """Rows from the ZIPs on disk (every version), without the ledger: each ZIP's manifest when it has
+    one (docs/design/manifest.md), else its identity comment (ZIPs from before manifests)."""
     rows = []
     for rel, size in sorted(reconcile.zips_on_disk(cfg.backup_dir).items()):
-        ident = read_identity(cfg.backup_dir / rel)
+        described = zip_manifest.describe(cfg.backup_dir / rel)
+        ident = described.identity
         if ident is None:
             rows.append(Row("", "", "", "", "", rel, size, 0, "", 0, "not a horos-backup ZIP"))
             continue
+        study = zip_manifest.study_fields(described.manifest or {})
+        ident = dict(ident, **{k: v for k, v in (("patient_name", study.get("patient_name")),
+                                                 ("birth_date", study.get("birth_date")),
+                                                 ("study_date", study.get("study_date")),
+                                                 ("modalities", study.get("modalities"))) if v})
         rows.append(Row(_person(ident.get("patient_name")), _date(ident.get("birth_date")),
                         _date(ident.get("study_date")), str(ident.get("modalities") or ""), str(ident.get("uid") or ""),
                         rel, size, int(ident.get("files") or 0), _stamp(ident.get("exported_at")),

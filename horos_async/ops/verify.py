@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from horos_async.backup import archive, reconcile, zipcheck
+from horos_async.backup import archive, reconcile, zip_manifest, zipcheck
 from horos_async.backup.identity import members_digest
 from horos_async import durable, guards
 from horos_async.blocking import offload
@@ -270,7 +270,7 @@ class Verifier:
 
         try:
             members = zipcheck.verify_stored(path, deep=self.deep, progress=progress if self.deep else None,
-                                             cancel=self.cancel, on_retry=on_retry)
+                                             cancel=self.cancel, on_retry=on_retry, hashes=self.deep)
         except archive.ZipInvalid as exc:
             return None, str(exc), int(seen[0] * ratio)
         except FileNotFoundError:
@@ -283,10 +283,12 @@ class Verifier:
         nbytes = z.zip_size if self.deep else 0
         if len(members) != z.files:
             return None, f"holds {len(members)} members, the ledger recorded {z.files}", nbytes
-        if z.digest:
-
-            if members_digest(members) != z.digest:
-                return None, "its members (names, CRCs, sizes) differ from what was recorded", nbytes
+        if self.deep:  # first: it names the member and what differs (a forged CRC too)
+            why = _manifest_fault(path, z, members)
+            if why:
+                return None, why, nbytes
+        if z.digest and members_digest(members) != z.digest:
+            return None, "its members (names, CRCs, sizes) differ from what was recorded", nbytes
         return members, "", nbytes
 
     def _volume_still_there(self, path: Path) -> None:
@@ -349,6 +351,28 @@ class Verifier:
             self.state["updated_at"] = time.time()
             await offload(durable.write_atomic, self.cfg.verify_state_path,
                           json.dumps(self.state, indent=1).encode("utf-8"), overwrite=True)
+
+
+def _manifest_fault(path: Path, z: ZipToVerify, members) -> str:
+    """Why the ZIP's members disagree with its manifest (every SHA-256 just computed), or "" when they
+    agree or the ZIP is from before manifests (docs/design/manifest.md §5)."""
+    names = {m.name for m in members}
+    if zip_manifest.MANIFEST_NAME not in names:
+        return "its manifest is missing (the ledger recorded one)" if z.manifest_sha256 else ""
+    data = zip_manifest.read_bytes(path)
+    sha = {m.name: m.sha256 for m in members}.get(zip_manifest.MANIFEST_NAME, "")
+    if data is None or zip_manifest.digest(data) != sha:
+        return "its manifest cannot be read the same way twice"
+    if z.manifest_sha256 and sha != z.manifest_sha256:
+        return "its manifest differs from the one recorded when the ZIP was written"
+    doc = zip_manifest.parse(data)
+    if doc is None:
+        return "its manifest is not a horos-backup manifest"
+    problems = zip_manifest.check_members(doc, members)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"{problems[0]}{more}"
+    return ""
 
 
 def _when(ts: Optional[float]) -> str:

@@ -255,8 +255,8 @@ class Ledger:
     async def zips_to_verify(self, since: Optional[float] = None, month: Optional[str] = None) -> List[ZipToVerify]:
         """The ``ok`` ZIPs in verify's scope, in path order: created at or after ``since`` (Unix seconds),
         in the month folder ``month``."""
-        sql = ("SELECT zip_path, key, files, bytes_in, zip_size, COALESCE(members_digest, '') FROM zips "
-               "WHERE status='ok'")
+        sql = ("SELECT zip_path, key, files, bytes_in, zip_size, COALESCE(members_digest, ''), "
+               "COALESCE(manifest_sha256, '') FROM zips WHERE status='ok'")
         params: List[object] = []
         if since is not None:
             sql += " AND created_at >= ?"

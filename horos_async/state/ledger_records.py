@@ -95,6 +95,8 @@ class ZipToVerify(NamedTuple):
     """Bytes on disk recorded."""
     digest: str
     """Member digest recorded ("" for ZIPs recorded before digests existed)."""
+    manifest_sha256: str = ""
+    """SHA-256 of the ZIP's manifest as recorded ("" for ZIPs without one)."""
 
 
 class StudyRecord(NamedTuple):
