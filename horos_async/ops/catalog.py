@@ -127,8 +127,13 @@ def from_zips(cfg: Config) -> List[Row]:
     return rows
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
+    """A name as ``--search`` compares it: transliterated to ASCII, lower case, ``^`` and runs of spaces
+    as one space (``export --name`` matches the same way)."""
     return " ".join(transliterate(text.replace("^", " ")).lower().split())
+
+
+_fold = fold
 
 
 def search(rows: Iterable[Row], text: str) -> List[Row]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from horos_async.errors import HorosBackupError, LedgerError, VolumeError
-from horos_async.state.ledger_records import (Entry, IssueRecord, LedgerIndex, RunRecord, RunsSince,
+from horos_async.state.ledger_records import (Entry, ExportRecord, IssueRecord, LedgerIndex, RunRecord, RunsSince,
                                               StateTotals, StudyRecord)
 
 INDEX_COLUMNS = ("key", "state", "version", "date_added", "fingerprint", "next_attempt", "zip_path", "code",
@@ -157,6 +157,17 @@ class LedgerReader:
         first, studies = self.con.execute(
             "SELECT MIN(started), COALESCE(SUM(studies_done), 0) FROM runs WHERE started >= ?", (since,)).fetchone()
         return RunsSince(first, int(studies or 0))
+
+    def exported(self) -> List[ExportRecord]:
+        """Every study whose current ZIP is ``ok``, with what ``export`` selects by (patient ID and
+        accession number are NULL on a ledger before schema 4, and for studies exported before it)."""
+        have = {r[1] for r in self.con.execute("PRAGMA table_info(studies)")}
+        pid = "s.patient_id" if "patient_id" in have else "NULL"
+        acc = "s.accession" if "accession" in have else "NULL"
+        return [ExportRecord(*r) for r in self.con.execute(
+            f"SELECT s.key, s.uid, s.patient_name, {pid}, {acc}, s.birth_date, s.study_date, s.modalities, "
+            "s.zip_path, z.zip_size, s.files FROM studies s JOIN zips z ON z.zip_path = s.zip_path "
+            "WHERE z.status = 'ok' AND s.state IN ('done', 'partial') ORDER BY s.study_date, s.uid")]
 
     def has_last_seen(self) -> bool:
         """True on a ledger of schema 2 or later: ``studies.last_seen`` records the studies Horos's database

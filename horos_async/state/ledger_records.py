@@ -122,6 +122,23 @@ class StudyRecord(NamedTuple):
     """Unix seconds: when Horos's database last had the study, if it no longer does (None while it does)."""
 
 
+class ExportRecord(NamedTuple):
+    """One backed-up study as ``export`` selects it (a ``studies`` row with its current, ``ok`` ZIP)."""
+
+    key: str
+    uid: str
+    patient_name: Optional[str]
+    patient_id: Optional[str]
+    """NULL for studies exported before ledger schema 4 (``export`` reads their ZIP then)."""
+    accession: Optional[str]
+    birth_date: Optional[str]
+    study_date: Optional[str]
+    modalities: Optional[str]
+    zip_path: str
+    zip_size: int
+    files: Optional[int]
+
+
 @dataclass(frozen=True)
 class StateTotals:
     """Studies in one state and their bytes."""
