@@ -259,7 +259,9 @@ class _Reader(threading.Thread):
 
     The SHA-256, the CRC-32 and the header facts of each source are computed here, in the thread that
     reads, so they run on the other core while the writer deflates (hashlib and ISA-L release the GIL).
-    Items: ``("open", mtime)``, ``("data", chunk)``, ``("end", crc, sha256, facts)``, ``("error", exc)``.
+    Items: ``(chunk, mtime, end)`` per chunk, ``mtime`` on a file's first chunk only (else None), ``end``
+    = ``(crc, sha256, facts)`` on its last (else None): a file of one chunk is one hand-over;
+    ``("error", exc)`` ends the stream.
     """
 
     def __init__(self, members: Sequence[Member], run: Stream) -> None:
@@ -283,26 +285,30 @@ class _Reader(threading.Thread):
             for m in self.members:
                 src = _open_source(m.source)
                 with src:
-                    if not self._put(("open", os.fstat(src.fileno()).st_mtime)):
-                        return
+                    mtime: Optional[float] = os.fstat(src.fileno()).st_mtime
                     sha, crc, remaining, facts = hashlib.sha256(), 0, m.size, None
-                    while remaining > 0:
-                        chunk = _read(src, m.source, min(run.chunk_size, remaining))
-                        if not chunk:
-                            raise SourceReadError(m.source, None, f"changed while reading (shrank below {m.size} bytes)")
-                        if facts is None:  # the header is in the first chunk (1 MiB); never the pixels
-                            facts = dicom_header.facts(chunk, m.source)
-                        sha.update(chunk)
-                        crc, remaining = run.crc32(chunk, crc), remaining - len(chunk)
-                        if not self._put(("data", chunk)):
+                    chunk = b""
+                    while True:
+                        if remaining > 0:
+                            chunk = _read(src, m.source, min(run.chunk_size, remaining))
+                            if not chunk:
+                                raise SourceReadError(m.source, None,
+                                                      f"changed while reading (shrank below {m.size} bytes)")
+                            if facts is None:  # the header is in the first chunk (1 MiB); never the pixels
+                                facts = dicom_header.facts(chunk, m.source)
+                            sha.update(chunk)
+                            crc, remaining = run.crc32(chunk, crc), remaining - len(chunk)
+                        end = None
+                        if remaining <= 0:
+                            if _read(src, m.source, 1):
+                                raise SourceReadError(m.source, None,
+                                                      f"changed while reading (grew past {m.size} bytes)")
+                            end = (crc, sha.hexdigest(), facts if facts is not None else dicom_header.facts(b""))
+                        if not self._put((chunk, mtime, end)):
                             return
-                        del chunk
-                    if _read(src, m.source, 1):
-                        raise SourceReadError(m.source, None, f"changed while reading (grew past {m.size} bytes)")
-                    if facts is None:
-                        facts = dicom_header.facts(b"")
-                    if not self._put(("end", crc, sha.hexdigest(), facts)):
-                        return
+                        mtime, chunk = None, b""
+                        if end is not None:
+                            break
         except BaseException as exc:  # handed to the writer, which raises it in its own thread
             self._put(("error", exc))
 
@@ -328,26 +334,27 @@ class _Reader(threading.Thread):
 
 def _write_piped(zf: zipfile.ZipFile, member: Member, level: int, run: Stream, reader: _Reader) -> BuiltMember:
     """One member whose bytes, CRC and SHA-256 come from the reading thread."""
-    kind, mtime = reader.take()
-    if kind != "open":
-        raise ZipInvalid(f"reading thread out of step ({kind})", member.name)
+    chunk, mtime, end = reader.take()
+    if mtime is None:
+        raise ZipInvalid("reading thread out of step", member.name)
     zinfo = _zinfo(member, mtime, level)
     writer = zf.open(zinfo, "w")
     try:
         if member.compress:
             _install_fast_compressor(writer, level)
         while True:
-            item = reader.take()
-            if item[0] != "data":
+            if chunk:
+                writer.write(chunk)
+                run.add(len(chunk))
+            if end is not None:
                 break
-            writer.write(item[1])
-            run.add(len(item[1]))
-            del item
+            del chunk  # see _check_member
+            chunk, _, end = reader.take()
     except BaseException:
         io.IOBase.close(writer)  # see _write_member
         raise
     writer.close()
-    _, crc, digest, facts = item
+    crc, digest, facts = end
     if zinfo.CRC != crc or zinfo.file_size != member.size:
         raise ZipInvalid("CRC or size written differs from the source bytes read", member.name)
     return BuiltMember(member.name, crc, member.size, zinfo.compress_size, digest, facts, member.source)
