@@ -137,7 +137,7 @@ def test_a_study_with_head_and_HEAD_series_gives_a_zip_a_mac_can_extract(tmp_pat
     import zipfile
 
     from horos_async import demo
-    from helpers import key_of, make_config, run, zips_by_key
+    from helpers import key_of, make_config, run, study_members, zips_by_key
 
     lib = demo.build_demo(tmp_path / "lib", studies=0)
     study = lib.study("accented")
@@ -152,7 +152,7 @@ def test_a_study_with_head_and_HEAD_series_gives_a_zip_a_mac_can_extract(tmp_pat
     run(cfg, until_done=True)
     (zip_path,) = zips_by_key(cfg.backup_dir)[key_of(study)]
     with zipfile.ZipFile(zip_path) as zf:
-        names = zf.namelist()
+        names = [i.filename for i in study_members(zf)]  # the manifest beside the series folders
     folders = sorted({n.split("/")[0] for n in names})
     assert folders == ["S0001_CT_HEAD_2", "S0001_CT_Head"]
     assert len({n.casefold() for n in names}) == len(names) == len(set(study.files))

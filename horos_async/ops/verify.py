@@ -381,7 +381,7 @@ def _when(ts: Optional[float]) -> str:
 
 def summary(cfg: Config, r: VerifyResult, deep: bool) -> str:
     """The closing lines for a person."""
-    kind = "deep (every member's CRC re-read)" if deep else "quick (sizes and central directories)"
+    kind = "deep (every member's CRC re-read, SHA-256 checked against its manifest)" if deep else "quick (sizes and central directories)"
     lines = [f"verify {kind}: {r.checked} ZIPs checked this time, {r.good} good, {r.invalid} invalid, "
              f"{r.missing} missing" + (f"; {r.skipped} already checked earlier in this pass" if r.skipped else "")]
     if r.finished:
