@@ -100,6 +100,23 @@ class IssueCode(_Code):
                        "'horos-backup run --accept-horos-db' once")
 
 
+    MIRROR_FAILED = ("MIRROR_FAILED",
+                     "a mirror destination could not be written or checked (unmounted, its sentinel missing, "
+                     "full, rclone missing, misconfigured or failing); nothing unverified was recorded",
+                     "mount the destination or fix rclone (the message quotes its error); the next mirror "
+                     "resumes where this one stopped")
+    MIRROR_BEHIND = ("MIRROR_BEHIND", "a mirror destination lacks ZIPs written more than a day ago",
+                     "check that 'horos-backup mirror' can reach it (status shows its last run and error)")
+    MIRROR_COPY_BAD = ("MIRROR_COPY_BAD", "a mirror copy was missing or damaged ('verify --mirror'); it was "
+                       "copied again from the primary", "nothing, unless it repeats (a failing mirror disk)")
+    MIRROR_RESTORED = ("MIRROR_RESTORED", "a missing or damaged primary ZIP was put back from a verified mirror "
+                       "copy, not exported again", "nothing; run 'horos-backup doctor' if the backup disk "
+                       "damaged it")
+    MIRROR_CONFLICT = ("MIRROR_CONFLICT", "a mirror destination already holds another file under a ZIP's name; "
+                       "it was kept, and the ZIP stored beside it (name~<hash>.zip)",
+                       "nothing: nothing at a destination is ever replaced")
+
+
 class GuardCode(_Code):
     """A guard that stopped or paused the run, published live as ``guard.code``; ``meaning`` is the short
     name front ends show."""

@@ -148,3 +148,5 @@ class Outcome:
     """First few paths involved (missing or unreadable files)."""
     members_digest: str = ""
     """Digest of the published ZIP's members (names, CRCs, sizes) for the ledger; done and partial only."""
+    sha256: str = ""
+    """Hex SHA-256 of the published ZIP file, computed while it was written; done and partial only."""

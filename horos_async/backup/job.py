@@ -167,7 +167,7 @@ class StudyJob:
         _VolumeFailed; the caller removes ``tmp`` whatever happens."""
         ctx, plan = self.ctx, self.plan
         try:
-            built, digest = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
+            built, digest, sha256 = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
                                               progress.update)
         except archive.SourceMissing as exc:
             return self._fail(IssueCode.MISSING_FILES, f"a file vanished while zipping: {exc}", [str(exc)])
@@ -187,21 +187,21 @@ class StudyJob:
         except OSError as exc:
             raise _VolumeFailed(exc) from None
         return Outcome(plan.study.key, state, code, detail, rel, len(built), plan.total_bytes, size,
-                       time.monotonic() - self.started, members_digest=digest)
+                       time.monotonic() - self.started, members_digest=digest, sha256=sha256)
 
     def _fail(self, code: str, detail: str, extra=()) -> Outcome:
         return Outcome(self.plan.study.key, FAILED, code, detail, files=len(self.plan.files),
                        seconds=time.monotonic() - self.started, extra=tuple(extra))
 
     def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str,
-                          progress) -> Tuple[List[archive.BuiltMember], str]:
+                          progress) -> Tuple[List[archive.BuiltMember], str, str]:
         """Blocking: build the temp ZIP (synced inside), read it back fully against the sources; the
-        members and their digest for the ledger."""
+        members, their digest and the file's SHA-256 (hashed as it was written) for the ledger."""
         cancel = self.ctx.cancel
         built = archive.build_zip(tmp, members, level=self.ctx.config.compression_level,
                                   comment=zip_comment(identity, state), progress=progress, cancel=cancel)
         zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
-        return built, members_digest(built)
+        return built, members_digest(built), built.sha256
 
     async def _claim_space(self) -> None:
         """Wait until the backup volume has room for this ZIP, the floor, and what the ZIPs being written

@@ -35,9 +35,9 @@ from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_
 from horos_async.state.ledger_read import INDEX_SQL, MARK_SQL, MISSING_SQL, ROWS_MARK, index_from_rows
 from horos_async.state.ledger_records import MISSING_KEPT, LedgerIndex, ZipRecord, ZipToVerify
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2 added ``studies.last_seen`` (docs/design/horos-database.md §11: studies Horos deleted); 3 the counts
-that notice a study growing (§12)."""
+that notice a study growing (§12); 4 each ZIP's SHA-256 and the mirror tables (docs/design/mirror.md)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -94,9 +94,29 @@ async def _to_2(db: aiosqlite.Connection) -> None:
         await db.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
 
 
-MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3}
+async def _to_4_mirror(db: aiosqlite.Connection) -> None:
+    """Schema 4 (the mirror): ``zips.sha256``, each ZIP's SHA-256 computed while it was written, and the
+    mirror's own tables (docs/design/mirror.md §3): ``mirror_copies``, one row per file a destination
+    holds a verified copy of, and ``mirror_runs``, one row per destination per mirror run. Like the other
+    steps it adds only what is missing, so it composes in any order and runs twice harmlessly."""
+    if "sha256" not in await _columns(db, "zips"):
+        await db.execute("ALTER TABLE zips ADD COLUMN sha256 TEXT")
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS mirror_copies (dest TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, "
+        "size INTEGER NOT NULL, sha256 TEXT, copied_at REAL NOT NULL, verified_at REAL, "
+        "status TEXT NOT NULL DEFAULT 'ok', stored_as TEXT, PRIMARY KEY (dest, path))")
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS mirror_runs (id INTEGER PRIMARY KEY, dest TEXT NOT NULL, started REAL NOT NULL, "
+        "ended REAL, outcome TEXT, files INTEGER DEFAULT 0, bytes INTEGER DEFAULT 0, message TEXT)")
+    await db.execute("CREATE INDEX IF NOT EXISTS mirror_runs_dest ON mirror_runs (dest, started)")
+
+
+MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3, 4: _to_4_mirror}
 """Target version -> the step that brings a ledger one version below it there (run in order, in one
 transaction; a version without a step here is skipped, see :func:`_to_3`)."""
+ZIP_COLUMNS = ("zip_path, key, version, files, bytes_in, zip_size, members_digest, created_at, verified_at, "
+               "status, sha256")
+"""The ``zips`` columns every insert names (schema 4 added ``sha256`` after ``status``)."""
 MISSING_CODES = (IssueCode.MISSING_FILES, IssueCode.NO_FILES)
 """Failures that wait for files: their missing paths are kept, and checked again at each scan."""
 MAX_BACKOFF = 7 * 24 * 3600.0
@@ -280,15 +300,17 @@ class Ledger:
             (time.time(), outcome, exit_code, done, failed, bytes_in, bytes_out, message, self.run_id))
 
     async def record_zip(self, plan: StudyPlan, zip_path: str, zip_size: int, members_digest: str,
-                         state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None) -> None:
-        """Commit a verified, published ZIP and mark its study done (or partial), in one transaction."""
+                         state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None,
+                         sha256: str = "") -> None:
+        """Commit a verified, published ZIP and mark its study done (or partial), in one transaction
+        (``sha256``: the file's, computed while it was written)."""
         now = time.time() if now is None else now
         s = plan.study
         async with self._txn():
             await self.db.execute(
-                "INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
+                f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
                 (zip_path, s.key, plan.version, len(plan.files), plan.total_bytes, zip_size, members_digest,
-                 now, now))
+                 now, now, sha256 or None))
             await self.db.execute(
                 "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, zip_path, fingerprint, "
                 "date_added, month, files, bytes_in, zip_size, exported_at, attempts, code, detail, next_attempt, "
@@ -308,7 +330,8 @@ class Ledger:
             await self._seen(plan, plan.missing)
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
-                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True) -> None:
+                        members_digest: str, now: Optional[float] = None, crc_checked: bool = True,
+                        sha256: str = "") -> None:
         """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
 
         ``crc_checked=False`` (only its central directory was read) leaves ``verified_at`` empty until a
@@ -317,9 +340,9 @@ class Ledger:
         key = ident["key"]
         version = int(ident.get("version", 1))
         async with self._txn():
-            await self.db.execute("INSERT OR REPLACE INTO zips VALUES (?,?,?,?,?,?,?,?,?, 'ok')",
+            await self.db.execute(f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
-                                   ident.get("exported_at", now), now if crc_checked else None))
+                                   ident.get("exported_at", now), now if crc_checked else None, sha256 or None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:
