@@ -553,6 +553,16 @@ def validate(cfg: Config) -> Config:
         except ValueError as exc:
             raise _fail(src, "run_window", cfg.run_window, str(exc)) from None
     _check_outside_horos(cfg, src)
+    for m in cfg.mirror:
+        if m.is_rclone:
+            continue
+        for folder, why in ((cfg.backup_dir, "backup_dir"), (cfg.horos_data, "horos_data")):
+            try:
+                m.folder.resolve().relative_to(folder.resolve())
+            except ValueError:
+                continue
+            raise _fail(src, "mirror.dest", m.dest, f"must not be inside {why} ({folder}): a second copy belongs on "
+                        f"another disk or share")
     return cfg
 
 

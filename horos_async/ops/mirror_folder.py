@@ -56,7 +56,12 @@ class FolderDest(Destination):
                 if exc.errno in (errno.ENOENT,) and not item.src.exists():
                     failed.append((item, f"{item.rel} vanished from the backup disk while it was copied"))
                     continue
-                raise dest_fault(self.m, exc, f"copying {item.rel}") from None
+                fault = dest_fault(self.m, exc, f"copying {item.rel}")
+                fault.placed = placed  # the copies verified before the fault still count
+                raise fault from None
+            except MirrorError as exc:  # unmounted between two files
+                exc.placed = placed
+                raise
         return placed, failed
 
     def _put_one(self, item: Item, throttle: Throttle, cancel: threading.Event) -> Placed:

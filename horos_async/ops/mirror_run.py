@@ -222,7 +222,11 @@ class Mirror:
                 r.outcome = "partial"
                 r.message = "stopped (signal, time budget or window); the next mirror goes on"
                 return
-            placed, failed = await offload(dest.put, batch, self.cancel)
+            try:
+                placed, failed = await offload(dest.put, batch, self.cancel)
+            except MirrorError as exc:  # the destination failed: what it verified before still counts
+                await self._record(book, m, getattr(exc, "placed", ()), r)
+                raise
             await self._record(book, m, placed, r)
             failures += [why for _, why in failed]
             for item, why in failed:
