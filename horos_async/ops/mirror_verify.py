@@ -137,14 +137,15 @@ class MirrorVerifier:
         for start in range(0, len(todo), BATCH):
             if self._stop():
                 return
-            batch = todo[start:start + BATCH]
-            if self.max_zips is not None:
-                batch = batch[:max(0, self.max_zips - self.done)]
+            whole = todo[start:start + BATCH]
+            batch = whole[:max(0, self.max_zips - self.done)] if self.max_zips is not None else whole
             await self._batch(ledger, book, dest, m, r, batch, rows)
             state[m.dest] = batch[-1]
             self.done += len(batch)
             self.progress(f"verify --mirror {m.dest}: {r.checked} ZIPs checked, {r.recopied} copied again, "
                           f"{r.restored} restored from the mirror")
+            if len(batch) < len(whole) or (self._stop() and start + BATCH < len(todo)):
+                return  # --max-zips or --max-minutes: the next verify --mirror goes on from here
         r.finished = True
         state[m.dest] = ""
 
