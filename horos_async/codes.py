@@ -150,6 +150,17 @@ def error_outcome(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class MirrorOutcome(_Code):
+    """How a mirror run to one destination ended: the ledger's ``mirror_runs.outcome``."""
+
+    OK = ("ok", "every file is at the destination, verified", "nothing")
+    PARTIAL = ("partial", "stopped before the end (time budget, window, signal); what was copied is recorded",
+               "nothing: the next mirror goes on")
+    FAILED = ("failed", "the destination could not be reached or written, or a copy did not verify",
+              "see the message (status shows it); fix the destination, the next mirror resumes")
+    SKIPPED = ("skipped", "outside the destination's window: nothing tried", "nothing")
+
+
 class EngineState(_Code):
     """The engine's state: the first three are published by the engine, the rest are a reader's verdict."""
 

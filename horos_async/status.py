@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from horos_async import guards, health as health_mod, naming, platform
-from horos_async.codes import EngineState, IssueCode
+from horos_async.codes import EngineState, IssueCode, MirrorOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.health import Health
@@ -89,7 +89,7 @@ def mirror_state(c, now: float) -> MirrorState:
     """A destination's state from its ledger coverage (``ledger_records.MirrorCoverage``) at ``now``."""
     lag = max(0.0, now - c.oldest_missing) if c.oldest_missing is not None else None
     code = ""
-    if c.last_outcome == "failed":
+    if c.last_outcome == MirrorOutcome.FAILED:
         code = IssueCode.MIRROR_FAILED
     elif lag is not None and lag > MIRROR_BEHIND_SECONDS:
         code = IssueCode.MIRROR_BEHIND

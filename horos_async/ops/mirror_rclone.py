@@ -116,8 +116,8 @@ class RcloneDest(Destination):
             return {}
         listing = self._list_file(names)
         try:
-            _, out, _ = self._run(["lsjson", "-R", "--files-only", "--files-from-raw", str(listing), *self._common(),
-                                   self.remote], "listing the destination (rclone lsjson)", cancel)
+            _, out, _ = self._run(["lsjson", "-R", "--files-only", "--no-mimetype", "--files-from-raw", str(listing),
+                                   *self._common(), self.remote], "listing the destination (rclone lsjson)", cancel)
         finally:
             listing.unlink()
         try:
@@ -154,65 +154,90 @@ class RcloneDest(Destination):
                 found[name] = sha
         return found
 
+    pipelined = True
+    """The mirror run overlaps this batch's upload with the previous batch's read-back (two rclone
+    processes at once: one mostly I/O, one mostly hashing)."""
+
     def put(self, items: Sequence[Item], cancel: threading.Event) -> Tuple[List[Placed], List[Tuple[Item, str]]]:
+        return self.confirm(items, self.send(items, cancel), cancel)
+
+    def send(self, items: Sequence[Item], cancel: threading.Event) -> str:
+        """Upload ``items`` (one ``rclone copy`` for the ZIPs and index files, one for the month lists);
+        rclone's error, or "" (what arrived is for :meth:`confirm` to say)."""
         fixed = [i for i in items if not i.replaceable]
         rewritten = [i for i in items if i.replaceable]
-        stored: Dict[str, str] = {i.rel: i.rel for i in items}
-        conflicts: List[Item] = []
-        there = self._sizes([i.rel for i in fixed], cancel)
-        for item in fixed:
-            size = there.get(item.rel)
-            if size is None or size == item.size:
-                continue  # not there, or perhaps this very file (the read-back decides)
-            if size < item.size:
-                # An upload cut short (rclone killed): never recorded, so never a copy; kept aside, not deleted.
-                aside = item.rel.rpartition("/")
-                hidden = f"{aside[0]}/.{aside[2]}.{int(time.time())}.partial" if aside[0] else f".{item.rel}.partial"
-                self._run(["moveto", *self._common(), self._path(item.rel), self._path(hidden)],
-                          f"moving the cut-short upload {item.rel} aside", cancel)
-            else:
-                conflicts.append(item)
-                stored[item.rel] = conflict_name(item.rel, item.sha256)
         copy_error = ""
-        plain = [i for i in fixed if i not in conflicts]
-        for group, extra in ((plain, ["--immutable"]), (rewritten, [])):
+        # --immutable: a file already there that differs is refused, never replaced. With verify =
+        # "sha256" our read-back replaces rclone's own MD5 check of the transfer (--ignore-checksum).
+        verify_self = ["--ignore-checksum"] if self.m.verify == "sha256" else []
+        for group, extra in ((fixed, ["--immutable"]), (rewritten, [])):
             if not group or cancel.is_set():
                 continue
             listing = self._list_file([i.rel for i in group])
             try:
-                verify_self = ["--ignore-checksum"] if self.m.verify == "sha256" else []  # we hash it back below
                 rc, _, err = self._run(["copy", "--files-from-raw", str(listing), "--checksum", "--no-traverse",
-                                        *extra, *verify_self, *self._common(), str(self.root),
-                                        self.remote], "copying", cancel, check=False)
+                                        *extra, *verify_self, *self._common(), str(self.root), self.remote],
+                                       "copying", cancel, check=False)
                 if rc != 0 and not cancel.is_set():
                     copy_error = str(self._failed(rc, err, "copying"))
             finally:
                 listing.unlink()
-        for item in conflicts:
-            if cancel.is_set():
-                break
-            self._run(["copyto", "--immutable", *self._common(), str(item.src), self._path(stored[item.rel])],
-                      f"storing {item.rel} beside the other file under its name", cancel, check=False)
-        return self._verified(items, stored, {i.rel for i in conflicts}, copy_error, cancel)
+        return copy_error
 
-    def _verified(self, items: Sequence[Item], stored: Dict[str, str], conflicts, copy_error: str,
-                  cancel: threading.Event) -> Tuple[List[Placed], List[Tuple[Item, str]]]:
+    def confirm(self, items: Sequence[Item], copy_error: str,
+                cancel: threading.Event) -> Tuple[List[Placed], List[Tuple[Item, str]]]:
+        """Read the batch back in bulk; what is not there equal is looked at once more: an upload cut short
+        by a kill (smaller, never recorded) is moved aside and sent again, another file under the name
+        (nothing is ever replaced) gets the ZIP beside it."""
+        stored = {i.rel: i.rel for i in items}
+        placed, bad = self._check(items, stored, cancel)
+        if not bad or cancel.is_set():
+            return self._result(placed, bad, stored, copy_error)
+        there = self._sizes([i.rel for i in bad], cancel)
+        again: List[Item] = []
+        conflicts = set()
+        for item in bad:
+            size = there.get(item.rel)
+            if item.replaceable or size is None:
+                again.append(item)
+            elif size < item.size:
+                # An upload cut short (rclone killed): never recorded, so never a copy; kept aside, not deleted.
+                folder, _, name = item.rel.rpartition("/")
+                hidden = f"{folder}/.{name}.{int(time.time())}.partial" if folder else f".{name}.{int(time.time())}.partial"
+                self._run(["moveto", *self._common(), self._path(item.rel), self._path(hidden)],
+                          f"moving the cut-short upload {item.rel} aside", cancel)
+                again.append(item)
+            else:
+                stored[item.rel] = conflict_name(item.rel, item.sha256)
+                conflicts.add(item.rel)
+                self._run(["copyto", "--immutable", *self._common(), str(item.src), self._path(stored[item.rel])],
+                          f"storing {item.rel} beside the other file under its name", cancel, check=False)
+        if again and not cancel.is_set():
+            copy_error = self.send(again, cancel) or copy_error
+        more, still = self._check(bad, stored, cancel)
+        placed += [Placed(p.item, p.stored_as, p.sha256, p.item.rel in conflicts) for p in more]
+        return self._result(placed, still, stored, copy_error)
+
+    def _check(self, items: Sequence[Item], stored: Dict[str, str],
+               cancel: threading.Event) -> Tuple[List[Placed], List[Item]]:
+        """(the items read back equal, the others): one ``hashsum sha256`` (the hash proves the size), or
+        one ``lsjson`` with ``verify = "size"``."""
         names = [stored[i.rel] for i in items]
-        sizes = self._sizes(names, cancel)
-        hashes = self._sha256([n for n in names if n in sizes], cancel) if self.m.verify == "sha256" else {}
-        placed: List[Placed] = []
-        failed: List[Tuple[Item, str]] = []
-        for item in items:
-            name = stored[item.rel]
-            size, sha = sizes.get(name), hashes.get(name, "")
-            good = size == item.size and (self.m.verify == "size" or (sha and (sha == item.sha256 or not item.sha256)))
-            if good:
-                placed.append(Placed(item, name, sha or item.sha256, item.rel in conflicts))
-            elif not cancel.is_set():
-                why = copy_error or (f"{name} at {self.m.dest} is missing after the copy" if size is None else
-                                     f"{name} at {self.m.dest} reads back as {size} bytes, SHA-256 {sha[:12] or '?'}"
-                                     f"..., not {item.size} bytes, {item.sha256[:12]}...")
-                failed.append((item, why))
+        if self.m.verify == "sha256":
+            hashes = self._sha256(names, cancel)
+            good = [i for i in items if hashes.get(stored[i.rel]) and (hashes[stored[i.rel]] == i.sha256 or not i.sha256)]
+            placed = [Placed(i, stored[i.rel], hashes[stored[i.rel]]) for i in good]
+        else:
+            sizes = self._sizes(names, cancel)
+            good = [i for i in items if sizes.get(stored[i.rel]) == i.size]
+            placed = [Placed(i, stored[i.rel], i.sha256) for i in good]
+        ok = {i.rel for i in good}
+        return placed, [i for i in items if i.rel not in ok]
+
+    def _result(self, placed: List[Placed], bad: Sequence[Item], stored: Dict[str, str], copy_error: str):
+        """(placed, failed with why); raises when nothing of the batch arrived and rclone said why."""
+        failed = [(i, copy_error or f"{stored[i.rel]} at {self.m.dest} is missing or differs after the copy")
+                  for i in bad]
         if copy_error and not placed and failed:
             raise MirrorError(copy_error)
         return placed, failed

@@ -14,6 +14,7 @@ destination's window, for at most ``start_interval`` seconds, then leaves the re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from horos_async import durable, guards, schedule
 from horos_async.blocking import offload
-from horos_async.codes import IssueCode
+from horos_async.codes import IssueCode, MirrorOutcome
 from horos_async.config import Config, MirrorConfig
 from horos_async.errors import LockHeld, MirrorError
 from horos_async.ops import index_store
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 200
 BATCH_BYTES = 4 << 30
 """A batch ends at this many files or bytes, whichever comes first: its copies are then recorded."""
+RCLONE_BATCH_BYTES = 512 << 20
+"""An rclone batch is smaller: its upload overlaps the previous batch's read-back, so the two must alternate
+often enough to overlap, while each batch costs only two rclone processes."""
 
 
 @dataclass
@@ -65,7 +69,7 @@ class MirrorResult:
 
     @property
     def failed(self) -> List[DestResult]:
-        return [d for d in self.dests if d.outcome == "failed"]
+        return [d for d in self.dests if d.outcome == MirrorOutcome.FAILED]
 
 
 def destination(cfg: Config, m: MirrorConfig) -> Destination:
@@ -113,13 +117,14 @@ def plan(cfg: Config, zips: Sequence[ZipForMirror], have: Dict[str, Copy], sums_
     return todo, later
 
 
-def batches(items: Sequence[Item]) -> List[List[Item]]:
-    """``items`` cut into batches of at most :data:`BATCH_FILES` files and :data:`BATCH_BYTES` bytes."""
+def batches(items: Sequence[Item], max_bytes: int = 0) -> List[List[Item]]:
+    """``items`` cut into batches of at most :data:`BATCH_FILES` files and ``max_bytes`` bytes."""
+    max_bytes = max_bytes or BATCH_BYTES
     out: List[List[Item]] = []
     cur: List[Item] = []
     size = 0
     for item in items:
-        if cur and (len(cur) >= BATCH_FILES or size + item.size > BATCH_BYTES):
+        if cur and (len(cur) >= BATCH_FILES or size + item.size > max_bytes):
             out.append(cur)
             cur, size = [], 0
         cur.append(item)
@@ -185,7 +190,7 @@ class Mirror:
     async def _one(self, ledger: Ledger, book: MirrorBook, m: MirrorConfig, index: Sequence[Item]) -> DestResult:
         r = DestResult(m.dest)
         if not self._window_open(m):
-            r.outcome = "skipped"
+            r.outcome = MirrorOutcome.SKIPPED
             r.message = f"outside its window {m.window or self.cfg.run_window}"
             return r
         run_id = await book.begin_run(m.dest)
@@ -195,10 +200,10 @@ class Mirror:
             await offload(dest.clean)
             await self._copy_all(book, dest, m, r, index)
         except MirrorError as exc:
-            r.outcome, r.message = "failed", str(exc)
+            r.outcome, r.message = MirrorOutcome.FAILED, str(exc)
         except OSError as exc:  # the primary's disk, while reading (the destination's are MirrorErrors)
-            r.outcome, r.message = "failed", f"reading the backup disk failed: {exc.strerror or exc}"
-        if r.outcome == "failed":
+            r.outcome, r.message = MirrorOutcome.FAILED, f"reading the backup disk failed: {exc.strerror or exc}"
+        if r.outcome == MirrorOutcome.FAILED:
             self.announce(f"mirror: {r.message}")
             if await ledger.condition(f"{IssueCode.MIRROR_FAILED}:{m.dest}", True, r.message):
                 await ledger.issue(IssueCode.MIRROR_FAILED, r.message)
@@ -213,24 +218,35 @@ class Mirror:
         have = await book.copies(m.dest)
         todo, later = plan(self.cfg, zips, have, await book.zip_hashes(), index)
         failures: List[str] = []
-        pending = list(todo)
-        while pending:
-            batch = batches(pending)[0]
-            pending = pending[len(batch):]
+        cut = batches(todo, RCLONE_BATCH_BYTES if getattr(dest, "pipelined", False) else BATCH_BYTES)
+        sent = None  # (batch, what its upload said): a pipelined destination's batch awaiting its read-back
+        for n, batch in enumerate(cut):
             if self.cancel.is_set() or self._out_of_time() or not self._window_open(m):
-                r.left = len(batch) + len(pending) + len(later)
-                r.outcome = "partial"
+                r.left = sum(len(b) for b in cut[n:]) + len(later)
+                r.outcome = MirrorOutcome.PARTIAL
                 r.message = "stopped (signal, time budget or window); the next mirror goes on"
-                return
+                break
+            if getattr(dest, "pipelined", False):
+                # Upload this batch while the previous one is read back (docs/design/mirror.md §5).
+                upload = asyncio.ensure_future(offload(dest.send, batch, self.cancel))
+                try:
+                    if sent is not None:
+                        failures += await self._confirm(book, dest, m, r, *sent)
+                finally:
+                    error = await upload
+                sent = (batch, error)
+                continue
             try:
                 placed, failed = await offload(dest.put, batch, self.cancel)
             except MirrorError as exc:  # the destination failed: what it verified before still counts
                 await self._record(book, m, getattr(exc, "placed", ()), r)
                 raise
             await self._record(book, m, placed, r)
-            failures += [why for _, why in failed]
-            for item, why in failed:
-                log.warning("mirror %s: %s", m.dest, why)
+            failures += self._failed(m, failed)
+        if sent is not None:
+            failures += await self._confirm(book, dest, m, r, *sent)
+        if r.outcome == MirrorOutcome.PARTIAL:
+            return
         # The month lists, once every ZIP they list is there (`sha256sum -c` passes there at any moment).
         have = await book.copies(m.dest)
         ready = [s for s in later if self._month_complete(s, have)]
@@ -240,12 +256,24 @@ class Mirror:
             failures += [why for _, why in failed]
         r.left = len(later) - len(ready) + len(failures)
         if failures:
-            r.outcome = "failed"
+            r.outcome = MirrorOutcome.FAILED
             r.message = f"{len(failures)} file(s) not mirrored; first: {failures[0]}"
         elif self.cancel.is_set():
-            r.outcome, r.message = "partial", "interrupted; the next mirror goes on"
+            r.outcome, r.message = MirrorOutcome.PARTIAL, "interrupted; the next mirror goes on"
         else:
-            r.outcome = "ok"
+            r.outcome = MirrorOutcome.OK
+
+    async def _confirm(self, book: MirrorBook, dest, m: MirrorConfig, r: DestResult, batch, error: str) -> List[str]:
+        """Read a pipelined batch back and record what arrived equal; the reasons of what did not."""
+        placed, failed = await offload(dest.confirm, batch, error, self.cancel)
+        await self._record(book, m, placed, r)
+        return self._failed(m, failed)
+
+    @staticmethod
+    def _failed(m: MirrorConfig, failed) -> List[str]:
+        for _item, why in failed:
+            log.warning("mirror %s: %s", m.dest, why)
+        return [why for _, why in failed]
 
     def _month_complete(self, s: Item, have: Dict[str, Copy]) -> bool:
         listed = sums.parse(s.src.read_bytes()) if s.src.exists() else {}
