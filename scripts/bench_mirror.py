@@ -72,14 +72,19 @@ def warm(backup: Path) -> None:
                 pass
 
 
+CPU = {}
+"""Command label -> CPU seconds (user + system, the children waited for included) of its last run."""
+
+
 def timed(cmd: List[str], env=None) -> Tuple[float, int]:
-    """(seconds, peak RSS in MB of the process and the children it waited for)."""
+    """(seconds, peak RSS in MB of the process and the children it waited for); CPU seconds in :data:`CPU`."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd[:3]} failed: {proc.stderr.read().decode()[-2000:]}")
+    CPU["last"] = usage.ru_utime + usage.ru_stime
     return took, usage.ru_maxrss // 1024
 
 
@@ -128,7 +133,10 @@ def main() -> None:
         image = work / "dest.img"
         subprocess.run(["truncate", "-s", f"{need_mb}M", str(image)], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-        subprocess.run(["mount", "-o", "loop", str(image), str(dest_root)], check=True)
+        loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        subprocess.run(["blockdev", "--setrw", loop], check=True)  # a loop device may keep an old read-only flag
+        subprocess.run(["mount", loop, str(dest_root)], check=True)
     elif args.dest_fs == "tmpfs":
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need_mb}m", "tmpfs", str(dest_root)], check=True)
     rclone_conf = work / "rclone.conf"
@@ -138,6 +146,7 @@ def main() -> None:
     hb = [str(ROOT / ".venv" / "bin" / "horos-backup")] if (ROOT / ".venv/bin/horos-backup").exists() else \
         [sys.executable, "-m", "horos_async"]
     res = {k: [] for k in ("cp", "mirror_folder", "rclone", "mirror_rclone")}
+    cpu = {k: [] for k in res}
     rss = {"mirror_folder": 0, "mirror_rclone": 0, "rclone": 0}
     try:
         for n in range(args.rounds):  # each mirror into a destination it has never seen (its ledger rows)
@@ -146,33 +155,45 @@ def main() -> None:
             srcs = " ".join(f"'{backup / m}'" for m in months)
             t, _ = shell(f"cp -r {srcs} '{d}/' && find '{d}' -name '*.zip' -exec sha256sum {{}} + > /dev/null")
             res["cp"].append(t)
+            cpu["cp"].append(CPU["last"])
             warm(backup)
             d = fresh(dest_root, f"mirror{n}")
             conf = write_config(work, backup, str(d))
             t, peak = timed([*hb, "mirror", "--config", str(conf)], env)
             res["mirror_folder"].append(t)
+            cpu["mirror_folder"].append(CPU["last"])
             rss["mirror_folder"] = max(rss["mirror_folder"], peak)
             warm(backup)
             d = fresh(dest_root, "rclone")
             t, peak = timed(["rclone", "copy", "--checksum", "--include", "*.zip", str(backup), f"bench:{d}"], env)
             res["rclone"].append(t)
+            cpu["rclone"].append(CPU["last"])
             rss["rclone"] = max(rss["rclone"], peak)
             warm(backup)
             d = fresh(dest_root, f"mirror_rclone{n}")
             conf = write_config(work, backup, f"rclone:bench:{d}")
             t, peak = timed([*hb, "mirror", "--config", str(conf)], env)
             res["mirror_rclone"].append(t)
+            cpu["mirror_rclone"].append(CPU["last"])
             rss["mirror_rclone"] = max(rss["mirror_rclone"], peak)
     finally:
         if args.dest_fs != "dir":
-            subprocess.run(["umount", "-l", str(dest_root)], capture_output=True)
+            subprocess.run(["umount", str(dest_root)], capture_output=True)
+        if args.dest_fs == "loop":
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
     mb = total / 1e6
     med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"{args.zips} ZIPs, {mb:.0f} MB, destination on {args.dest_fs}, {args.rounds} rounds (medians)")
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    load = os.getloadavg()[0]
+    print(f"{args.zips} ZIPs, {mb:.0f} MB, destination on {args.dest_fs}, {args.rounds} rounds (medians), "
+          f"{os.cpu_count()} cores, load {load:.1f}")
     for k in ("cp", "mirror_folder", "rclone", "mirror_rclone"):
-        print(f"  {k:<14} {med[k]:6.2f} s  {mb / med[k]:7.1f} MB/s   (rounds: {', '.join(f'{x:.2f}' for x in res[k])})")
+        print(f"  {k:<14} {med[k]:6.2f} s  {mb / med[k]:7.1f} MB/s  CPU {cmed[k]:5.2f} s   "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in res[k])})")
     print(f"folder: mirror / (cp + sha256sum) = {med['cp'] / med['mirror_folder']:.2f} (goal >= 0.90)")
     print(f"rclone: mirror / rclone copy --checksum = {med['rclone'] / med['mirror_rclone']:.2f} (goal >= 0.90)")
+    print(f"CPU time (what a loaded machine divides among processes): folder {cmed['cp'] / cmed['mirror_folder']:.2f}, "
+          f"rclone {cmed['rclone'] / cmed['mirror_rclone']:.2f} (baseline CPU / mirror CPU)")
     print(f"peak RSS: mirror to a folder {rss['mirror_folder']} MB; mirror to rclone {rss['mirror_rclone']} MB "
           f"(with its rclone processes); rclone copy alone {rss['rclone']} MB")
 
