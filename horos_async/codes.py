@@ -100,6 +100,23 @@ class IssueCode(_Code):
                        "'horos-backup run --accept-horos-db' once")
 
 
+    MIRROR_FAILED = ("MIRROR_FAILED",
+                     "a mirror destination could not be written or checked (unmounted, its sentinel missing, "
+                     "full, rclone missing, misconfigured or failing); nothing unverified was recorded",
+                     "mount the destination or fix rclone (the message quotes its error); the next mirror "
+                     "resumes where this one stopped")
+    MIRROR_BEHIND = ("MIRROR_BEHIND", "a mirror destination lacks ZIPs written more than a day ago",
+                     "check that 'horos-backup mirror' can reach it (status shows its last run and error)")
+    MIRROR_COPY_BAD = ("MIRROR_COPY_BAD", "a mirror copy was missing or damaged ('verify --mirror'); it was "
+                       "copied again from the primary", "nothing, unless it repeats (a failing mirror disk)")
+    MIRROR_RESTORED = ("MIRROR_RESTORED", "a missing or damaged primary ZIP was put back from a verified mirror "
+                       "copy, not exported again", "nothing; run 'horos-backup doctor' if the backup disk "
+                       "damaged it")
+    MIRROR_CONFLICT = ("MIRROR_CONFLICT", "a mirror destination already holds another file under a ZIP's name; "
+                       "it was kept, and the ZIP stored beside it (name~<hash>.zip)",
+                       "nothing: nothing at a destination is ever replaced")
+
+
 class GuardCode(_Code):
     """A guard that stopped or paused the run, published live as ``guard.code``; ``meaning`` is the short
     name front ends show."""
@@ -131,6 +148,17 @@ class RunOutcome(_Code):
 def error_outcome(exc: BaseException) -> str:
     """The ``runs.outcome`` of a run ended by ``exc``: its class name (``DiskFull``, ``LockHeld``...)."""
     return type(exc).__name__
+
+
+class MirrorOutcome(_Code):
+    """How a mirror run to one destination ended: the ledger's ``mirror_runs.outcome``."""
+
+    OK = ("ok", "every file is at the destination, verified", "nothing")
+    PARTIAL = ("partial", "stopped before the end (time budget, window, signal); what was copied is recorded",
+               "nothing: the next mirror goes on")
+    FAILED = ("failed", "the destination could not be reached or written, or a copy did not verify",
+              "see the message (status shows it); fix the destination, the next mirror resumes")
+    SKIPPED = ("skipped", "outside the destination's window: nothing tried", "nothing")
 
 
 class EngineState(_Code):

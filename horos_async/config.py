@@ -68,6 +68,75 @@ class NotifyConfig:
                                            ("healthcheck", bool(self.healthcheck_url))) if on)
 
 
+MIRROR_VERIFY_CHOICES = ("sha256", "size")
+MIRROR_SENTINEL = ".horos_mirror_sentinel"
+RCLONE_PREFIX = "rclone:"
+_BW_UNITS = {"": 1024, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_bwlimit(text: str) -> Optional[int]:
+    """Bytes per second of a ``bwlimit`` in rclone's syntax (``"10M"`` = 10 MiB/s, ``"512k"``, a bare
+    number is KiB/s); None for "" or ``"off"``. ValueError when it is not one."""
+    t = text.strip().lower()
+    if t in ("", "off", "0"):
+        return None
+    unit = t[-1] if t[-1] in "bkmg" else ""
+    number = t[:-1] if unit else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError('expected a rate like "10M" (MiB/s), "512k" (KiB/s) or "off"') from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError('expected a positive rate like "10M" (MiB/s), "512k" (KiB/s) or "off"')
+    return int(value * _BW_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    """One ``[mirror]`` (or ``[[mirror]]``) table: a destination of the second copy (README "Mirror")."""
+
+    dest: str
+    """A folder (a mounted NAS share, a second disk) or an rclone remote written ``rclone:REMOTE:path``."""
+    sentinel: str = MIRROR_SENTINEL
+    """A folder destination's own sentinel: a file that exists only when the right volume is mounted
+    (relative to ``dest``, or absolute); "" turns the check off (not recommended). Unused for rclone."""
+    bwlimit: str = ""
+    """Bandwidth limit in rclone's syntax (``"10M"`` = 10 MiB/s, ``"512k"``); "" = none."""
+    window: str = ""
+    """When the scheduled run may mirror (``"20:00-06:00"``, Horos Mac's time); "" = ``run_window``."""
+    verify: str = "sha256"
+    """How each copy is checked before it is recorded: ``sha256`` (read back and hashed; a remote without
+    SHA-256 is downloaded) or ``size`` (only the size: for remotes where a download costs too much)."""
+
+    @property
+    def is_rclone(self) -> bool:
+        """True for an ``rclone:REMOTE:path`` destination."""
+        return self.dest.startswith(RCLONE_PREFIX)
+
+    @property
+    def remote(self) -> str:
+        """The rclone remote path (``REMOTE:path``) of an rclone destination."""
+        return self.dest[len(RCLONE_PREFIX):]
+
+    @property
+    def folder(self) -> Path:
+        """The folder of a folder destination."""
+        return Path(self.dest)
+
+    @property
+    def sentinel_path(self) -> Optional[Path]:
+        """The sentinel of a folder destination (None: unchecked, or an rclone destination)."""
+        if self.is_rclone or not self.sentinel:
+            return None
+        p = Path(self.sentinel)
+        return p if p.is_absolute() else self.folder / p
+
+    @property
+    def bytes_per_second(self) -> Optional[int]:
+        """``bwlimit`` in bytes per second (None: unlimited)."""
+        return parse_bwlimit(self.bwlimit)
+
+
 ORDER_CHOICES = ("study_date", "date_added")
 COMPRESSION_CHOICES = ("auto", "deflate", "store")
 NAMING_CHOICES = ("classic", "pseudonymous")
@@ -167,6 +236,9 @@ class Config:
     platform default (:func:`platform.state_home`). Empty string in TOML means the default."""
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     """The ``[notify]`` table: alert channels (e-mail, webhook, healthcheck) and their language."""
+    mirror: Tuple[MirrorConfig, ...] = ()
+    """The ``[mirror]`` table, or several ``[[mirror]]`` tables: where ``mirror`` keeps a second, verified
+    copy of the archive (README "Mirror"); empty = no mirror."""
     shrink_threshold: float = 0.5
     """Refuse to run (``HOROS_DB_SHRANK``) when Horos's database holds fewer CT/MR studies than this
     fraction of the last run's count (or, the first time, of the studies backed up); 0 disables."""
@@ -310,6 +382,8 @@ def _convert(source: str, key: str, value: Any, base: Path) -> Any:
         return tuple(dict.fromkeys(m.strip().upper() for m in value))
     if key == "notify":
         return _notify(source, value, base)
+    if key == "mirror":
+        return _mirrors(source, value, base)
     if key == "path_map":
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise _fail(source, key, value, 'expected a table of "old prefix" = "new prefix"')
@@ -386,6 +460,51 @@ def _notify(source: str, value: Any, base: Path) -> NotifyConfig:
     return n
 
 
+_MIRROR_FIELDS = ("dest", "sentinel", "bwlimit", "window", "verify")
+
+
+def _mirrors(source: str, value: Any, base: Path) -> Tuple[MirrorConfig, ...]:
+    """``[mirror]`` (one table) or ``[[mirror]]`` (a list of tables), each key checked (``mirror.<key>``)."""
+    tables = [value] if isinstance(value, dict) else value
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise _fail(source, "mirror", value, "expected a [mirror] table or [[mirror]] tables")
+    out: List[MirrorConfig] = []
+    for t in tables:
+        for key, v in t.items():
+            if key not in _MIRROR_FIELDS:
+                raise _fail(source, f"mirror.{key}", v, f"unknown key; the keys are {', '.join(_MIRROR_FIELDS)}")
+            if not isinstance(v, str):
+                raise _fail(source, f"mirror.{key}", v, "expected text in quotes")
+        dest = t.get("dest", "").strip()
+        if not dest:
+            raise _fail(source, "mirror.dest", dest, 'must be set: a folder, or "rclone:REMOTE:path"')
+        if dest.startswith(RCLONE_PREFIX):
+            remote = dest[len(RCLONE_PREFIX):]
+            if ":" not in remote:
+                raise _fail(source, "mirror.dest", dest, 'an rclone destination is "rclone:REMOTE:path" '
+                            '(a remote from "rclone config", a colon, a folder in it)')
+        else:
+            dest = str(_path(source, "mirror.dest", dest, base))
+        m = MirrorConfig(dest=dest, **{k: t[k].strip() for k in _MIRROR_FIELDS[1:] if k in t})
+        if m.verify not in MIRROR_VERIFY_CHOICES:
+            raise _fail(source, "mirror.verify", m.verify, f"must be one of {', '.join(MIRROR_VERIFY_CHOICES)}")
+        try:
+            parse_bwlimit(m.bwlimit)
+        except ValueError as exc:
+            raise _fail(source, "mirror.bwlimit", m.bwlimit, str(exc)) from None
+        if m.window:
+            from horos_async.schedule import parse_window
+
+            try:
+                parse_window(m.window)
+            except ValueError as exc:
+                raise _fail(source, "mirror.window", m.window, str(exc)) from None
+        if any(o.dest == m.dest for o in out):
+            raise _fail(source, "mirror.dest", m.dest, "listed twice")
+        out.append(m)
+    return tuple(out)
+
+
 def validate(cfg: Config) -> Config:
     """Reject impossible values; returns ``cfg`` unchanged when all is well."""
     src = str(cfg.source) if cfg.source else "built-in defaults"
@@ -439,6 +558,16 @@ def validate(cfg: Config) -> Config:
         except ValueError as exc:
             raise _fail(src, "run_window", cfg.run_window, str(exc)) from None
     _check_outside_horos(cfg, src)
+    for m in cfg.mirror:
+        if m.is_rclone:
+            continue
+        for folder, why in ((cfg.backup_dir, "backup_dir"), (cfg.horos_data, "horos_data")):
+            try:
+                m.folder.resolve().relative_to(folder.resolve())
+            except ValueError:
+                continue
+            raise _fail(src, "mirror.dest", m.dest, f"must not be inside {why} ({folder}): a second copy belongs on "
+                        f"another disk or share")
     return cfg
 
 
@@ -512,7 +641,7 @@ def render_toml(cfg: Config) -> str:
     lines = []
     for name, f in _FIELDS.items():
         value = getattr(cfg, name)
-        if name in ("path_map", "notify"):
+        if name in ("path_map", "notify", "mirror"):
             continue
         if value is None:
             value = ""
@@ -543,6 +672,10 @@ def render_toml(cfg: Config) -> str:
                 lines.append(f"{name} = {value}")
             else:
                 lines.append(f"{name} = {_toml_str(str(value) if value is not None else '')}")
+    for m in cfg.mirror:
+        lines.append("")
+        lines.append("[[mirror]]")
+        lines.extend(f"{name} = {_toml_str(getattr(m, name))}" for name in _MIRROR_FIELDS)
     return "\n".join(lines) + "\n"
 
 

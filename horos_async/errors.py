@@ -22,6 +22,7 @@ EXIT_CHECK = 9  # doctor found a FAIL, verify a bad or missing ZIP, restore refu
 #                an index snapshot failed its verification, index restore refused (Horos running, bad snapshot)
 EXIT_SERVICE = 10  # launchctl could not load or unload the LaunchAgent, or its plist is invalid
 EXIT_SOURCE = 11  # HOROS_DB_SHRANK: Horos's database shrank or was replaced; refused, nothing written
+EXIT_MIRROR = 12  # mirror: a destination unreachable (sentinel, rclone missing or failing), full, or a copy failed
 # `status` exits with one of these when the backup is not healthy (README "Health"); a monitoring system
 # can tell them apart. 7 and 8 keep their meaning (state unreadable, ledger damaged).
 EXIT_HEALTH_FAILING = 20  # the latest runs failed or were refused
@@ -110,3 +111,10 @@ class SnapshotError(HorosBackupError):
     snapshot asked for by ``index restore`` is missing or damaged."""
 
     exit_code = EXIT_CHECK
+
+
+class MirrorError(HorosBackupError):
+    """A mirror destination cannot be used (its sentinel missing, rclone missing, misconfigured or
+    failing, the destination full or gone), or a copy could not be verified there."""
+
+    exit_code = EXIT_MIRROR

@@ -152,3 +152,5 @@ class Outcome:
     """Members of the published ZIP (its files, the manifest, a DICOMDIR); 0 when nothing was written."""
     manifest_sha256: str = ""
     """SHA-256 of the ZIP's manifest member ("" when it has none); the ledger keeps it."""
+    sha256: str = ""
+    """Hex SHA-256 of the published ZIP file, computed while it was written; done and partial only."""

@@ -280,3 +280,39 @@ def keep_awake(pid: int, *, macos: Optional[bool] = None) -> Optional[subprocess
         log.warning("cannot start %s (%s): an idle Mac may sleep during this run; see README "
                     "'Install on the Horos Mac' to keep it awake", program, exc.strerror or exc)
         return None
+
+
+def read_uncached(fd: int) -> None:
+    """Ask that reads of ``fd`` come from the device, not the page cache, where the system allows it
+    (the mirror's read-back after a copy: docs/design/mirror.md §4). macOS: ``F_NOCACHE`` on the
+    descriptor; Linux: drop its cached pages (``POSIX_FADV_DONTNEED``, after the file was synced). A
+    network share or tmpfs may still answer from memory; errors are ignored (the read is still checked)."""
+    try:
+        if is_macos() and _fcntl is not None and hasattr(_fcntl, "F_NOCACHE"):
+            _fcntl.fcntl(fd, _fcntl.F_NOCACHE, 1)
+        elif hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+
+
+def copy_range(src_fd: int, dst_fd: int, count: int) -> int:
+    """Copy up to ``count`` bytes from ``src_fd`` to ``dst_fd`` at their offsets, in the kernel where it
+    can (Linux ``copy_file_range``/``sendfile``); 0 at the end of the source. Falls back to read/write."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            return os.copy_file_range(src_fd, dst_fd, count)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    if sys.platform.startswith("linux"):
+        try:
+            return os.sendfile(dst_fd, src_fd, None, count)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+    data = os.read(src_fd, min(count, 1 << 20))
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.write(dst_fd, view[done:])
+    return len(data)

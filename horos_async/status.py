@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from horos_async import guards, health as health_mod, naming, platform
-from horos_async.codes import EngineState, IssueCode
+from horos_async.codes import EngineState, IssueCode, MirrorOutcome
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.health import Health
@@ -48,6 +48,56 @@ IssueRow = IssueRecord
 """One row of the issue log (the ledger's record, under the name front ends know)."""
 RunRow = RunRecord
 """One past or current run (the ledger's record, under the name front ends know)."""
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    """One mirror destination as front ends show it: coverage, lag, last run, health."""
+
+    dest: str
+    zips_done: int
+    zips_mirrored: int
+    bytes_done: int
+    bytes_mirrored: int
+    lag_seconds: Optional[float]
+    """How long ago the oldest ZIP not yet at the destination was written (None: it has them all)."""
+    last_run: Optional[float]
+    last_outcome: str
+    last_message: str
+    code: str
+    """"" when healthy, else ``MIRROR_FAILED`` (its last run failed) or ``MIRROR_BEHIND`` (lag over a day)."""
+
+    @property
+    def health(self) -> str:
+        """``OK``, ``FAILING``, ``BEHIND`` or ``NEVER RUN`` (``CATCHING UP`` while less than a day behind)."""
+        if self.code == IssueCode.MIRROR_FAILED:
+            return "FAILING"
+        if self.code == IssueCode.MIRROR_BEHIND:
+            return "BEHIND"
+        if self.last_run is None:
+            return "NEVER RUN"
+        return "CATCHING UP" if self.lag_seconds else "OK"
+
+    @property
+    def percent(self) -> float:
+        """ZIPs mirrored, in percent of those done (100 with none done)."""
+        return 100.0 * self.zips_mirrored / self.zips_done if self.zips_done else 100.0
+
+
+MIRROR_BEHIND_SECONDS = 24 * 3600.0
+"""A destination lacking a ZIP written longer ago than this is behind (an alert: ``MIRROR_BEHIND``)."""
+
+
+def mirror_state(c, now: float) -> MirrorState:
+    """A destination's state from its ledger coverage (``ledger_records.MirrorCoverage``) at ``now``."""
+    lag = max(0.0, now - c.oldest_missing) if c.oldest_missing is not None else None
+    code = ""
+    if c.last_outcome == MirrorOutcome.FAILED:
+        code = IssueCode.MIRROR_FAILED
+    elif lag is not None and lag > MIRROR_BEHIND_SECONDS:
+        code = IssueCode.MIRROR_BEHIND
+    return MirrorState(c.dest, c.zips_done, c.zips_mirrored, c.bytes_done, c.bytes_mirrored, lag, c.last_run,
+                       c.last_outcome, c.last_message, code)
 
 
 @dataclass(frozen=True)
@@ -107,6 +157,8 @@ class Snapshot:
     """The configured zone times are shown in ("" = this machine's)."""
     run_alive: bool = False
     """The process of the run the live file describes still exists (running, or stale but hung)."""
+    mirrors: Tuple[MirrorState, ...] = ()
+    """Each ``[mirror]`` destination: coverage, lag, last run, health (docs/design/mirror.md)."""
     warnings: Tuple[Tuple[str, float, str], ...] = ()
     """(code, since, detail) of the ledger conditions that are told as alerts (:data:`WARNING_CONDITIONS`)
     but do not change the health state: the images are being backed up, something beside them is not."""
@@ -168,13 +220,16 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) ->
     """Counts, months, issues, runs and the runs of the last days from the ledger; LedgerError when damaged,
     VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
-                           "only_in_backup": 0, "achieved": RunsSince(), "warnings": ()}
+                           "only_in_backup": 0, "achieved": RunsSince(), "mirrors": (), "warnings": ()}
     path = cfg.ledger_path
     if not path.exists():
         return out
     try:
         with LedgerReader.open(path) as led:
-            return _query_ledger(led, out, issues_limit, runs_limit, now)
+            out = _query_ledger(led, out, issues_limit, runs_limit, now)
+            if out.get("read"):
+                out["mirrors"] = tuple(mirror_state(led.mirror_coverage(m.dest), now) for m in cfg.mirror)
+            return out
     except sqlite3.OperationalError as exc:  # cannot open or read: permissions, I/O error, volume gone
         raise VolumeError(f"cannot read the ledger {path} ({exc}): is the backup volume still mounted, and "
                           f"readable by this user?") from None
@@ -238,7 +293,7 @@ def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> 
     next_run = last_end + cfg.start_interval if installed and last_end else None
     first, studies = led["achieved"].first_started, led["achieved"].studies_done
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
-                only_in_backup=led["only_in_backup"], warnings=led["warnings"],
+                only_in_backup=led["only_in_backup"], mirrors=led["mirrors"], warnings=led["warnings"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
                 host=socket.gethostname(), timezone=cfg.timezone)
     if live is None:
@@ -366,6 +421,13 @@ def render(snap: Snapshot, width: int = 80) -> str:
     if snap.only_in_backup:
         lines.append(f"Only in the backup: {snap.only_in_backup} studies Horos's database no longer has; their ZIPs "
                      f"are the only copy (horos-backup catalog --only-in-backup)")
+    for m in snap.mirrors:
+        lag = f", {_duration(m.lag_seconds)} behind" if m.lag_seconds else ""
+        lines.append(f"Mirror {m.dest}: {m.health}, {m.zips_mirrored}/{m.zips_done} ZIPs "
+                     f"({guards.human_bytes(m.bytes_mirrored)} of {guards.human_bytes(m.bytes_done)}){lag}; last run "
+                     f"{when(m.last_run)} {m.last_outcome or '-'}")
+        if m.code == IssueCode.MIRROR_FAILED and m.last_message:
+            lines.append(f"  {naming.fit_end(naming.printable(m.last_message), 3 * width)}")
     if snap.incoming_count is not None:
         over = " (OVER LIMIT: paused)" if snap.incoming_capped else ""
         lines.append(f"INCOMING.noindex: {snap.incoming_count}/{snap.incoming_limit} files{over}")

@@ -15,7 +15,8 @@ from typing import Dict, Iterator, List, Set, Tuple
 import pytest
 
 from horos_async import codes, errors
-from horos_async.codes import PUBLISHED_STATES, EngineState, GuardCode, HealthCode, HealthState, IssueCode, RunOutcome
+from horos_async.codes import (PUBLISHED_STATES, EngineState, GuardCode, HealthCode, HealthState, IssueCode,
+                               MirrorOutcome, RunOutcome)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,19 +86,20 @@ def test_guard_codes_are_issue_codes_and_the_tui_names_each():
 
 
 def test_every_code_has_a_meaning_and_an_action():
-    for family in (IssueCode, GuardCode, RunOutcome, EngineState, HealthState, HealthCode):
+    for family in (IssueCode, GuardCode, RunOutcome, EngineState, HealthState, HealthCode, MirrorOutcome):
         for code in family:
             assert code.meaning.strip() and code.action.strip(), code
             assert f"{code}" == str(code) == code.value and code == code.value  # written as its plain text
 
 
 # -- the codes the source writes and publishes are registered ---------------------------------------------
-FAMILIES = {"IssueCode": IssueCode, "GuardCode": GuardCode, "RunOutcome": RunOutcome, "EngineState": EngineState}
+FAMILIES = {"IssueCode": IssueCode, "GuardCode": GuardCode, "RunOutcome": RunOutcome, "EngineState": EngineState,
+            "MirrorOutcome": MirrorOutcome}
 ALLOWED = {  # what each kind of site may hold
     "issue": {c.value for c in IssueCode},
     "guard": {c.value for c in GuardCode},
     "state": {c.value for c in PUBLISHED_STATES},
-    "outcome": {c.value for c in RunOutcome},
+    "outcome": {c.value for c in RunOutcome} | {c.value for c in MirrorOutcome},  # a run's, a mirror run's
 }
 NOT_REGISTERED: dict = {}
 """Codes a site may hold without a registry entry: none (UNCHANGED is an Outcome status of its own)."""

@@ -282,7 +282,12 @@ def test_verify_deep_finds_rot_zipfile_overlooks(tmp_path, demo_zip, what, where
         zipcheck.verify_zip(path, deep=True)
     with pytest.raises(Refused):
         safe_members(path)
-    if UNZIP and "attributes" not in what:  # unzip tests a link's target like a file; restore refuses it
+    # unzip tests a link's target like a file (restore refuses it); and our ZIPs carry data descriptors
+    # (docs/design/durability.md §8), so unzip reads a member's CRC and sizes from there, never from the
+    # local header: a flip of those zero fields is harmless to it, while verify still calls it damage.
+    descriptor = struct.unpack_from("<H", demo_zip, 6)[0] & 0x08
+    benign = "attributes" in what or (descriptor and what in ("local header CRC", "local header size"))
+    if UNZIP and not benign:
         assert subprocess.run([UNZIP, "-t", "-qq", str(path)], capture_output=True).returncode != 0
 
 

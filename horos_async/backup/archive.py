@@ -5,10 +5,16 @@ fixed chunks (memory stays flat whatever the study size), checks every member's 
 bytes actually read, and fully syncs the file before returning. Errors of the *output* disk
 (ENOSPC, EIO, ENXIO) propagate as the original ``OSError``; a source's are the study's
 (:class:`SourceMissing`, :class:`SourceReadError`).
+
+The SHA-256 of the whole ZIP is computed from the bytes as they are written (:class:`HashingWriter`),
+never by reading the file again: the writer is append-only, so zipfile puts each member's CRC and sizes
+in a data descriptor after its data instead of seeking back into its local header
+(docs/design/durability.md §8).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -119,15 +125,80 @@ Trailer = Optional[Callable[[List[BuiltMember]], List[Tuple[str, bytes]]]]
 """Given the members written, the in-memory members to write after them (the DICOMDIR, the manifest)."""
 
 
+class Built(List[BuiltMember]):
+    """The members :func:`build_zip` wrote (a list), with the SHA-256 of the whole file."""
+
+    sha256: str = ""
+    """Hex SHA-256 of every byte of the ZIP, computed as the bytes were written."""
+
+
+class HashingWriter(io.RawIOBase):
+    """An append-only file object over ``out`` that hashes every byte written (SHA-256).
+
+    It says it cannot seek, so zipfile never rewrites a local header: the bytes hashed are exactly the
+    bytes of the file, in order (docs/design/durability.md §8). ``tell`` is its own count of bytes.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        super().__init__()
+        self.out = out
+        self.hash = hashlib.sha256()
+        self.pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, *args):  # zipfile's probe: "not seekable" makes it write data descriptors
+        raise io.UnsupportedOperation("append-only: the SHA-256 is computed as the bytes are written")
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, b) -> int:
+        n = self.out.write(b)
+        if n is None:  # a raw, non-blocking stream would say None: never ours, but never hash what was not written
+            raise OSError(errno.EIO, "short write to the ZIP")
+        view = memoryview(b)
+        if n != len(view):
+            # Buffered files write everything or raise; a short raw write is written again by the caller.
+            view = view[:n]
+        self.hash.update(view)
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        if not self.closed:
+            self.out.flush()
+
+    def fileno(self) -> int:
+        return self.out.fileno()
+
+    @property
+    def name(self):  # durable.sync_file's trace names the file
+        return getattr(self.out, "name", None)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()  # flushes `out` first
+        finally:
+            self.out.close()
+
+
 def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comment: bytes = b"",
               progress: Progress = None, cancel: Optional[threading.Event] = None,
               opener: Optional[Callable[[Path], IO[bytes]]] = None, chunk_size: int = 1 << 20,
-              trace: durable.Trace = None, trailer: Trailer = None, hashes: bool = True) -> List[BuiltMember]:
+              trace: durable.Trace = None, trailer: Trailer = None, hashes: bool = True) -> Built:
     """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure.
 
     With ``hashes`` each source is read by a thread of its own that computes its SHA-256 and CRC-32 and
     reads its DICOM header facts while this thread deflates and writes (docs/design/manifest.md §3);
-    ``trailer`` then gives the members written last (the manifest needs every hash)."""
+    ``trailer`` then gives the members written last (the manifest needs every hash). Returns the members
+    written, with ``.sha256`` of the whole file (hashed as written, docs/design/durability.md §8)."""
     names = [m.name for m in members]
     bad = [n for n in names if not safe_member_name(n)]
     if bad or len(set(names)) != len(names) or not 0 <= level <= 9 or len(comment) > 0xFFFF:
@@ -139,12 +210,15 @@ def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comm
         out = os.fdopen(os.open(out_path, flags, durable.FILE_MODE), "wb")
     else:
         out = opener(out_path)
+    hashed = HashingWriter(out)
     try:
-        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size), trailer, hashes)
-        durable.sync_file(out, path=out_path, trace=trace)
-        out.close()
+        built = Built(_write_zip(hashed, members, level, comment, Stream(progress, cancel, chunk_size), trailer,
+                                 hashes))
+        durable.sync_file(hashed, path=out_path, trace=trace)
+        built.sha256 = hashed.hash.hexdigest()
+        hashed.close()
     except BaseException:
-        _discard(out, out_path)
+        _discard(hashed, out_path)
         raise
     return built
 

@@ -33,6 +33,8 @@ from horos_async.horos_db import HorosReader
 from horos_async.state.ledger import Ledger, fault as ledger_fault
 from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.backup.months import update_month_markers
+from horos_async.state import sums
+from horos_async.state.ledger_mirror import MirrorBook
 from horos_async.state.live import LiveState
 from horos_async.timezones import zone_for
 
@@ -242,6 +244,9 @@ class Engine:
                 await self._offload(update_month_markers, cfg, totals.months)
             else:
                 await self._offload(update_month_markers, cfg, self.live.months)
+            # Each month's SHA256SUMS lists its ZIPs' hashes, as written (docs/design/mirror.md §2); only a
+            # list that changed is rewritten, so a run that exported nothing writes nothing.
+            await self._offload(sums.refresh_all, cfg.backup_dir, await MirrorBook(self.ledger).zip_hashes())
         if self.limit and r.outcome == RunOutcome.OK and not self.stop.is_set():
             still = f" ({r.pending} studies still due)" if r.pending else ""
             r.message = f"stopped: {self.limit}; the next run goes on{still}"
@@ -393,7 +398,8 @@ class Engine:
         if exported:
             on_disk = plan if o.zip_relpath == plan.zip_relpath else replace(plan, zip_relpath=o.zip_relpath)
             await self.ledger.record_zip(on_disk, o.zip_relpath, o.bytes_out, o.members_digest, o.status, o.code,
-                                         o.detail, members=o.members or o.files, manifest_sha256=o.manifest_sha256)
+                                         o.detail, members=o.members or o.files, manifest_sha256=o.manifest_sha256,
+                                         sha256=o.sha256)
             if not self._space_ok_recorded:  # a ZIP was written: a DISK_FULL episode is over
                 self._space_ok_recorded = True
                 await self.ledger.condition(GuardCode.DISK_FULL, False)

@@ -178,7 +178,7 @@ class StudyJob:
         _VolumeFailed; the caller removes ``tmp`` whatever happens."""
         ctx, plan = self.ctx, self.plan
         try:
-            built, digest = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
+            built, digest, sha256 = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
                                               progress.update)
         except archive.SourceMissing as exc:
             return self._fail(IssueCode.MISSING_FILES, f"a file vanished while zipping: {exc}", [str(exc)])
@@ -199,16 +199,17 @@ class StudyJob:
             raise _VolumeFailed(exc) from None
         return Outcome(plan.study.key, state, code, detail, rel, len(plan.files), plan.total_bytes, size,
                        time.monotonic() - self.started, members_digest=digest[0], members=len(built),
-                       manifest_sha256=digest[1])
+                       manifest_sha256=digest[1], sha256=sha256)
 
     def _fail(self, code: str, detail: str, extra=()) -> Outcome:
         return Outcome(self.plan.study.key, FAILED, code, detail, files=len(self.plan.files),
                        seconds=time.monotonic() - self.started, extra=tuple(extra))
 
     def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str,
-                          progress) -> Tuple[List[archive.BuiltMember], Tuple[str, str]]:
+                          progress) -> Tuple[List[archive.BuiltMember], Tuple[str, str], str]:
         """Blocking: build the temp ZIP (synced inside), its manifest last, read it back fully against the
-        sources; the members, their digest and the manifest's SHA-256 for the ledger."""
+        sources; the members, their digest and the manifest's SHA-256, and the file's SHA-256 (hashed as it
+        was written), for the ledger."""
         cancel, cfg = self.ctx.cancel, self.ctx.config
         media = getattr(members, "dicomdir", None)
         manifest = manifests_on()
@@ -234,7 +235,7 @@ class StudyJob:
         built = archive.build_zip(tmp, members, level=cfg.compression_level, comment=comment, progress=progress,
                                   cancel=cancel, trailer=trailer, hashes=manifest)
         zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
-        return built, (members_digest(built), kept.get("sha256", ""))
+        return built, (members_digest(built), kept.get("sha256", "")), built.sha256
 
     async def _claim_space(self) -> None:
         """Wait until the backup volume has room for this ZIP, the floor, and what the ZIPs being written

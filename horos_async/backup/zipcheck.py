@@ -334,7 +334,10 @@ def _check_member(f: IO[bytes], e: _Entry, run: Stream) -> int:
         if len(z64) < 16:
             raise ZipInvalid("ZIP64 sizes missing from the local header", e.name)
         usize, csize = struct.unpack_from("<2Q", z64)
-    if not flags & _DESCRIPTOR and (crc, csize, usize) != (e.crc, e.compressed_size, e.size):
+    # With a data descriptor (our writer's append-only ZIPs, docs/design/durability.md §8) the local
+    # header holds zeros, or, from some writers, the real values; anything else is damage.
+    allowed = {(e.crc, e.compressed_size, e.size)} | ({(0, 0, 0)} if flags & _DESCRIPTOR else set())
+    if (crc, csize, usize) not in allowed:
         raise ZipInvalid(f"its local header says CRC {crc:08x}, {csize}/{usize} bytes; the central directory "
                          f"{e.crc:08x}, {e.compressed_size}/{e.size}", e.name)
     start = e.offset + 30 + nlen + xlen

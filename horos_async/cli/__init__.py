@@ -14,7 +14,8 @@ from typing import List, Optional
 
 from horos_async import __version__, logs
 from horos_async.cli import (catalog_cmd, config_cmd, demo_cmd, doctor_cmd, export_cmd, index_cmd, launchd_cmd,
-                             notify_cmd, plan_cmd, rebuild_cmd, restore_cmd, run_cmd, status_cmd, verify_cmd)
+                             mirror_cmd, notify_cmd, plan_cmd, rebuild_cmd, restore_cmd, run_cmd, status_cmd,
+                             verify_cmd)
 from horos_async.cli.common import defaults_note, program, silence_stdout  # noqa: F401 (program: the demo's "Next:" lines)
 from horos_async.errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, HorosBackupError, LockHeld
 
@@ -24,8 +25,7 @@ PARSER_BUILDERS = (
     demo_cmd.build_parser_demo, rebuild_cmd.build_parser_rebuild, config_cmd.build_parser_config,
     launchd_cmd.build_parser_launchd, doctor_cmd.build_parser_doctor, verify_cmd.build_parser_verify,
     restore_cmd.build_parser_restore, export_cmd.build_parser_export, catalog_cmd.build_parser_catalog,
-    index_cmd.build_parser_index,
-    notify_cmd.build_parser_notify,
+    index_cmd.build_parser_index, notify_cmd.build_parser_notify, mirror_cmd.build_parser_mirror,
 )
 
 

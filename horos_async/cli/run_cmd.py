@@ -92,6 +92,12 @@ def _run(cfg: Config, args: argparse.Namespace, progress: bool, trace: Trace) ->
         code = run_index_upkeep(cfg, progress=progress)
         if code != EXIT_OK:  # stopped by a signal during the index upkeep
             trace.outcome = RunOutcome.INTERRUPTED
+    if code == EXIT_OK and cfg.mirror:
+        from horos_async.cli import mirror_cmd
+
+        code = mirror_cmd.after_run(cfg, progress=progress)
+        if code != EXIT_OK:  # stopped by a signal during the mirror
+            trace.outcome = RunOutcome.INTERRUPTED
     return code
 
 

@@ -8,7 +8,7 @@ import os
 from horos_async import guards, notify
 from horos_async.cli.common import add_common, config_from, err
 from horos_async.cli.signals import run_stoppable, stopped_code
-from horos_async.errors import EXIT_CHECK, EXIT_OK
+from horos_async.errors import EXIT_CHECK, EXIT_MIRROR, EXIT_OK
 from horos_async.ops import verify
 
 
@@ -23,12 +23,20 @@ def build_parser_verify(sub) -> None:
     v.add_argument("--max-zips", type=int, metavar="N", help="stop after N ZIPs (the next verify continues)")
     v.add_argument("--max-minutes", type=float, metavar="M", help="stop after M minutes (the next verify continues)")
     v.add_argument("--progress-every", type=int, default=100, metavar="N", help="a progress line every N ZIPs")
+    v.add_argument("--mirror", action="store_true",
+                   help="check the primary and each mirror copy by SHA-256: copy a bad mirror copy again, restore "
+                        "a bad primary ZIP from a good mirror copy")
+    v.add_argument("--dest", metavar="DEST", help="with --mirror: only this destination")
     v.set_defaults(func=do_verify)
 
 
 def do_verify(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     guards.check_sentinel(cfg)
+    if args.mirror:  # needs no Horos: restoring from the mirror is for when Horos may have lost the study
+        guards.check_backup_writable(cfg)
+        os.umask(0o027)
+        return _verify_mirror(cfg, args)
     guards.check_volumes(cfg)
     if cfg.ledger_path.exists():  # (no ledger: verify says so itself, with what to do)
         guards.check_backup_writable(cfg)  # verify records its findings: a read-only volume is exit 7
@@ -47,3 +55,22 @@ def do_verify(args: argparse.Namespace) -> int:
     if stopped:
         err("horos-backup: verify interrupted: stopped cleanly; the next verify continues where this one stopped")
     return stopped_code(EXIT_CHECK if result.bad else EXIT_OK, stopped)
+
+
+def _verify_mirror(cfg, args: argparse.Namespace) -> int:
+    """``verify --mirror``: exit 9 when a ZIP is bad on both sides, 12 when a destination failed."""
+    from horos_async.ops import mirror_verify
+
+    def make():
+        v = mirror_verify.MirrorVerifier(cfg, only=args.dest, restart=args.restart, max_zips=args.max_zips,
+                                         max_minutes=args.max_minutes, progress=err)
+        return v.run, v.request_stop
+
+    results, stopped = run_stoppable(make)
+    for line in mirror_verify.summary(results):
+        print(line)
+    bad = sum(r.both_bad for r in results)
+    if bad:
+        notify.verify_found_bad(cfg, bad)
+    code = EXIT_MIRROR if any(r.failed for r in results) else EXIT_CHECK if bad else EXIT_OK
+    return stopped_code(code, stopped)

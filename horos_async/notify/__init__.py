@@ -8,6 +8,6 @@ told (in ``state_dir``), ``dispatch`` decides what a run or a ``verify`` has to 
 
 from __future__ import annotations
 
-from horos_async.notify.dispatch import Delivery, after_run, run_started, send_test, verify_found_bad
+from horos_async.notify.dispatch import Delivery, after_run, mirror_alerts, run_started, send_test, verify_found_bad
 
-__all__ = ["Delivery", "after_run", "run_started", "send_test", "verify_found_bad"]
+__all__ = ["Delivery", "after_run", "mirror_alerts", "run_started", "send_test", "verify_found_bad"]

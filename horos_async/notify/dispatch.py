@@ -127,6 +127,48 @@ def verify_found_bad(cfg: Config, bad: int, uids: Sequence[str] = ()) -> List[De
         return [Delivery("notify", False, f"{type(exc).__name__}: {exc}")]
 
 
+def mirror_alerts(cfg: Config) -> List[Delivery]:
+    """After a mirror: each destination that failed (``MIRROR_FAILED``) or lacks ZIPs written more than a
+    day ago (``MIRROR_BEHIND``) is one episode, told once, reminded daily, and told again when it
+    recovers (never raises)."""
+    if not cfg.notify.channels or not cfg.mirror:
+        return []
+    try:
+        lang, now = cfg.notify.language, time.time()
+        snap = status.read_snapshot(cfg)
+        active = {f"{m.code}:{m.dest}": m for m in snap.mirrors if m.code}
+        with _dispatch_lock(cfg) as mine:
+            if not mine:
+                return []
+            st = episodes.load(cfg)
+            msgs: List[Message] = []
+            for key, m in active.items():
+                detail = (f"{m.dest}: {m.zips_mirrored}/{m.zips_done} ZIPs mirrored"
+                          + (f", {_duration(m.lag_seconds)} behind" if m.lag_seconds else "")
+                          + (f"; {m.last_message}" if m.code == IssueCode.MIRROR_FAILED else ""))
+                ep = st.open.get(key)
+                if ep is None or now - ep.last_sent >= episodes.REMIND_SECONDS:
+                    event = "problem" if ep is None else "reminder"
+                    since = ep.since if ep is not None else now
+                    st.open[key] = episodes.Episode(since=since, last_sent=now, detail=detail)
+                    msgs.append(_message(cfg, event, m.code, "error" if m.code == IssueCode.MIRROR_FAILED
+                                         else "warning", word(lang, event, title=title(lang, m.code)),
+                                         [word(lang, "since", since=stamp(since, zone_of(cfg.timezone), now)),
+                                          detail], None))
+            for key in [k for k in st.open if k.startswith(("MIRROR_FAILED:", "MIRROR_BEHIND:")) and k not in active]:
+                ep = st.open.pop(key)
+                code = key.split(":", 1)[0]
+                msgs.append(_message(cfg, "recovered", code, "info", word(lang, "recovered", title=title(lang, code)),
+                                     [key.split(":", 1)[1], word(lang, "lasted", duration=_duration(now - ep.since))],
+                                     None))
+            out = _deliver(cfg, msgs, st) if msgs else []
+            episodes.save(cfg, st)
+            return out
+    except Exception as exc:  # an alert must never fail a mirror
+        log.error("mirror alerts not sent: %s: %s", type(exc).__name__, exc)
+        return [Delivery("notify", False, f"{type(exc).__name__}: {exc}")]
+
+
 def send_test(cfg: Config) -> List[Delivery]:
     """One test message through every configured channel (``notify test``); each says if it worked."""
     lang = cfg.notify.language

@@ -35,10 +35,10 @@ from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_
 from horos_async.state.ledger_read import INDEX_SQL, MARK_SQL, MISSING_SQL, ROWS_MARK, index_from_rows
 from horos_async.state.ledger_records import MISSING_KEPT, LedgerIndex, ZipRecord, ZipToVerify
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2 added ``studies.last_seen`` (docs/design/horos-database.md §11: studies Horos deleted); 3 the counts
 that notice a study growing (§12); 4 the manifest's digest and the values ``export`` selects by
-(docs/design/manifest.md §5)."""
+(docs/design/manifest.md §5); 5 each ZIP's SHA-256 and the mirror tables (docs/design/mirror.md)."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS studies (
@@ -108,11 +108,29 @@ async def _to_2(db: aiosqlite.Connection) -> None:
         await db.execute("ALTER TABLE studies ADD COLUMN last_seen REAL")
 
 
-MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3, 4: _to_4}
+async def _to_5(db: aiosqlite.Connection) -> None:
+    """Schema 5 (the mirror): ``zips.sha256``, each ZIP's SHA-256 computed while it was written, and the
+    mirror's own tables (docs/design/mirror.md §3): ``mirror_copies``, one row per file a destination
+    holds a verified copy of, and ``mirror_runs``, one row per destination per mirror run. Like the other
+    steps it adds only what is missing, so it composes in any order and runs twice harmlessly."""
+    if "sha256" not in await _columns(db, "zips"):
+        await db.execute("ALTER TABLE zips ADD COLUMN sha256 TEXT")
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS mirror_copies (dest TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, "
+        "size INTEGER NOT NULL, sha256 TEXT, copied_at REAL NOT NULL, verified_at REAL, "
+        "status TEXT NOT NULL DEFAULT 'ok', stored_as TEXT, PRIMARY KEY (dest, path))")
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS mirror_runs (id INTEGER PRIMARY KEY, dest TEXT NOT NULL, started REAL NOT NULL, "
+        "ended REAL, outcome TEXT, files INTEGER DEFAULT 0, bytes INTEGER DEFAULT 0, message TEXT)")
+    await db.execute("CREATE INDEX IF NOT EXISTS mirror_runs_dest ON mirror_runs (dest, started)")
+
+
+MIGRATIONS: Dict[int, Callable[[aiosqlite.Connection], Awaitable[None]]] = {2: _to_2, 3: _to_3, 4: _to_4,
+                                                                   5: _to_5}
 """Target version -> the step that brings a ledger one version below it there (run in order, in one
 transaction; a version without a step here is skipped, see :func:`_to_3`)."""
 ZIP_COLUMNS = ("zip_path, key, version, files, bytes_in, zip_size, members_digest, created_at, verified_at, status, "
-               "manifest_sha256")
+               "manifest_sha256, sha256")
 """The ``zips`` columns every insert names (positional inserts broke when a step added a column)."""
 MISSING_CODES = (IssueCode.MISSING_FILES, IssueCode.NO_FILES)
 """Failures that wait for files: their missing paths are kept, and checked again at each scan."""
@@ -298,18 +316,18 @@ class Ledger:
 
     async def record_zip(self, plan: StudyPlan, zip_path: str, zip_size: int, members_digest: str,
                          state: str = DONE, code: str = "", detail: str = "", now: Optional[float] = None,
-                         members: Optional[int] = None, manifest_sha256: str = "") -> None:
+                         members: Optional[int] = None, manifest_sha256: str = "", sha256: str = "") -> None:
         """Commit a verified, published ZIP and mark its study done (or partial), in one transaction.
 
         ``members`` counts every member of the ZIP (its files, and its manifest and DICOMDIR);
-        ``studies.files`` keeps the study's files."""
+        ``studies.files`` keeps the study's files. ``sha256``: the ZIP file's, computed while it was written."""
         now = time.time() if now is None else now
         s = plan.study
         async with self._txn():
             await self.db.execute(
-                f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
+                f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?, ?)",
                 (zip_path, s.key, plan.version, members if members is not None else len(plan.files),
-                 plan.total_bytes, zip_size, members_digest, now, now, manifest_sha256 or None))
+                 plan.total_bytes, zip_size, members_digest, now, now, manifest_sha256 or None, sha256 or None))
             await self.db.execute(
                 "INSERT INTO studies (key, uid, patient_uid, horos_pk, state, version, zip_path, fingerprint, "
                 "date_added, month, files, bytes_in, zip_size, exported_at, attempts, code, detail, next_attempt, "
@@ -332,7 +350,7 @@ class Ledger:
 
     async def adopt_zip(self, ident: dict, zip_path: str, zip_size: int, files: int, bytes_in: int,
                         members_digest: str, now: Optional[float] = None, crc_checked: bool = True,
-                        manifest_sha256: str = "", study: Optional[dict] = None) -> None:
+                        manifest_sha256: str = "", study: Optional[dict] = None, sha256: str = "") -> None:
         """Record a verified ZIP found on disk but unknown to the ledger (crash before commit, or rebuild).
 
         ``files`` counts the ZIP's members; ``ident['files']``, when there, the study's files.
@@ -344,10 +362,10 @@ class Ledger:
         version = int(ident.get("version", 1))
         study = study or {}
         async with self._txn():
-            await self.db.execute(f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?)",
+            await self.db.execute(f"INSERT OR REPLACE INTO zips ({ZIP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?, 'ok', ?, ?)",
                                   (zip_path, key, version, files, bytes_in, zip_size, members_digest,
                                    ident.get("exported_at", now), now if crc_checked else None,
-                                   manifest_sha256 or None))
+                                   manifest_sha256 or None, sha256 or None))
             async with self.db.execute("SELECT version, state FROM studies WHERE key=?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[0] < version or row[1] != DONE:

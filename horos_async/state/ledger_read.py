@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from horos_async.errors import HorosBackupError, LedgerError, VolumeError
-from horos_async.state.ledger_records import (Entry, ExportRecord, IssueRecord, LedgerIndex, RunRecord, RunsSince,
-                                              StateTotals, StudyRecord)
+from horos_async.state.ledger_records import (Entry, ExportRecord, IssueRecord, LedgerIndex, MirrorCoverage,
+                                              RunRecord, RunsSince, StateTotals, StudyRecord)
 
 INDEX_COLUMNS = ("key", "state", "version", "date_added", "fingerprint", "next_attempt", "zip_path", "code",
                  "horos_pk", "uid", "files", "image_rows", "series", "grown")
@@ -205,6 +205,34 @@ class LedgerReader:
     def issue_times(self, code: str) -> List[float]:
         """When issues with ``code`` were recorded, oldest first."""
         return [float(r[0]) for r in self.con.execute("SELECT ts FROM issues WHERE code=? ORDER BY ts", (code,))]
+
+    def mirror_coverage(self, dest: str) -> MirrorCoverage:
+        """What the mirror destination ``dest`` holds of the primary's ``ok`` ZIPs, and its last runs. A
+        ledger older than schema 5 (no mirror tables yet) reads as "nothing mirrored"."""
+        tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        zips, nbytes = self.con.execute(
+            "SELECT COUNT(*), COALESCE(SUM(zip_size), 0) FROM zips WHERE status='ok'").fetchone()
+        if not {"mirror_copies", "mirror_runs"} <= tables:
+            oldest = self.con.execute("SELECT MIN(created_at) FROM zips WHERE status='ok'").fetchone()[0]
+            return MirrorCoverage(dest, zips, nbytes, 0, 0, oldest, None, "", "", None, None)
+        have, have_bytes, oldest = self.con.execute(
+            "SELECT COUNT(c.path), COALESCE(SUM(CASE WHEN c.path IS NOT NULL THEN z.zip_size END), 0), "
+            "MIN(CASE WHEN c.path IS NULL THEN z.created_at END) "
+            "FROM zips z LEFT JOIN mirror_copies c ON c.dest=? AND c.path=z.zip_path AND c.status='ok' "
+            "WHERE z.status='ok'", (dest,)).fetchone()
+        runs = self.con.execute("SELECT started, ended, COALESCE(outcome, ''), COALESCE(message, '') FROM mirror_runs "
+                                "WHERE dest=? ORDER BY id DESC LIMIT 50", (dest,)).fetchall()
+        last_ok = self.con.execute("SELECT MAX(ended) FROM mirror_runs WHERE dest=? AND outcome='ok'",
+                                   (dest,)).fetchone()[0]
+        failing_since = None
+        for started, _ended, outcome, _msg in runs:
+            if outcome != "failed":
+                break
+            failing_since = started
+        last = runs[0] if runs else None
+        return MirrorCoverage(dest, zips, nbytes, have, have_bytes, oldest,
+                              (last[1] or last[0]) if last else None, last[2] if last else "",
+                              last[3] if last else "", last_ok, failing_since)
 
     def index(self) -> LedgerIndex:
         """Every study the ledger knows, by key (what the planner compares with Horos), with the missing

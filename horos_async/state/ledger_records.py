@@ -186,3 +186,28 @@ class RunsSince:
     """Unix seconds the first of them started (None: no run since)."""
     studies_done: int = 0
     """Studies they exported (a run still going counts those its row holds so far)."""
+
+
+@dataclass(frozen=True)
+class MirrorCoverage:
+    """What one mirror destination holds of the primary's ZIPs (``status``, ``horos-tui``)."""
+
+    dest: str
+    """The destination as configured (a folder, or ``rclone:REMOTE:path``)."""
+    zips_done: int
+    """``ok`` ZIPs of the primary."""
+    bytes_done: int
+    zips_mirrored: int
+    """Of those, the ZIPs with a verified copy at the destination."""
+    bytes_mirrored: int
+    oldest_missing: Optional[float]
+    """When the oldest ZIP not yet at the destination was written (Unix seconds); None: none missing."""
+    last_run: Optional[float]
+    """When the last mirror run to it ended (or started, if it has not ended)."""
+    last_outcome: str
+    """``ok``, ``partial``, ``failed``, ``skipped`` (unreachable or outside its window), or ""."""
+    last_message: str
+    last_ok: Optional[float]
+    """When a mirror run to it last ended ``ok``."""
+    failing_since: Optional[float]
+    """Start of the current run of failed mirror runs; None when the last one did not fail."""
