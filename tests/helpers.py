@@ -136,3 +136,21 @@ def horos_sql(lib, query, *args):
         return rows
     finally:
         con.close()
+
+
+def cli_process(argv, *, timeout: float = 120, **kw):
+    """``horos-backup ARGV`` as a real process (launchd's view): its CompletedProcess, text mode. A process
+    that does not end within ``timeout`` seconds is killed and the test fails: a hang is the bug."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    env = dict(os.environ, HOROS_BACKUP_CONFIG="")
+    env.update(kw.pop("env", {}))
+    try:
+        return subprocess.run([sys.executable, "-m", "horos_async", *argv], capture_output=True, text=True,
+                              env=env, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"horos-backup {' '.join(argv)} did not exit within {timeout}s: {exc.stderr}")
