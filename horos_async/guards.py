@@ -50,6 +50,22 @@ def check_horos_data(cfg: Config) -> None:
                           f"Check 'horos_data' in the config. Nothing was written")
 
 
+def horos_data_gone(cfg: Config) -> str:
+    """Why the Horos data is no longer where the run found it (its volume unmounted mid-run), or "" while
+    it is. Asked before a study is called missing or unreadable (docs/design/durability.md §7): a vanished
+    volume makes every study look missing, and recording that would put them all in backoff."""
+    noindex = cfg.data_root / "DATABASE.noindex"
+    if not cfg.horos_data.is_dir():
+        return f"the Horos data folder {cfg.horos_data} vanished during the run (is the Horos volume still mounted?)"
+    if not noindex.is_dir():
+        return f"the Horos image folder {noindex} vanished during the run (is its volume still mounted?)"
+    if not cfg.database.is_file():
+        return f"the Horos database {cfg.database} vanished during the run (is the Horos volume still mounted?)"
+    if cfg.sentinel is not None and not cfg.sentinel.exists():
+        return f"the sentinel file {cfg.sentinel} vanished during the run (is the backup volume still mounted?)"
+    return ""
+
+
 def backup_dir_missing(cfg: Config) -> str:
     """Why the backup folder cannot be there (its volume is not mounted), or "" when it is or can be created.
 

@@ -138,9 +138,11 @@ def horos_sql(lib, query, *args):
         con.close()
 
 
-def cli_process(argv, *, timeout: float = 120, **kw):
+def cli_process(argv, *, timeout: float = 120, script: str = "", script_args=(), **kw):
     """``horos-backup ARGV`` as a real process (launchd's view): its CompletedProcess, text mode. A process
-    that does not end within ``timeout`` seconds is killed and the test fails: a hang is the bug."""
+    that does not end within ``timeout`` seconds is killed and the test fails: a hang is the bug.
+    ``script``: Python run instead of ``-m horos_async`` (it arranges a moment, then calls ``cli.main``),
+    given ``script_args`` before ARGV."""
     import os
     import subprocess
     import sys
@@ -149,8 +151,9 @@ def cli_process(argv, *, timeout: float = 120, **kw):
 
     env = dict(os.environ, HOROS_BACKUP_CONFIG="")
     env.update(kw.pop("env", {}))
+    head = ["-c", script, *script_args] if script else ["-m", "horos_async"]
     try:
-        return subprocess.run([sys.executable, "-m", "horos_async", *argv], capture_output=True, text=True,
+        return subprocess.run([sys.executable, *head, *argv], capture_output=True, text=True,
                               env=env, timeout=timeout, **kw)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"horos-backup {' '.join(argv)} did not exit within {timeout}s: {exc.stderr}")

@@ -70,6 +70,28 @@ class SourceReadError(Exception):
         self.path, self.errno = path, err
 
 
+class SourceNotFile(SourceReadError):
+    """A source path is a FIFO, a device or a folder: reading it could block for ever or never end."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(path, None, f"it is a {kind}, not a regular file")
+        self.kind = kind
+
+
+class Heartbeat:
+    """When a build last read a source chunk (``time.monotonic()``), and which source it is reading (None
+    before the first and after the last): the job's stall watchdog reads both from the event loop
+    (docs/design/durability.md §7)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.source: Optional[Path] = None
+        """The source file being opened or read, None between files."""
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+
 class ZipInvalid(Exception):
     """A ZIP failed verification; ``member`` names the bad entry when there is one."""
 
@@ -109,7 +131,7 @@ class BuiltMember:
 def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comment: bytes = b"",
               progress: Progress = None, cancel: Optional[threading.Event] = None,
               opener: Optional[Callable[[Path], IO[bytes]]] = None, chunk_size: int = 1 << 20,
-              trace: durable.Trace = None) -> List[BuiltMember]:
+              trace: durable.Trace = None, heartbeat: Optional[Heartbeat] = None) -> List[BuiltMember]:
     """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure."""
     names = [m.name for m in members]
     bad = [n for n in names if not safe_member_name(n)]
@@ -123,7 +145,7 @@ def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comm
     else:
         out = opener(out_path)
     try:
-        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size))
+        built = _write_zip(out, members, level, comment, Stream(progress, cancel, chunk_size, heartbeat))
         durable.sync_file(out, path=out_path, trace=trace)
         out.close()
     except BaseException:
@@ -148,11 +170,18 @@ def needs_deflate(path: Path) -> bool:
     """False for DICOM whose transfer syntax is already compressed; True otherwise (safe default)."""
     # Imported here: pydicom (with numpy) costs a third of a second of start-up that `store` mode,
     # verify and restore never need.
-    from pydicom.filereader import read_file_meta_info
+    from pydicom import filereader
     from pydicom.uid import UID
 
     try:
-        ts = str(read_file_meta_info(path).get("TransferSyntaxUID") or "").strip("\0 ")
+        with open_source(path) as fp:  # a FIFO or device is refused here, never waited on
+            read_meta = getattr(filereader, "_read_file_meta_info", None)
+            if read_meta is None:  # pragma: no cover - a pydicom without the helper: by name
+                meta = filereader.read_file_meta_info(path)
+            else:
+                filereader.read_preamble(fp, False)
+                meta = read_meta(fp)
+        ts = str(meta.get("TransferSyntaxUID") or "").strip("\0 ")
     except Exception:  # not DICOM, truncated, unreadable: deflating is always correct, only slower
         return True
     if not ts or ts == _ENCAPSULATED_UNCOMPRESSED_TS:
@@ -171,8 +200,10 @@ class Stream:
     Shared with ``zipcheck``; the checksum (ISA-L or zlib) follows :data:`USE_ISAL` when it is made.
     """
 
-    def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int) -> None:
+    def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
         self.progress, self.cancel, self.chunk_size = progress, cancel, chunk_size
+        self.heartbeat = heartbeat
         self.use_isal = USE_ISAL and _isal is not None
         self.crc32 = _isal.crc32 if self.use_isal else zlib.crc32
         self.files, self.bytes, self.next_report = 0, 0, _PROGRESS_STEP
@@ -183,6 +214,8 @@ class Stream:
 
     def add(self, nbytes: int) -> None:
         self.bytes += nbytes
+        if self.heartbeat is not None:
+            self.heartbeat.last = time.monotonic()
         if self.progress and self.bytes >= self.next_report:  # at least every 64 MiB in a big member
             self.next_report = self.bytes + _PROGRESS_STEP
             self.progress(self.files, self.bytes)
@@ -202,13 +235,15 @@ def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: 
     built = []
     try:
         for member in members[:PREFETCH_FILES]:
-            _prefetch(member.source)
+            _prefetch(member.source, run.heartbeat)
         for i, member in enumerate(members):
             run.check_cancel()
             if i + PREFETCH_FILES < len(members):
-                _prefetch(members[i + PREFETCH_FILES].source)
+                _prefetch(members[i + PREFETCH_FILES].source, run.heartbeat)
             built.append(_write_member(zf, member, level, run))
             run.file_done()
+        if run.heartbeat is not None:
+            run.heartbeat.source = None  # every source read: what is left writes the backup volume only
         zf.comment = comment
         zf.close()  # writes the central directory; `out` stays open (a passed file object)
     except BaseException:
@@ -220,6 +255,9 @@ def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: 
 
 
 def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: Stream) -> BuiltMember:
+    if run.heartbeat is not None:
+        run.heartbeat.source = member.source
+        run.heartbeat.beat()
     src = _open_source(member.source)
     with src:
         zinfo = zipfile.ZipInfo(member.name, date_time=_dos_time(os.fstat(src.fileno()).st_mtime))
@@ -267,18 +305,22 @@ def _install_fast_compressor(writer, level: int) -> bool:
     return True
 
 
-def _prefetch(path: Path) -> None:
+def _prefetch(path: Path, heartbeat: Optional[Heartbeat] = None) -> None:
     """Ask the kernel to start reading the next source while this one is compressed (Linux; a no-op
     where posix_fadvise is missing, e.g. macOS, which reads ahead on its own). Errors are ignored:
-    the real read reports them."""
+    the real read reports them. An open on a stuck volume blocks here first: the heartbeat names it."""
     if _FADV_WILLNEED is None:
         return
+    if heartbeat is not None:
+        heartbeat.source = path
+        heartbeat.beat()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)  # a FIFO must not block here either
     except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, 0, _FADV_WILLNEED)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.posix_fadvise(fd, 0, 0, _FADV_WILLNEED)
     except OSError:
         pass
     finally:
@@ -290,13 +332,39 @@ PREFETCH_FILES = 4
 _FADV_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None) if hasattr(os, "posix_fadvise") else None
 
 
-def _open_source(path: Path) -> IO[bytes]:
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"))
+
+
+def open_source(path: Path) -> IO[bytes]:
+    """Open a source file for reading, refusing anything but a regular file (:class:`SourceNotFile`).
+
+    Opened non-blocking, because opening a FIFO for reading blocks until a writer comes, for ever;
+    checked on the open descriptor, because the path may have been replaced since it was planned;
+    then switched back to blocking reads (docs/design/durability.md §7).
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
     except FileNotFoundError:
         raise SourceMissing(path) from None
     except OSError as exc:
         raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SourceNotFile(path, next((kind for test, kind in _KINDS if test(mode)), "special file"))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_open_source = open_source
 
 
 def _read(src: IO[bytes], path: Path, n: int) -> bytes:

@@ -148,7 +148,9 @@ class Engine:
                 self._publisher.cancel()  # only when _finish did not run (it stops the loop cleanly)
             if self.ledger is not None:
                 await self.ledger.close()
-            self.pool.shutdown(wait=True)
+            # A stopped run does not wait for a pool thread that may be blocked in the kernel (a stuck
+            # volume); cli.signals ends the process if one holds up its exit (docs/design/durability.md §7).
+            self.pool.shutdown(wait=not self.cancel.is_set())
             lock.release()
         return self.result
 
