@@ -79,6 +79,8 @@ class JobContext:
     """Asks the status publisher to write soon (a job started or ended)."""
     shares_horos_disk: bool = False
     """The backup folder is on Horos's disk: the free-space floor keeps Horos's reserve too."""
+    backup_id: Optional[Tuple[int, int]] = None
+    """(device, inode) of ``backup_dir`` when the run started: a folder that changed is a pulled volume."""
 
 
 class _NameTooLong(Exception):
@@ -187,6 +189,10 @@ class StudyJob:
         ctx.live.jobs[s.key] = progress
         ctx.poke()
         identity = plan if rel == plan.zip_relpath else replace(plan, zip_relpath=rel)
+        gone = await ctx.offload(guards.backup_dir_gone, cfg, ctx.backup_id)
+        if gone:  # never create the month folder on whatever disk now holds the path
+            raise VolumeError(f"{gone}; the run ended and nothing unfinished was recorded as done. Mount the "
+                              f"backup volume again; the next run resumes")
         try:
             created = await ctx.offload(durable.ensure_dir, final.parent)
         except OSError as exc:  # the month folder: the volume's error, or this study's name
