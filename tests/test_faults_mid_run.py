@@ -174,3 +174,37 @@ def test_an_unreadable_month_folder_is_a_clear_error(tmp_path):
     assert proc.returncode == EXIT_VOLUME, proc.stderr
     assert "Traceback" not in proc.stderr and str(month) in proc.stderr, proc.stderr
     assert "permission" in proc.stderr.lower()
+
+
+def test_the_horos_volume_vanishing_mid_run_records_nothing_missing(tmp_path):
+    """Hardening 7: a lazy unmount of the Horos data volume mid-run recorded 39 studies NO_FILES /
+    MISSING_FILES with backoff and exited 0. Now: exit 7, and no study in flight recorded as missing."""
+    horos = tmp_path / "HorosVolume"
+    with small_tmpfs(horos, 200):
+        lib = demo.build_demo(horos / "lib", studies=12)
+        cfg = make_config(lib, tmp_path / "Backup", concurrency=1, sleep_between_studies=0.3)
+        path = tmp_path / "cfg.toml"
+        path.write_text(config_mod.render_toml(cfg), encoding="utf-8")
+        proc = _start(path)
+        try:
+            _wait_for_zips(cfg.backup_dir, 2, proc)
+            subprocess.run(["umount", "-l", str(horos)], check=True)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == EXIT_VOLUME, err
+    assert "Traceback" not in err and "vanished during the run" in err.strip().splitlines()[-1], err
+    whole = {s.uid for s in exportable(lib)}
+    blamed = []
+    if cfg.issues_csv.exists():
+        with open(cfg.issues_csv, encoding="utf-8-sig", newline="") as f:
+            blamed = [r for r in csv.DictReader(f) if r["study_uid"] in whole]
+    assert blamed == [], blamed  # every complete study: no issue, no backoff
+    con = sqlite3.connect(cfg.ledger_path)
+    try:
+        failed = [r for r in con.execute("SELECT key, code FROM studies WHERE state = 'failed'")
+                  if r[0].split("|", 1)[0] in whole]
+    finally:
+        con.close()
+    assert failed == []
