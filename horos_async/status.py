@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from horos_async import guards, health as health_mod, naming, platform
-from horos_async.codes import EngineState
+from horos_async.codes import EngineState, IssueCode
 from horos_async.config import Config
 from horos_async.errors import EXIT_OK, EXIT_VOLUME, LedgerError, VolumeError
 from horos_async.health import Health
@@ -40,6 +40,9 @@ STALE_SECONDS = 10.0
 ACHIEVED_DAYS = 3.0
 """The ETA divides what is pending by the studies exported per hour over this many days of runs."""
 
+
+WARNING_CONDITIONS = (IssueCode.INDEX_SNAPSHOT_SKIPPED,)
+"""Ledger conditions ``status``, ``horos-tui`` and the alerts show as warnings while they last."""
 
 IssueRow = IssueRecord
 """One row of the issue log (the ledger's record, under the name front ends know)."""
@@ -104,6 +107,9 @@ class Snapshot:
     """The configured zone times are shown in ("" = this machine's)."""
     run_alive: bool = False
     """The process of the run the live file describes still exists (running, or stale but hung)."""
+    warnings: Tuple[Tuple[str, float, str], ...] = ()
+    """(code, since, detail) of the ledger conditions that are told as alerts (:data:`WARNING_CONDITIONS`)
+    but do not change the health state: the images are being backed up, something beside them is not."""
 
     @property
     def mb_per_s(self) -> float:
@@ -162,7 +168,7 @@ def _ledger_part(cfg: Config, issues_limit: int, runs_limit: int, now: float) ->
     """Counts, months, issues, runs and the runs of the last days from the ledger; LedgerError when damaged,
     VolumeError when unreadable."""
     out: Dict[str, Any] = {"done": 0, "failed": 0, "bytes_done": 0, "issues": (), "runs": (), "months": {},
-                           "only_in_backup": 0, "achieved": RunsSince()}
+                           "only_in_backup": 0, "achieved": RunsSince(), "warnings": ()}
     path = cfg.ledger_path
     if not path.exists():
         return out
@@ -192,6 +198,7 @@ def _query_ledger(led: LedgerReader, out: Dict[str, Any], issues_limit: int,
     out["issues"] = led.recent_issues(issues_limit)
     out["runs"] = led.recent_runs(runs_limit)
     out["achieved"] = led.runs_since(now - ACHIEVED_DAYS * 86400)
+    out["warnings"] = tuple(c for c in led.conditions() if c[0] in WARNING_CONDITIONS)
     return out
 
 
@@ -231,7 +238,7 @@ def _read_state(cfg: Config, now: float, issues_limit: int, runs_limit: int) -> 
     next_run = last_end + cfg.start_interval if installed and last_end else None
     first, studies = led["achieved"].first_started, led["achieved"].studies_done
     base = dict(taken=now, done=led["done"], failed=led["failed"], bytes_done=led["bytes_done"],
-                only_in_backup=led["only_in_backup"],
+                only_in_backup=led["only_in_backup"], warnings=led["warnings"],
                 issues=led["issues"], runs=runs, next_run=next_run, launchd_installed=installed,
                 host=socket.gethostname(), timezone=cfg.timezone)
     if live is None:
@@ -343,6 +350,8 @@ def render(snap: Snapshot, width: int = 80) -> str:
         lines.append(f"Health: {snap.health.summary}")
         if snap.health.fix:
             lines.append(f"  Fix: {snap.health.fix}")
+    for code, since, detail in snap.warnings:
+        lines.append(f"Warning: {code} since {when(since)}: {naming.printable(detail)}")
     lines.append(f"Engine: {snap.engine.upper()} - {snap.detail}")
     if snap.engine == EngineState.UNREADABLE:
         lines.append("Archive: unknown (the backup state could not be read; see above)")

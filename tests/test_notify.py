@@ -369,3 +369,49 @@ def test_notify_table_is_checked_like_every_key(tmp_path):
         config_mod.from_mapping({"notify": {"colour": "red"}})
     n = config_mod.from_mapping({"notify": {"webhook_url": "https://ntfy.sh/x", "summary": "weekly"}}).notify
     assert n.channels == ("webhook",) and n.smtp_port == 587 and n.smtp_starttls is True
+
+
+def test_a_day_without_an_index_snapshot_is_told_then_its_recovery(demo_lib, tmp_path, web):
+    """INDEX_SNAPSHOT_SKIPPED is a ledger condition, not a health state: status shows it as a warning
+    and the alerts tell it once, daily while it lasts, and when a snapshot succeeds again."""
+    import asyncio
+    import os
+    import sqlite3
+
+    from horos_async import status
+    from horos_async.ops import index_upkeep
+
+    from test_index_upkeep import hot_journal
+
+    cfg, _path = setup_cli(demo_lib, tmp_path, **notify_table(tmp_path, web=web))
+    hot_journal(demo_lib.database)  # a crashed Horos: no consistent copy can be taken
+    t0 = time.time()
+    asyncio.run(index_upkeep.after_run(cfg, now=t0))
+    asyncio.run(index_upkeep.after_run(cfg, now=t0 + 25 * 3600))  # a day has passed without a copy
+    snap = status.read_snapshot(cfg)
+    assert [w[0] for w in snap.warnings] == ["INDEX_SNAPSHOT_SKIPPED"]
+    text = status.render(snap)
+    assert "Warning: INDEX_SNAPSHOT_SKIPPED since" in text and "hot journal" in text
+    assert status.to_json(snap)["warnings"][0][0] == "INDEX_SNAPSHOT_SKIPPED"
+
+    def ok_attempt():
+        return Attempt(started=time.time() - 1, ended=time.time(), outcome="ok", exit_code=0)
+
+    dispatch.after_run(cfg, ok_attempt())
+    told = [d for d in web.json() if d["code"] == "INDEX_SNAPSHOT_SKIPPED"]
+    assert len(told) == 1 and told[0]["event"] == "problem" and told[0]["severity"] == "warning"
+    assert "hot journal" in told[0]["message"] and "index snapshot" in told[0]["message"]
+    dispatch.after_run(cfg, ok_attempt())  # the next run: nothing new to tell
+    assert len([d for d in web.json() if d["code"] == "INDEX_SNAPSHOT_SKIPPED"]) == 1
+    age_episodes(cfg, 25 * 3600)
+    dispatch.after_run(cfg, ok_attempt())
+    assert [d["event"] for d in web.json() if d["code"] == "INDEX_SNAPSHOT_SKIPPED"] == ["problem", "reminder"]
+    # Horos recovers its database; the next run's snapshot succeeds and ends the condition
+    sqlite3.connect(demo_lib.database).execute("SELECT COUNT(*) FROM ZSTUDY").fetchone()
+    assert not os.path.exists(str(demo_lib.database) + "-journal") or \
+        os.path.getsize(str(demo_lib.database) + "-journal") == 0
+    assert asyncio.run(index_upkeep.after_run(cfg)).snapshot is not None
+    assert status.read_snapshot(cfg).warnings == ()
+    dispatch.after_run(cfg, ok_attempt())
+    events = [d["event"] for d in web.json() if d["code"] == "INDEX_SNAPSHOT_SKIPPED"]
+    assert events == ["problem", "reminder", "recovered"]

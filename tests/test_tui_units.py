@@ -264,3 +264,18 @@ def test_log_lines_append_or_redraw():
     assert new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == (True, ["d", "e"])  # window slid
     assert new_lines(["a", "b"], ["x", "y"]) == (False, ["x", "y"])  # rotated
     assert new_lines(["a"], ["a"]) == (True, [])
+
+
+# health line ---------------------------------------------------------------------------------------------
+def test_health_line_shows_ledger_warnings_beside_an_ok_health():
+    from dataclasses import replace
+
+    from horos_async.health import OK, Health
+    from tui.widgets.health_line import describe_health
+
+    snap = replace(sample_snapshot(), health=Health(OK, "OK - last success 2 h ago"))
+    assert describe_health(snap).state_class == "-ok"
+    warned = replace(snap, warnings=(("INDEX_SNAPSHOT_SKIPPED", SAMPLE_NOW - 3600, "hot journal"),))
+    view = describe_health(warned)
+    assert view.state_class == "-warning" and "warning: INDEX_SNAPSHOT_SKIPPED" in view.text
+    assert view.text.startswith("last success 2 h ago")

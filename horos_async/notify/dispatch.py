@@ -39,7 +39,10 @@ RUN_FAILURES = REFUSED_CODES + (HealthCode.DISK_FULL, HealthCode.DISK_LOW, Healt
 """The conditions of failed runs (one FAILING episode, whichever of them is the latest)."""
 ALERT_CODES = RUN_FAILURES + (HealthCode.STALLED, HealthCode.NO_PROGRESS)
 """Conditions told once per episode, reminded daily, and when they recover."""
-SEVERITY = {HealthCode.NO_PROGRESS: "warning", HealthCode.DISK_LOW: "warning"}
+SEVERITY = {HealthCode.NO_PROGRESS: "warning", HealthCode.DISK_LOW: "warning",
+            IssueCode.INDEX_SNAPSHOT_SKIPPED: "warning"}
+# The ledger conditions of status.WARNING_CONDITIONS (an index snapshot overdue...) are alert episodes too:
+# told when they start, reminded daily, and when they end, like the health's conditions.
 
 
 @dataclass
@@ -144,9 +147,13 @@ def _after_run(cfg: Config, attempt: Attempt) -> List[Delivery]:
         for code, summary, fix in h.problems:
             if code in ALERT_CODES:
                 active[code] = (summary, fix)
+    warning_since: Dict[str, float] = {}
+    for code, since, detail in snap.warnings:
+        active[code] = (detail, IssueCode(code).action if code in IssueCode.__members__ else "")
+        warning_since[code] = since
     for code, (detail, fix) in active.items():
         ep = st.open.get(code)
-        since = h.since if code == h.code and h.since else now
+        since = warning_since.get(code) or (h.since if h is not None and code == h.code and h.since else now)
         if ep is None:
             st.open[code] = episodes.Episode(since=since, last_sent=now, detail=detail)
             msgs.append(_condition(cfg, snap, "problem", code, detail, fix, since))

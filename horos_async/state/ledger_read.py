@@ -183,6 +183,14 @@ class LedgerReader:
         return self.con.execute(
             "SELECT COUNT(*) FROM studies WHERE last_seen IS NOT NULL AND COALESCE(zip_path, '') != ''").fetchone()[0]
 
+    def conditions(self) -> Tuple[Tuple[str, float, str], ...]:
+        """Every ongoing condition (the engine's ``Ledger.condition``): (code, since, detail), oldest first."""
+        tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "conditions" not in tables:
+            return ()
+        return tuple((r[0], float(r[1]), r[2] or "") for r in self.con.execute(
+            "SELECT code, since, detail FROM conditions ORDER BY since, code"))
+
     def issue_times(self, code: str) -> List[float]:
         """When issues with ``code`` were recorded, oldest first."""
         return [float(r[0]) for r in self.con.execute("SELECT ts FROM issues WHERE code=? ORDER BY ts", (code,))]

@@ -1,8 +1,8 @@
 """The first line of the monitor: the backup's health (OK, FAILING, STALLED, NO PROGRESS, NOT SCHEDULED).
 
 The verdict is ``Snapshot.health`` (``horos_async.health``, read through ``status``): the same words
-``horos-backup status`` leads with. The badge names the state; beside it the one-line reason, and the
-fix when there is one. The state class colours the badge through app.tcss.
+``horos-backup status`` leads with. The badge names the state; beside it the one-line reason, the
+fix when there is one, and the ledger's warnings (``Snapshot.warnings``: an index snapshot overdue). The state class colours the badge through app.tcss.
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ def describe_health(snapshot: Optional[Snapshot]) -> HealthView:
             break
     if h.fix:
         text = f"{text} · fix: {h.fix}"
-    return HealthView(BADGES.get(h.state, h.label), text, CLASSES.get(h.state, "-warning"))
+    state_class = CLASSES.get(h.state, "-warning")
+    if snapshot.warnings:  # e.g. INDEX_SNAPSHOT_SKIPPED: the images are backed up, Horos's index is not
+        text = f"{text} · warning: {', '.join(code for code, _since, _detail in snapshot.warnings)}"
+        if state_class == "-ok":
+            state_class = "-warning"
+    return HealthView(BADGES.get(h.state, h.label), text, state_class)
 
 
 class HealthLine(Widget):
