@@ -60,6 +60,20 @@ class IssueCode(_Code):
                "done: re-import the study in Horos")
     READ_ERROR = ("READ_ERROR", "a file could not be read, or changed while being zipped",
                   "retried later; if it repeats, check the Horos disk")
+    NOT_A_FILE = ("NOT_A_FILE", "a source path is a FIFO, a device or a folder, not a file: never read (it "
+                                "could block the run for ever)",
+                  "look at the path in the detail: replace it with the real image file, or re-import the study")
+    READ_STALLED = ("READ_STALLED", "reading a source made no progress for read_stall_seconds (a stuck network "
+                                    "or linked volume): the study's job was abandoned, its temp file removed, "
+                                    "the run went on",
+                    "check the volume named in the detail (reconnect the share, check the disk); retried later")
+    FILE_TOO_BIG = ("FILE_TOO_BIG", "the study's ZIP is larger than the backup filesystem allows for one file "
+                                    "(EFBIG: FAT32 stops at 4 GiB); only this study fails",
+                    "reformat the backup disk as APFS or exFAT (doctor warns about FAT32); retried later")
+    NAME_TOO_LONG = ("NAME_TOO_LONG", "the study's ZIP name is longer than the backup filesystem allows "
+                                      "(ENAMETOOLONG: a Study UID far beyond DICOM's 64 characters)",
+                     "the study's UID in Horos is malformed: fix it there (or re-import the study); retried "
+                     "later")
     ZIP_FAIL = ("ZIP_FAIL", "zip_attempts tries produced no valid ZIP (or the name was taken meanwhile)",
                 "check the backup disk (doctor, verify --deep); retried later")
     STUDY_CHANGED = ("STUDY_CHANGED", "Horos added or removed images of the study while it was zipped; "

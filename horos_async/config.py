@@ -205,6 +205,9 @@ class Config:
     """Write patient names into logs (off: studies are named by UID only)."""
     db_busy_seconds: float = 30.0
     """How long to keep retrying a busy, locked or hot-journalled Horos database before giving up."""
+    read_stall_seconds: float = 300.0
+    """Seconds without a byte read from a source file (a stuck network or linked volume) before that
+    study's job is abandoned as ``READ_STALLED`` and the run goes on."""
     retry_backoff_minutes: float = 60.0
     """First wait before retrying a failed study; doubles on each failure, capped at one week."""
     start_interval: int = 600
@@ -529,6 +532,7 @@ def validate(cfg: Config) -> Config:
         ("zip_layout", cfg.zip_layout in ZIP_LAYOUT_CHOICES, f"must be one of {', '.join(ZIP_LAYOUT_CHOICES)}"),
         ("retry_backoff_minutes", cfg.retry_backoff_minutes >= 0, "must not be negative"),
         ("db_busy_seconds", cfg.db_busy_seconds >= 0, "must not be negative"),
+        ("read_stall_seconds", cfg.read_stall_seconds >= 1, "must be at least 1 second"),
         ("start_interval", cfg.start_interval >= 60, "must be at least 60 seconds"),
         ("index_snapshot_hours", cfg.index_snapshot_hours == 0 or cfg.index_snapshot_hours >= 1,
          "must be 0 (no automatic snapshot) or at least 1 hour"),

@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from horos_async.config import Config
 from horos_async.errors import LockHeld, SentinelMissing, VolumeError
@@ -48,6 +48,47 @@ def check_horos_data(cfg: Config) -> None:
     if not cfg.horos_data.is_dir():
         raise VolumeError(f"Horos data folder {cfg.horos_data} not found: is the Horos volume mounted? "
                           f"Check 'horos_data' in the config. Nothing was written")
+
+
+def horos_data_gone(cfg: Config) -> str:
+    """Why the Horos data is no longer where the run found it (its volume unmounted mid-run), or "" while
+    it is. Asked before a study is called missing or unreadable (docs/design/durability.md §7): a vanished
+    volume makes every study look missing, and recording that would put them all in backoff."""
+    noindex = cfg.data_root / "DATABASE.noindex"
+    if not cfg.horos_data.is_dir():
+        return f"the Horos data folder {cfg.horos_data} vanished during the run (is the Horos volume still mounted?)"
+    if not noindex.is_dir():
+        return f"the Horos image folder {noindex} vanished during the run (is its volume still mounted?)"
+    if not cfg.database.is_file():
+        return f"the Horos database {cfg.database} vanished during the run (is the Horos volume still mounted?)"
+    if cfg.sentinel is not None and not cfg.sentinel.exists():
+        return f"the sentinel file {cfg.sentinel} vanished during the run (is the backup volume still mounted?)"
+    return ""
+
+
+def folder_identity(folder: Path) -> Optional[Tuple[int, int]]:
+    """(device, inode) of ``folder``, or None when it cannot be read."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def backup_dir_gone(cfg: Config, identity: Optional[Tuple[int, int]]) -> str:
+    """Why the backup folder is no longer the one the run started with, or "" while it is.
+
+    Asked before each study creates its month folder: when the backup volume is pulled away, its path
+    may still name a folder (the empty mount point, on the boot disk), and creating a month folder there
+    would put "done" ZIPs on the wrong disk.
+    """
+    now = folder_identity(cfg.backup_dir)
+    if now is None:
+        return f"the backup folder {cfg.backup_dir} vanished during the run (is the backup volume still mounted?)"
+    if identity is not None and now != identity:
+        return (f"the backup folder {cfg.backup_dir} is no longer the folder the run started in (its volume was "
+                f"unmounted: the path now names another disk)")
+    return ""
 
 
 def backup_dir_missing(cfg: Config) -> str:

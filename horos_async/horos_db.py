@@ -182,11 +182,13 @@ class HorosReader:
                     self._cols[table] = {r[1].upper() for r in await cur.fetchall()}
             async with db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='Z_METADATA'") as cur:
                 self._has_metadata = await cur.fetchone() is not None
+            self._check_schema()
         except BaseException:
+            # Every way out closes the connection: its thread would keep the process alive after the
+            # error was printed, and launchd starts no new run meanwhile (docs/design/durability.md §7).
             await db.close()
             raise
         self._db = db
-        self._check_schema()
 
     def _check_schema(self) -> None:
         for table, cols in REQUIRED.items():

@@ -146,3 +146,46 @@ def horos_sql(lib, query, *args):
         return rows
     finally:
         con.close()
+
+
+def cli_process(argv, *, timeout: float = 120, script: str = "", script_args=(), **kw):
+    """``horos-backup ARGV`` as a real process (launchd's view): its CompletedProcess, text mode. A process
+    that does not end within ``timeout`` seconds is killed and the test fails: a hang is the bug.
+    ``script``: Python run instead of ``-m horos_async`` (it arranges a moment, then calls ``cli.main``),
+    given ``script_args`` before ARGV."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    env = dict(os.environ, HOROS_BACKUP_CONFIG="")
+    env.update(kw.pop("env", {}))
+    head = ["-c", script, *script_args] if script else ["-m", "horos_async"]
+    try:
+        return subprocess.run([sys.executable, *head, *argv], capture_output=True, text=True,
+                              env=env, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"horos-backup {' '.join(argv)} did not exit within {timeout}s: {exc.stderr}")
+
+
+def limited(file_size: int = 0, dac: bool = True):
+    """A ``preexec_fn`` giving the child process what this root test process lacks: a file-size limit
+    (``RLIMIT_FSIZE`` with SIGXFSZ ignored: a write past it fails with a real EFBIG, as on FAT32 past
+    4 GiB), and with ``dac=False`` no power to ignore file permissions (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave the bounding set before exec: a mode-000 file then gives a real EACCES)."""
+    import ctypes
+    import resource
+    import signal
+
+    def setup() -> None:
+        if file_size:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+        if not dac:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                    raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP failed")
+
+    return setup

@@ -106,9 +106,17 @@ def test_every_new_zip_has_a_manifest_and_passes_verify_deep(backed_up):
 
 
 def _patch_crc(path: Path, info: zipfile.ZipInfo, crc: int) -> None:
-    """Write ``crc`` into the member's local header and its central directory entry."""
+    """Write ``crc`` where the member's CRC is kept: its local header, or (a streamed member, bit 3 of its
+    flags) its data descriptor, and its central directory entry."""
     data = bytearray(path.read_bytes())
-    struct.pack_into("<L", data, info.header_offset + 14, crc)
+    flags, = struct.unpack_from("<H", data, info.header_offset + 6)
+    if flags & 0x08:  # the CRC follows the data, in a data descriptor (with or without its signature)
+        nlen, xlen = struct.unpack_from("<HH", data, info.header_offset + 26)
+        end = info.header_offset + 30 + nlen + xlen + info.compress_size
+        at = end + 4 if bytes(data[end:end + 4]) == b"PK\x07\x08" else end
+        struct.pack_into("<L", data, at, crc)
+    else:
+        struct.pack_into("<L", data, info.header_offset + 14, crc)
     cd = data.rfind(b"PK\x01\x02" + data[info.header_offset + 4:info.header_offset + 6], 0)
     name = info.filename.encode()
     pos = 0

@@ -79,6 +79,28 @@ class SourceReadError(Exception):
         self.path, self.errno = path, err
 
 
+class SourceNotFile(SourceReadError):
+    """A source path is a FIFO, a device or a folder: reading it could block for ever or never end."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(path, None, f"it is a {kind}, not a regular file")
+        self.kind = kind
+
+
+class Heartbeat:
+    """When a build last read a source chunk (``time.monotonic()``), and which source it is reading (None
+    before the first and after the last): the job's stall watchdog reads both from the event loop
+    (docs/design/durability.md §7)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.source: Optional[Path] = None
+        """The source file being opened or read, None between files."""
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+
 class ZipInvalid(Exception):
     """A ZIP failed verification; ``member`` names the bad entry when there is one."""
 
@@ -192,13 +214,15 @@ class HashingWriter(io.RawIOBase):
 def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comment: bytes = b"",
               progress: Progress = None, cancel: Optional[threading.Event] = None,
               opener: Optional[Callable[[Path], IO[bytes]]] = None, chunk_size: int = 1 << 20,
-              trace: durable.Trace = None, trailer: Trailer = None, hashes: bool = True) -> Built:
+              trace: durable.Trace = None, trailer: Trailer = None, hashes: bool = True,
+              heartbeat: Optional[Heartbeat] = None) -> Built:
     """Write ``members`` into a new, fully synced ZIP at ``out_path``; remove it on any failure.
 
     With ``hashes`` each source is read by a thread of its own that computes its SHA-256 and CRC-32 and
     reads its DICOM header facts while this thread deflates and writes (docs/design/manifest.md §3);
     ``trailer`` then gives the members written last (the manifest needs every hash). Returns the members
-    written, with ``.sha256`` of the whole file (hashed as written, docs/design/durability.md §8)."""
+    written, with ``.sha256`` of the whole file (hashed as written, docs/design/durability.md §8).
+    ``heartbeat`` tells the job's stall watchdog when a source byte was last read (durability.md §7)."""
     names = [m.name for m in members]
     bad = [n for n in names if not safe_member_name(n)]
     if bad or len(set(names)) != len(names) or not 0 <= level <= 9 or len(comment) > 0xFFFF:
@@ -212,8 +236,8 @@ def build_zip(out_path: Path, members: Sequence[Member], *, level: int = 1, comm
         out = opener(out_path)
     hashed = HashingWriter(out)
     try:
-        built = Built(_write_zip(hashed, members, level, comment, Stream(progress, cancel, chunk_size), trailer,
-                                 hashes))
+        built = Built(_write_zip(hashed, members, level, comment, Stream(progress, cancel, chunk_size, heartbeat),
+                                 trailer, hashes))
         durable.sync_file(hashed, path=out_path, trace=trace)
         built.sha256 = hashed.hash.hexdigest()
         hashed.close()
@@ -239,11 +263,18 @@ def needs_deflate(path: Path) -> bool:
     """False for DICOM whose transfer syntax is already compressed; True otherwise (safe default)."""
     # Imported here: pydicom (with numpy) costs a third of a second of start-up that `store` mode,
     # verify and restore never need.
-    from pydicom.filereader import read_file_meta_info
+    from pydicom import filereader
     from pydicom.uid import UID
 
     try:
-        ts = str(read_file_meta_info(path).get("TransferSyntaxUID") or "").strip("\0 ")
+        with open_source(path) as fp:  # a FIFO or device is refused here, never waited on
+            read_meta = getattr(filereader, "_read_file_meta_info", None)
+            if read_meta is None:  # pragma: no cover - a pydicom without the helper: by name
+                meta = filereader.read_file_meta_info(path)
+            else:
+                filereader.read_preamble(fp, False)
+                meta = read_meta(fp)
+        ts = str(meta.get("TransferSyntaxUID") or "").strip("\0 ")
     except Exception:  # not DICOM, truncated, unreadable: deflating is always correct, only slower
         return True
     if not ts or ts == _ENCAPSULATED_UNCOMPRESSED_TS:
@@ -262,8 +293,10 @@ class Stream:
     Shared with ``zipcheck``; the checksum (ISA-L or zlib) follows :data:`USE_ISAL` when it is made.
     """
 
-    def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int) -> None:
+    def __init__(self, progress: Progress, cancel: Optional[threading.Event], chunk_size: int,
+                 heartbeat: Optional[Heartbeat] = None) -> None:
         self.progress, self.cancel, self.chunk_size = progress, cancel, chunk_size
+        self.heartbeat = heartbeat
         self.use_isal = USE_ISAL and _isal is not None
         self.crc32 = _isal.crc32 if self.use_isal else zlib.crc32
         self.files, self.bytes, self.next_report = 0, 0, _PROGRESS_STEP
@@ -276,6 +309,8 @@ class Stream:
 
     def add(self, nbytes: int) -> None:
         self.bytes += nbytes
+        if self.heartbeat is not None:
+            self.heartbeat.last = time.monotonic()
         if self.progress and self.bytes >= self.next_report:  # at least every 64 MiB in a big member
             self.next_report = self.bytes + _PROGRESS_STEP
             self.progress(self.files, self.bytes)
@@ -297,18 +332,20 @@ def _write_zip(out, members: Sequence[Member], level: int, comment: bytes, run: 
     reader = _Reader(members, run) if hashes else None
     try:
         for member in members[:PREFETCH_FILES]:
-            _prefetch(member.source)
+            _prefetch(member.source, run.heartbeat)
         if reader is not None:
             reader.start()
         for i, member in enumerate(members):
             run.check_cancel()
             if i + PREFETCH_FILES < len(members):
-                _prefetch(members[i + PREFETCH_FILES].source)
+                _prefetch(members[i + PREFETCH_FILES].source, run.heartbeat)
             if reader is None:
                 built.append(_write_member(zf, member, level, run))
             else:
                 built.append(_write_piped(zf, member, level, run, reader))
             run.file_done()
+        if run.heartbeat is not None:
+            run.heartbeat.source = None  # every source read: what is left writes the backup volume only
         for name, data in (trailer(built) if trailer is not None else ()):
             built.append(_write_bytes(zf, name, data, level))
         zf.comment = comment
@@ -357,6 +394,9 @@ class _Reader(threading.Thread):
         run = self.run_
         try:
             for m in self.members:
+                if run.heartbeat is not None:  # the stall watchdog names the source being opened or read
+                    run.heartbeat.source = m.source
+                    run.heartbeat.beat()
                 src = _open_source(m.source)
                 with src:
                     mtime: Optional[float] = os.fstat(src.fileno()).st_mtime
@@ -459,6 +499,9 @@ def _zinfo(member: Member, mtime: float, level: int) -> zipfile.ZipInfo:
 
 
 def _write_member(zf: zipfile.ZipFile, member: Member, level: int, run: Stream) -> BuiltMember:
+    if run.heartbeat is not None:
+        run.heartbeat.source = member.source
+        run.heartbeat.beat()
     src = _open_source(member.source)
     with src:
         zinfo = _zinfo(member, os.fstat(src.fileno()).st_mtime, level)
@@ -501,18 +544,22 @@ def _install_fast_compressor(writer, level: int) -> bool:
     return True
 
 
-def _prefetch(path: Path) -> None:
+def _prefetch(path: Path, heartbeat: Optional[Heartbeat] = None) -> None:
     """Ask the kernel to start reading the next source while this one is compressed (Linux; a no-op
     where posix_fadvise is missing, e.g. macOS, which reads ahead on its own). Errors are ignored:
-    the real read reports them."""
+    the real read reports them. An open on a stuck volume blocks here first: the heartbeat names it."""
     if _FADV_WILLNEED is None:
         return
+    if heartbeat is not None:
+        heartbeat.source = path
+        heartbeat.beat()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)  # a FIFO must not block here either
     except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, 0, _FADV_WILLNEED)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.posix_fadvise(fd, 0, 0, _FADV_WILLNEED)
     except OSError:
         pass
     finally:
@@ -524,13 +571,39 @@ PREFETCH_FILES = 4
 _FADV_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None) if hasattr(os, "posix_fadvise") else None
 
 
-def _open_source(path: Path) -> IO[bytes]:
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+          (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"))
+
+
+def open_source(path: Path) -> IO[bytes]:
+    """Open a source file for reading, refusing anything but a regular file (:class:`SourceNotFile`).
+
+    Opened non-blocking, because opening a FIFO for reading blocks until a writer comes, for ever;
+    checked on the open descriptor, because the path may have been replaced since it was planned;
+    then switched back to blocking reads (docs/design/durability.md §7).
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _CLOEXEC)
     except FileNotFoundError:
         raise SourceMissing(path) from None
     except OSError as exc:
         raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SourceNotFile(path, next((kind for test, kind in _KINDS if test(mode)), "special file"))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise SourceReadError(path, exc.errno, exc.strerror or str(exc)) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_open_source = open_source
 
 
 def _read(src: IO[bytes], path: Path, n: int) -> bytes:

@@ -22,15 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-from horos_async import allocator, durable, guards, schedule
+from horos_async import allocator, durable, guards, logs, schedule
 from horos_async.backup import archive, planner, reconcile, source_guard
 from horos_async.backup.job import JobContext, StudyJob, compression_flags
 from horos_async.blocking import Offload
 from horos_async.codes import EngineState, GuardCode, RunOutcome
 from horos_async.config import Config
-from horos_async.errors import EXIT_INTERRUPTED, EXIT_OK, HorosBackupError
+from horos_async.errors import EXIT_DISK, EXIT_INTERRUPTED, EXIT_OK, EXIT_VOLUME, HorosBackupError
 from horos_async.horos_db import HorosReader
-from horos_async.state.ledger import Ledger, fault as ledger_fault
+from horos_async.state.ledger import VOLUME_SIGNS as LEDGER_VOLUME_SIGNS, Ledger, fault as ledger_fault
 from horos_async.models import DONE, FAILED, PARTIAL, UNCHANGED, Outcome, StudyPlan
 from horos_async.backup.months import update_month_markers
 from horos_async.state import sums
@@ -92,6 +92,7 @@ class Engine:
         self.fatal: Optional[BaseException] = None
         self.started = clock()  # the budget counts from here (run() sets it again as it starts)
         self.shares_horos_disk = False
+        self.backup_id = None  # (device, inode) of backup_dir at the start: see guards.backup_dir_gone
         self.attempted: set = set()
         self.processed = 0  # studies planned in this run (for --max-studies)
         self._changed: Optional[asyncio.Event] = None
@@ -125,6 +126,7 @@ class Engine:
         lock = guards.RunLock(cfg.lock_path).acquire()
         try:
             self.shares_horos_disk = guards.same_device(cfg.backup_dir, cfg.data_root)
+            self.backup_id = guards.folder_identity(cfg.backup_dir)
             self.ledger = await Ledger(cfg.ledger_path, cfg.issues_csv, names_in_csv=cfg.log_patient_names).open()
             try:
                 self.live.run_id = await self.ledger.begin_run()
@@ -135,9 +137,10 @@ class Engine:
                 try:
                     await self._run_inner()
                 except sqlite3.OperationalError as exc:
-                    if "full" not in str(exc).lower():
+                    if not any(sign in str(exc).lower() for sign in LEDGER_VOLUME_SIGNS):
                         raise
-                    raise ledger_fault(cfg.ledger_path, exc) from None  # a ledger commit hit a full volume
+                    # A ledger commit hit a full, failing or vanished volume: exit 6 or 7, never "a bug".
+                    raise ledger_fault(cfg.ledger_path, exc) from None
             except HorosBackupError as exc:
                 self.result.exit_code = exc.exit_code
                 self.result.outcome = type(exc).__name__
@@ -150,7 +153,9 @@ class Engine:
                 self._publisher.cancel()  # only when _finish did not run (it stops the loop cleanly)
             if self.ledger is not None:
                 await self.ledger.close()
-            self.pool.shutdown(wait=True)
+            # A stopped run does not wait for a pool thread that may be blocked in the kernel (a stuck
+            # volume); cli.signals ends the process if one holds up its exit (docs/design/durability.md §7).
+            self.pool.shutdown(wait=not self.cancel.is_set())
             lock.release()
         return self.result
 
@@ -162,7 +167,10 @@ class Engine:
         try:
             await self.ledger.end_run(r.outcome, r.exit_code, r.done, r.failed, r.bytes_in, r.bytes_out, r.message)
         except Exception as exc:  # the backup volume may be gone: the ledger commit is what failed
-            log.error("could not record the end of the run in the ledger: %s", exc)
+            if r.exit_code in (EXIT_DISK, EXIT_VOLUME):  # expected: the run's own error says it, once
+                log.info("could not record the end of the run in the ledger: %s", exc, extra=logs.FILE_ONLY)
+            else:
+                log.error("could not record the end of the run in the ledger: %s", exc)
         self.live.state = EngineState.PAUSED if r.outcome == RunOutcome.PAUSED else EngineState.IDLE
         self.live.phase = "finished"
         self.live.message = r.message
@@ -312,7 +320,7 @@ class Engine:
         cfg = self.cfg
         ctx = JobContext(config=cfg, ledger=self.ledger, live=self.live, offload=self._offload, cancel=self.cancel,
                          reader=reader, claims=self._claims, reserved=self._reserved, should_stop=self._should_stop,
-                         poke=self._poke, shares_horos_disk=self.shares_horos_disk)
+                         poke=self._poke, shares_horos_disk=self.shares_horos_disk, backup_id=self.backup_id)
         queue: asyncio.Queue = asyncio.Queue(maxsize=max(2, cfg.concurrency))
         workers = cfg.concurrency
 

@@ -8,6 +8,13 @@ without overwriting (+ directory sync). A done or partial Outcome therefore mean
 in place; the engine commits it to the ledger only after ``run()`` returns (§1 step 5). Study-level
 problems return an Outcome; run-level faults raise (:class:`HorosBackupError`, ``archive.Cancelled``).
 Blocking work goes through the context's ``offload`` (horos_async/blocking.py), never the event loop.
+
+Whose error is it (docs/design/durability.md §7)? One study's: a ZIP too big for the filesystem
+(EFBIG), a name too long (ENAMETOOLONG), a source that cannot be read, is not a file, or stalls. The
+volume's, ending the run: any other OSError of the backup side (EIO, ENXIO, EROFS, the folder gone), and
+the Horos data gone, which is checked before any study is called missing or unreadable. The source
+reads run in a thread of their own under a watchdog: no byte for ``read_stall_seconds`` abandons the
+job (``READ_STALLED``), and a stopping run leaves a blocked read behind after ``STOP_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ def manifests_on() -> bool:
     """Every ZIP gets its manifest; ``HOROS_BACKUP_MANIFEST=0`` turns it off for the benchmark's baseline
     only (scripts/bench_manifest.py), never for a backup (docs/design/manifest.md §3)."""
     return os.environ.get("HOROS_BACKUP_MANIFEST", "1") != "0"
+STOP_GRACE_SECONDS = 2.0
+"""How long a stopping run waits for a ZIP build to notice; a build blocked in a read is then left behind."""
+WATCH_SECONDS = 1.0
+"""How often the stall watchdog looks at a running build."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,16 @@ class JobContext:
     """Asks the status publisher to write soon (a job started or ended)."""
     shares_horos_disk: bool = False
     """The backup folder is on Horos's disk: the free-space floor keeps Horos's reserve too."""
+    backup_id: Optional[Tuple[int, int]] = None
+    """(device, inode) of ``backup_dir`` when the run started: a folder that changed is a pulled volume."""
+
+
+class _NameTooLong(Exception):
+    """The ZIP's path cannot even be looked up (ENAMETOOLONG): the study's failure, found before any write."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _VolumeFailed(Exception):
@@ -86,6 +107,31 @@ class _VolumeFailed(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(error)
         self.error = error
+
+
+class _Stalled(Exception):
+    """The build read no byte for ``read_stall_seconds``; the job was abandoned."""
+
+    def __init__(self, source: Optional[Path], seconds: float) -> None:
+        super().__init__(f"no byte read for {seconds:.0f}s from {source}")
+        self.source, self.seconds = source, seconds
+
+
+class _Either:
+    """Set when either event is: the run's cancel, or this job's own abandonment."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """As ``threading.Event.wait`` (polled: a cancel is noticed within 50 ms)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set() and (end is None or time.monotonic() < end):
+            time.sleep(0.05)
+        return self.is_set()
 
 
 class StudyJob:
@@ -106,6 +152,8 @@ class StudyJob:
         ctx, plan, s = self.ctx, self.plan, self.plan.study
         if _unchanged(self.entry, plan):
             return Outcome(s.key, UNCHANGED)
+        if plan.missing:  # the files, or the whole Horos volume? (hardening 7)
+            await self._horos_still_there()
         if not plan.files:
             return self._fail(IssueCode.NO_FILES, f"none of the study's {len(plan.missing)} files exist on disk; "
                                           f"first: {', '.join(plan.missing[:3]) or '-'}", plan.missing[:5])
@@ -120,7 +168,10 @@ class StudyJob:
         rel: Optional[str] = None
         try:
             await self._claim_space()
-            rel = await self._target_path()
+            try:
+                rel = await self._target_path()
+            except _NameTooLong as exc:
+                return self._study_write_error(exc.error, plan.zip_relpath) or self._fail(IssueCode.NAME_TOO_LONG, "")
             return await self._write(rel, state, code, detail)
         finally:  # what this job held in the run's shared tables
             ctx.live.jobs.pop(s.key, None)
@@ -149,7 +200,17 @@ class StudyJob:
         ctx.live.jobs[s.key] = progress
         ctx.poke()
         identity = plan if rel == plan.zip_relpath else replace(plan, zip_relpath=rel)
-        created = await ctx.offload(durable.ensure_dir, final.parent)
+        gone = await ctx.offload(guards.backup_dir_gone, cfg, ctx.backup_id)
+        if gone:  # never create the month folder on whatever disk now holds the path
+            raise VolumeError(f"{gone}; the run ended and nothing unfinished was recorded as done. Mount the "
+                              f"backup volume again; the next run resumes")
+        try:
+            created = await ctx.offload(durable.ensure_dir, final.parent)
+        except OSError as exc:  # the month folder: the volume's error, or this study's name
+            failed = self._study_write_error(exc, rel)
+            if failed is not None:
+                return failed
+            raise await self._backup_fault(exc, rel) from None
         last_error = ""
         fault: Optional[OSError] = None
         for attempt in range(1, cfg.zip_attempts + 1):
@@ -178,13 +239,24 @@ class StudyJob:
         _VolumeFailed; the caller removes ``tmp`` whatever happens."""
         ctx, plan = self.ctx, self.plan
         try:
-            built, digest, sha256 = await ctx.offload(self._build_and_verify, tmp, members, identity, state,
-                                              progress.update)
+            built, digest, sha256 = await self._watched(tmp, members, identity, state, progress.update)
+        except _Stalled as exc:
+            await self._horos_still_there()
+            return self._fail(IssueCode.READ_STALLED, f"{exc} (read_stall_seconds = {ctx.config.read_stall_seconds:g}): "
+                                                      f"is its volume stuck? The job was abandoned",
+                              [str(exc.source)])
+        except archive.SourceNotFile as exc:
+            return self._fail(IssueCode.NOT_A_FILE, str(exc), [str(exc.path)])
         except archive.SourceMissing as exc:
+            await self._horos_still_there()
             return self._fail(IssueCode.MISSING_FILES, f"a file vanished while zipping: {exc}", [str(exc)])
         except archive.SourceReadError as exc:
+            await self._horos_still_there()
             return self._fail(IssueCode.READ_ERROR, f"a file could not be read: {exc}", [str(exc)])
         except OSError as exc:
+            failed = self._study_write_error(exc, rel)
+            if failed is not None:
+                return failed
             raise _VolumeFailed(exc) from None
         now_rows = await self._image_rows()
         if now_rows is not None and now_rows != plan.image_rows:
@@ -196,6 +268,9 @@ class StudyJob:
             return self._fail(IssueCode.ZIP_FAIL, f"{redact_zip_path(rel, ctx.config.log_patient_names)} appeared while "
                                           f"this study was being written; will retry")
         except OSError as exc:
+            failed = self._study_write_error(exc, rel)
+            if failed is not None:
+                return failed
             raise _VolumeFailed(exc) from None
         return Outcome(plan.study.key, state, code, detail, rel, len(plan.files), plan.total_bytes, size,
                        time.monotonic() - self.started, members_digest=digest[0], members=len(built),
@@ -205,12 +280,71 @@ class StudyJob:
         return Outcome(self.plan.study.key, FAILED, code, detail, files=len(self.plan.files),
                        seconds=time.monotonic() - self.started, extra=tuple(extra))
 
-    def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str,
-                          progress) -> Tuple[List[archive.BuiltMember], Tuple[str, str], str]:
+    def _study_write_error(self, exc: OSError, rel: str) -> Optional[Outcome]:
+        """The study's failure when a backup-side OSError belongs to this study alone, else None (the
+        volume's: the caller ends the run)."""
+        cfg = self.ctx.config
+        shown = redact_zip_path(rel, cfg.log_patient_names)
+        if exc.errno == errno.EFBIG:
+            return self._fail(IssueCode.FILE_TOO_BIG, f"{shown}: the ZIP ({guards.human_bytes(self.plan.total_bytes)} of "
+                                                      f"files) is larger than the backup filesystem allows for one "
+                                                      f"file ({exc.strerror}; FAT32 stops at 4 GiB); the partial "
+                                                      f"file was removed")
+        if exc.errno == errno.ENAMETOOLONG:
+            return self._fail(IssueCode.NAME_TOO_LONG, f"{shown}: the name ({len(rel.rsplit('/', 1)[-1])} characters) "
+                                                       f"is longer than the backup filesystem allows "
+                                                       f"({exc.strerror}); its Study UID has "
+                                                       f"{len(self.plan.study.uid)} characters")
+        return None
+
+    async def _horos_still_there(self) -> None:
+        """Before a study is called missing or unreadable: raise VolumeError (the run ends, nothing is
+        recorded for the studies in flight) when the Horos data itself is gone (docs/design/durability.md §7)."""
+        why = await self.ctx.offload(guards.horos_data_gone, self.ctx.config)
+        if why:
+            raise VolumeError(f"{why}; the run ended without recording any study in flight as missing or "
+                              f"unreadable. Mount it again; the next run resumes")
+
+    async def _watched(self, tmp: Path, members, identity: StudyPlan, state: str,
+                       progress) -> Tuple[List[archive.BuiltMember], Tuple[str, str], str]:
+        """Build and verify in a thread of its own, watched: no byte read from a source for
+        ``read_stall_seconds`` raises :class:`_Stalled`; a run that stops waits ``STOP_GRACE_SECONDS`` for
+        the build to notice, then raises ``archive.Cancelled``. Either way the thread is left behind (a
+        read blocked in the kernel cannot be taken back); its late result is dropped."""
+        ctx = self.ctx
+        abandon = threading.Event()
+        heartbeat = archive.Heartbeat()
+        future = ctx.offload.detached(self._build_and_verify, tmp, members, identity, state, progress,
+                                      _Either(ctx.cancel, abandon), heartbeat)
+        stall = ctx.config.read_stall_seconds
+        stopping_since: Optional[float] = None
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=min(WATCH_SECONDS, stall / 4))
+                if done:
+                    return future.result()
+                now = time.monotonic()
+                if ctx.cancel.is_set():
+                    stopping_since = stopping_since or now
+                    if now - stopping_since >= STOP_GRACE_SECONDS:
+                        log.warning("study %s: its ZIP build did not stop within %.0fs (a read blocked on %s?); "
+                                    "left behind", self.plan.study.uid, STOP_GRACE_SECONDS, heartbeat.source)
+                        raise archive.Cancelled("left behind")
+                elif heartbeat.source is not None and now - heartbeat.last >= stall:
+                    log.warning("study %s: no byte read from %s for %.0fs; job abandoned", self.plan.study.uid,
+                                heartbeat.source, now - heartbeat.last)
+                    raise _Stalled(heartbeat.source, now - heartbeat.last)
+        finally:
+            if not future.done():
+                abandon.set()  # should the read ever return, the build stops at its next chunk
+                future.cancel()
+
+    def _build_and_verify(self, tmp: Path, members, identity: StudyPlan, state: str, progress, cancel,
+                          heartbeat: archive.Heartbeat) -> Tuple[List[archive.BuiltMember], Tuple[str, str], str]:
         """Blocking: build the temp ZIP (synced inside), its manifest last, read it back fully against the
         sources; the members, their digest and the manifest's SHA-256, and the file's SHA-256 (hashed as it
         was written), for the ledger."""
-        cancel, cfg = self.ctx.cancel, self.ctx.config
+        cfg = self.ctx.config
         media = getattr(members, "dicomdir", None)
         manifest = manifests_on()
         extra = (1 if manifest else 0) + (1 if media is not None else 0)
@@ -233,7 +367,8 @@ class StudyJob:
             return tail
 
         built = archive.build_zip(tmp, members, level=cfg.compression_level, comment=comment, progress=progress,
-                                  cancel=cancel, trailer=trailer, hashes=manifest)
+                                  cancel=cancel, trailer=trailer, hashes=manifest,
+                                  heartbeat=heartbeat)
         zipcheck.verify_zip(tmp, built, deep=True, cancel=cancel)
         return built, (members_digest(built), kept.get("sha256", "")), built.sha256
 
@@ -298,7 +433,12 @@ class StudyJob:
         rel, n = plan.zip_relpath, 1
         while True:
             owner = await ctx.ledger.zip_owner(rel)
-            exists, on_disk = await ctx.offload(_owner_on_disk, cfg.backup_dir / rel)
+            try:
+                exists, on_disk = await ctx.offload(_owner_on_disk, cfg.backup_dir / rel)
+            except OSError as exc:  # ENAMETOOLONG is this study's; anything else the volume's
+                if exc.errno == errno.ENAMETOOLONG:
+                    raise _NameTooLong(exc) from None
+                raise await self._backup_fault(exc, rel) from None
             if owner is None and exists:
                 owner = on_disk
             # No await from here to the reservation: a concurrent job of this batch sees it at once.
@@ -318,7 +458,15 @@ async def compression_flags(cfg: Config, plan: StudyPlan, entry: Optional[Entry]
     if not plan.files or _unchanged(entry, plan):
         return None
     if cfg.compression == "auto":
-        return await offload(_deflate_flags, plan.files)
+        # Header reads may sit on a stuck volume too: in a thread of their own, given up on after
+        # read_stall_seconds (deflate everything: always correct; the build's watchdog then judges).
+        judged = offload.detached(_deflate_flags, plan.files)
+        try:
+            return await asyncio.wait_for(judged, cfg.read_stall_seconds)
+        except asyncio.TimeoutError:
+            log.warning("study %s: reading its DICOM headers made no progress for %.0fs; deflating every file",
+                        plan.study.uid, cfg.read_stall_seconds)
+            return [True] * len(plan.files)
     return [cfg.compression == "deflate"] * len(plan.files)
 
 
@@ -403,5 +551,12 @@ def _run_level(exc: OSError, shown: str) -> HorosBackupError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"backup volume full while writing {shown} ({exc.strerror}); the partial file was "
                         f"removed and nothing was recorded; free space and run again")
+    if exc.errno == errno.EROFS:
+        return VolumeError(f"backup volume became read-only while writing {shown}: macOS does this to a disk "
+                           f"with errors; run First Aid in Disk Utility. Nothing unfinished was recorded as done")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        folder = shown.rsplit("/", 1)[0]
+        return VolumeError(f"no permission to write {shown} ({exc.strerror}); check the owner and permissions "
+                           f"of the backup folders (ls -ld '{folder}'). Nothing unfinished was recorded as done")
     return VolumeError(f"backup volume failed while writing {shown} ({exc.strerror or exc}); is the disk still "
                        f"mounted? Nothing unfinished was recorded as done")

@@ -21,6 +21,7 @@ Log lines and issue details name a ZIP by :func:`naming.redact_zip_path` unless 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -139,8 +140,26 @@ def readable_zip(path: Path, deep: bool) -> str:
 async def reconcile(cfg: Config, ledger: Ledger, offload: Offload = default_offload, announce=lambda text: None,
                     deep_limit: int = DEEP_ADOPT_LIMIT) -> Dict[str, int]:
     """Bring ledger and disk into agreement; returns counts of what was done (every file check, walk and
-    move runs through ``offload``)."""
+    move runs through ``offload``). A backup folder that cannot be read (no permission, an I/O error, the
+    volume gone) raises VolumeError naming the folder: the run cannot know what is on disk."""
+    try:
+        return await _reconcile(cfg, ledger, offload, announce, deep_limit)
+    except OSError as exc:
+        raise folder_fault(cfg, exc) from None
 
+
+def folder_fault(cfg: Config, exc: OSError) -> VolumeError:
+    """The run-level error for an OSError met while reading the backup folders."""
+    where = exc.filename or cfg.backup_dir
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return VolumeError(f"cannot read {where} in the backup folder: {exc.strerror}; this user (uid {os.getuid()}) "
+                           f"needs to read and write every folder there: check the owner and permissions "
+                           f"(ls -ld '{where}'). Nothing was exported")
+    return VolumeError(f"cannot read {where} in the backup folder ({exc.strerror or exc}): is the backup volume "
+                       f"still mounted? Nothing was exported")
+
+
+async def _reconcile(cfg: Config, ledger: Ledger, offload: Offload, announce, deep_limit: int) -> Dict[str, int]:
     stats = {"temps_removed": 0, "adopted": 0, "renamed": 0, "missing": 0, "invalid": 0, "foreign": 0}
     removed = await offload(durable.remove_stale_temps, cfg.backup_dir, 2)
     stats["temps_removed"] = len(removed)

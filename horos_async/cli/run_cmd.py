@@ -57,6 +57,8 @@ class Trace:
     message: str = ""
     engine: Any = None
     """The Engine once built (its result and guard code hold the partial counts of a failed run)."""
+    on_force: Optional[Callable[[str], None]] = None
+    """Records the attempt as interrupted when a stop hangs and the process is ended (cli.signals)."""
 
 
 def do_run(args: argparse.Namespace) -> int:
@@ -127,6 +129,8 @@ def recorded(cfg: Config, body: Callable[[Trace], int]) -> int:
     trace = Trace()
     started = time.time()
     pinging = _alerts_start(cfg)
+    trace.on_force = lambda message: _record(cfg, started, trace, EXIT_INTERRUPTED, RunOutcome.INTERRUPTED,
+                                             message)
     try:
         code = body(trace)
     except LockHeld as exc:
@@ -196,7 +200,8 @@ def run_engine(cfg: Config, *, until_done: bool = True, max_studies: Optional[in
         return engine.run, engine.request_stop
 
     t0 = time.monotonic()
-    result, _stopped = run_stoppable(make)  # the engine itself reports a stop as "interrupted" (exit 130)
+    # The engine itself reports a stop as "interrupted" (exit 130); a stop that hangs ends the process.
+    result, _stopped = run_stoppable(make, on_force=trace.on_force if trace is not None else None)
     took = time.monotonic() - t0
     if trace is not None:
         trace.outcome, trace.message = result.outcome, result.message

@@ -28,7 +28,7 @@ import aiosqlite
 from horos_async.blocking import offload
 from horos_async.guards import human_bytes
 from horos_async.codes import IssueCode
-from horos_async.errors import DiskFull, HorosBackupError, LedgerError
+from horos_async.errors import DiskFull, HorosBackupError, LedgerError, VolumeError
 from horos_async.models import DONE, FAILED, PARTIAL, Outcome, StudyPlan
 from horos_async.platform import is_macos
 from horos_async.state.issues_csv import append_issue_csv, iso_time, redact_zip_names
@@ -549,6 +549,10 @@ FULL_BELOW = 16 << 20
 """Below this much free space, a ledger error is the full volume's doing, not damage."""
 
 
+VOLUME_SIGNS = ("full", "disk i/o error", "readonly", "read-only", "unable to open")
+"""Words of a SQLite error that name the volume under the ledger, not the ledger (see :func:`fault`)."""
+
+
 def fault(path: Path, exc: sqlite3.Error) -> HorosBackupError:
     """What a SQLite error on the ledger means: a full backup volume (SQLite says "database or disk is
     full", or reports an I/O error while the volume has next to no space left) or a damaged ledger.
@@ -560,10 +564,16 @@ def fault(path: Path, exc: sqlite3.Error) -> HorosBackupError:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
-    if "full" in str(exc).lower() or (free is not None and free < FULL_BELOW):
+    text = str(exc).lower()
+    if "full" in text or (free is not None and free < FULL_BELOW):
         shown = human_bytes(free) if free is not None else "no space"
         return DiskFull(f"the backup volume is full ({shown} free): the ledger {path} cannot be written "
                         f"({exc}). The ledger is fine: do not move it. Free space and run again")
+    if free is None or any(sign in text for sign in VOLUME_SIGNS[1:]):
+        # The disk failed under a commit (or went read-only, or away): the volume's fault, not damage.
+        return VolumeError(f"the backup volume failed while the ledger {path} was written ({exc}): is the disk "
+                           f"still connected? Nothing unfinished was recorded as done. Do not move the ledger; "
+                           f"check the disk (Disk Utility's First Aid, 'horos-backup doctor') and run again")
     return LedgerError(
         f"ledger {path} is damaged ({exc}). Nothing was changed. Move it aside (mv '{path}' "
         f"'{path}.damaged') and run 'horos-backup rebuild-ledger' to rebuild it from the ZIPs on disk")
