@@ -415,3 +415,30 @@ def test_a_day_without_an_index_snapshot_is_told_then_its_recovery(demo_lib, tmp
     dispatch.after_run(cfg, ok_attempt())
     events = [d["event"] for d in web.json() if d["code"] == "INDEX_SNAPSHOT_SKIPPED"]
     assert events == ["problem", "reminder", "recovered"]
+
+
+def test_a_failing_mirror_is_told_once_then_its_recovery(tmp_path, web):
+    """A mirror destination whose disk is not mounted (no sentinel): MIRROR_FAILED reaches the webhook once
+    with the reason, not again on the next failing mirror, and 'recovered' once the disk is back."""
+    from horos_async import config as config_mod
+    from horos_async.errors import EXIT_MIRROR
+
+    from mirror_helpers import library, with_mirrors
+
+    _lib, cfg = library(tmp_path)
+    nas = tmp_path / "Volumes" / "NAS"
+    nas.mkdir(parents=True)  # a bare mount point: the share is not mounted
+    table = notify_table(tmp_path, web=web)
+    conf = with_mirrors(cfg, tmp_path, config_mod.MirrorConfig(dest=str(nas)))
+    assert "[notify]" not in conf.read_text(encoding="utf-8")
+    with conf.open("a", encoding="utf-8") as f:  # the notify table, as a person adds it
+        f.write("\n[notify]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    assert cli.main(["mirror", "--config", str(conf)]) == EXIT_MIRROR
+    failed = [d for d in web.json() if d["code"] == "MIRROR_FAILED"]
+    assert len(failed) == 1 and failed[0]["event"] == "problem" and failed[0]["severity"] == "error"
+    assert str(nas) in failed[0]["message"] and "not mounted" in failed[0]["message"]
+    assert cli.main(["mirror", "--config", str(conf)]) == EXIT_MIRROR  # still failing: nothing new told
+    assert len([d for d in web.json() if d["code"] == "MIRROR_FAILED"]) == 1
+    (nas / config_mod.MIRROR_SENTINEL).touch()  # the share is mounted again
+    assert cli.main(["mirror", "--config", str(conf)]) == EXIT_OK
+    assert [d["event"] for d in web.json() if d["code"] == "MIRROR_FAILED"] == ["problem", "recovered"]

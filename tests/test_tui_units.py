@@ -279,3 +279,19 @@ def test_health_line_shows_ledger_warnings_beside_an_ok_health():
     view = describe_health(warned)
     assert view.state_class == "-warning" and "warning: INDEX_SNAPSHOT_SKIPPED" in view.text
     assert view.text.startswith("last success 2 h ago")
+
+
+def test_archive_panel_names_each_mirror_destination():
+    from dataclasses import replace
+
+    from horos_async.status import MirrorState
+    from tui.widgets.archive_progress import mirror_line
+
+    assert mirror_line(sample_snapshot()) == ""
+    nas = MirrorState("/Volumes/NAS", 412, 410, 2_000_000_000, 1_990_000_000, 3 * 3600.0, SAMPLE_NOW - 600,
+                      "ok", "", "")
+    b2 = MirrorState("rclone:b2:clinic", 412, 0, 2_000_000_000, 0, 2 * 86400.0, SAMPLE_NOW - 60, "failed",
+                     "Failed to copy: 401 unauthorized", "MIRROR_FAILED")
+    lines = mirror_line(replace(sample_snapshot(), mirrors=(nas, b2))).split("\n")
+    assert lines[0].startswith("mirror /Volumes/NAS: CATCHING UP · 410/412 ZIPs") and "behind" in lines[0]
+    assert lines[1].startswith("mirror rclone:b2:clinic: FAILING · 0/412 ZIPs")

@@ -1,7 +1,8 @@
 """Whole-archive progress: studies done of those eligible, bytes, throughput with a sparkline while a run
 goes (the rate achieved over the last days otherwise), the ETA that rate gives, and
 a one-line strip of per-month coverage (one cell per month folder, fuller = more of that month done;
-the month range and how many months are complete sit in the bottom border).
+the month range and how many months are complete sit in the bottom border), and one line per mirror
+destination (its health, ZIPs and bytes mirrored of those done, its lag), as ``status`` shows them.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ def rate_text(s: Snapshot) -> str:
     return f"idle · {fmt.rate(s.achieved_per_hour)} studies/h over {span} "
 
 
+def mirror_line(s: Snapshot) -> str:
+    """``mirror /Volumes/NAS: OK · 410/412 ZIPs · 1.2 GB/1.2 GB · 3.0 h behind``, one line per
+    destination ("" when no mirror is configured)."""
+    out = []
+    for m in s.mirrors:
+        lag = f" · {fmt.duration(m.lag_seconds)} behind" if m.lag_seconds else ""
+        out.append(f"mirror {m.dest}: {m.health} · {fmt.count(m.zips_mirrored)}/{fmt.count(m.zips_done)} ZIPs · "
+                   f"{fmt.size(m.bytes_mirrored)}/{fmt.size(m.bytes_done)}{lag}")
+    return "\n".join(out)
+
+
 class ArchiveProgress(Widget):
     """The archive panel; set ``snapshot`` to update."""
 
@@ -98,6 +110,7 @@ class ArchiveProgress(Widget):
             yield Label(id="archive-rate", markup=False)
             yield Sparkline([], id="archive-spark")
         yield Label(id="archive-months", markup=False)
+        yield Label(id="archive-mirror", markup=False)
 
     def on_mount(self) -> None:
         self.border_title = "Archive"
@@ -113,6 +126,8 @@ class ArchiveProgress(Widget):
     def _show(self, s: Optional[Snapshot]) -> None:
         counts = self.query_one("#archive-counts", Label)
         meter = self.query_one("#archive-meter", Meter)
+        mirror = self.query_one("#archive-mirror", Label)
+        mirror.display = s is not None and bool(s.mirrors)
         if s is None or s.engine == EngineState.UNREADABLE:
             set_text(counts, "archive state unknown")
             meter.fraction = None
@@ -126,4 +141,6 @@ class ArchiveProgress(Widget):
         self.query_one("#archive-spark", Sparkline).data = rate_history(s) if s.engine == EngineState.RUNNING else []
         set_text(self.query_one("#archive-months", Label), month_strip(s, self.content_size.width))
         self.border_subtitle = month_range(s)
-        set_state(self, "-warning" if s.failed else "-ok")
+        set_text(mirror, mirror_line(s))
+        behind = any(m.code for m in s.mirrors)
+        set_state(self, "-warning" if s.failed or behind else "-ok")
