@@ -120,15 +120,16 @@ def read_only(folder: Path):
 
 
 @contextlib.contextmanager
-def small_tmpfs(folder: Path, size_mb: int):
-    """A real ``size_mb`` MB filesystem (tmpfs) mounted at ``folder``; the test is skipped where this
-    process may not mount (not root)."""
+def small_tmpfs(folder: Path, size_mb):
+    """A real filesystem (tmpfs) of ``size_mb`` MB, or of a size as ``mount`` writes it (``"160k"``),
+    mounted at ``folder``; the test is skipped where this process may not mount (not root)."""
     import subprocess
 
     import pytest
 
+    size = f"{size_mb}m" if isinstance(size_mb, int) else str(size_mb)
     folder.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:

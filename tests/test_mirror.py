@@ -7,7 +7,6 @@ recorded, nothing ever replaced at a destination, and the faults (unmounted, ful
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
@@ -22,21 +21,14 @@ from horos_async import config as config_mod
 from horos_async.errors import EXIT_MIRROR, EXIT_OK
 from horos_async.state import sums
 
+from helpers import small_tmpfs
 from mirror_helpers import (assert_mirrored, copies, file_sha, ledger_rows, library, main, ok_zips, sha256sum_c,
                             with_mirrors)
 
 
-@contextlib.contextmanager
 def tmpfs(folder: Path, size: str):
-    """A real tmpfs of ``size`` (``"160k"``, ``"16m"``) at ``folder``; skipped where we may not mount."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    """A real tmpfs of ``size`` (``"160k"``, ``"16m"``) at ``folder`` (helpers.small_tmpfs)."""
+    return small_tmpfs(folder, size)
 
 
 @pytest.fixture
