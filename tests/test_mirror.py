@@ -264,7 +264,7 @@ def test_index_snapshots_are_mirrored(backed, tmp_path):
     assert kinds == {"zip", "sums", "index"}
 
 
-def test_zips_written_before_schema_4_are_hashed_when_first_mirrored(backed, tmp_path):
+def test_zips_written_before_the_mirror_schema_are_hashed_when_first_mirrored(backed, tmp_path):
     """An older ledger's ZIPs have no SHA-256: the mirror hashes each while copying, records it, and the
     month lists follow."""
     _lib, cfg = backed
