@@ -12,6 +12,7 @@ the parents of any directory just created) so the rename itself survives a power
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -177,6 +178,48 @@ def write_atomic(final: Path, data: bytes, *, mode: int = FILE_MODE, overwrite: 
         # Never leave our own temp behind; `final` is untouched on every failure path.
         discard(tmp)
         raise
+
+
+def write_stream(final: Path, source: IO[bytes], *, tag: str, sha256: str = "", mtime: Optional[float] = None,
+                 check: Optional[Callable[[Path], None]] = None, chunk: int = 1 << 20) -> Optional[int]:
+    """Stream ``source`` into a new ``final`` through a hidden temp file (temp → sync → publish without
+    replacing); the bytes written, or None when ``final`` already exists (nothing is written then).
+
+    ``sha256``, when given, must be the SHA-256 of the bytes read (ValueError otherwise); ``check(tmp)``
+    runs on the synced temp before it is named and may raise to refuse it; ``mtime`` dates the file.
+    On any failure the temp is removed and ``final`` is untouched.
+    """
+    if os.path.lexists(final):
+        return None
+    created = ensure_dir(final.parent)
+    tmp = temp_path_for(final, f"{os.getpid()}-{tag}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    h, size = (hashlib.sha256() if sha256 else None), 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                data = source.read(chunk)
+                if not data:
+                    break
+                if h is not None:
+                    h.update(data)
+                out.write(data)
+                size += len(data)
+            sync_file(out, path=tmp)
+        if h is not None and h.hexdigest() != sha256:
+            raise ValueError(f"{final.name}: the bytes read differ from the verified ones (SHA-256)")
+        if check is not None:
+            check(tmp)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        publish(tmp, final, created_dirs=created)
+    except AlreadyExists:
+        discard(tmp)
+        return None
+    except BaseException:
+        discard(tmp)
+        raise
+    return size
 
 
 def discard(path: Path) -> None:

@@ -17,7 +17,6 @@ docs/design/manifest.md §6.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import zipfile
@@ -146,34 +145,7 @@ def _line(item: Exported) -> str:
 def _write_checked(source, final: Path, sha256: str, mtime: Optional[float] = None) -> Optional[int]:
     """Stream ``source`` into ``final`` via a hidden temp file, checking its SHA-256 before publishing;
     None when ``final`` already exists. Raises ValueError when the bytes are not the verified ones."""
-    if os.path.lexists(final):
-        return None
-    created = durable.ensure_dir(final.parent)
-    tmp = durable.temp_path_for(final, f"{os.getpid()}-export")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), durable.FILE_MODE)
-    h, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while True:
-                chunk = source.read(CHUNK)
-                if not chunk:
-                    break
-                h.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-            durable.sync_file(out, path=tmp)
-        if sha256 and h.hexdigest() != sha256:
-            raise ValueError(f"{final.name}: the bytes read differ from the verified ones (SHA-256)")
-        if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
-        durable.publish(tmp, final, created_dirs=created)
-    except durable.AlreadyExists:
-        durable.discard(tmp)
-        return None
-    except BaseException:
-        durable.discard(tmp)
-        raise
-    return size
+    return durable.write_stream(final, source, tag="export", sha256=sha256, mtime=mtime, chunk=CHUNK)
 
 
 def _safe_target(root: Path, name: str) -> Path:
@@ -207,35 +179,23 @@ def _copy_zip(path: Path, final: Path, members: List[archive.BuiltMember], item:
     if os.path.lexists(final):
         item.skipped += 1
         return
-    created = durable.ensure_dir(final.parent)
-    tmp = durable.temp_path_for(final, f"{os.getpid()}-export")
-    try:
-        with open(path, "rb") as src:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), durable.FILE_MODE)
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                durable.sync_file(out, path=tmp)
+
+    def read_back(tmp: Path) -> None:
         copied = zipcheck.verify_zip(tmp, members, deep=True, hashes=True)
         want = {m.name: m.sha256 for m in members}
         bad = [m.name for m in copied if m.sha256 != want.get(m.name)]
         if bad:
             raise ValueError(f"the copy of {bad[0]} differs from the original (SHA-256)")
-        durable.publish(tmp, final, created_dirs=created)
-    except durable.AlreadyExists:
-        durable.discard(tmp)
-        item.skipped += 1
-        return
+
+    try:
+        with open(path, "rb") as src:
+            written = durable.write_stream(final, src, tag="export", check=read_back, chunk=CHUNK)
     except (OSError, ValueError, archive.ZipInvalid) as exc:
-        durable.discard(tmp)
         item.error = f"STOPPED {path.name}: {_why(exc)}; the copy was removed"
         return
-    except BaseException:
-        durable.discard(tmp)
-        raise
+    if written is None:  # appeared meanwhile: never overwritten
+        item.skipped += 1
+        return
     item.files, item.bytes = sum(1 for m in members if m.name not in zip_manifest.SPECIAL), final.stat().st_size
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import time
 import zipfile
@@ -231,23 +230,9 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, final: Path) -> Optiona
     """Write one member to ``final`` via a hidden temp file; None when ``final`` already exists."""
     if os.path.lexists(final):
         return None
-    created = durable.ensure_dir(final.parent)
-    tmp = durable.temp_path_for(final, f"{os.getpid()}-restore")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), durable.FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as out, zf.open(info) as src:  # zipfile checks the CRC at the end
-            shutil.copyfileobj(src, out, CHUNK)
-            durable.sync_file(out, path=tmp)
-        stamp = time.mktime(info.date_time + (0, 0, -1))
-        os.utime(tmp, (stamp, stamp))
-        durable.publish(tmp, final, created_dirs=created)
-    except durable.AlreadyExists:
-        durable.discard(tmp)
-        return None
-    except BaseException:
-        durable.discard(tmp)
-        raise
-    return info.file_size
+    stamp = time.mktime(info.date_time + (0, 0, -1))
+    with zf.open(info) as src:  # zipfile checks the CRC at the end
+        return durable.write_stream(final, src, tag="restore", mtime=stamp, chunk=CHUNK)
 
 
 def _write_members(zf: zipfile.ZipFile, todo: List[Tuple[zipfile.ZipInfo, Path]], report: Restored) -> None:
