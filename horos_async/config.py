@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from horos_async import platform
 from horos_async.errors import ConfigError
@@ -364,6 +364,14 @@ def _fail(source: str, key: str, value: Any, why: str) -> ConfigError:
     return ConfigError(f"{source}: key '{key}' = {value!r}: {why}")
 
 
+def _parses(source: str, key: str, value: Any, parse: Callable[[Any], Any]) -> None:
+    """``parse(value)``'s ValueError as the config error naming ``key``."""
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise _fail(source, key, value, str(exc)) from None
+
+
 def _path(source: str, key: str, value: Any, base: Path) -> Optional[Path]:
     if not isinstance(value, str):
         raise _fail(source, key, value, "expected a path in quotes")
@@ -491,17 +499,11 @@ def _mirrors(source: str, value: Any, base: Path) -> Tuple[MirrorConfig, ...]:
         m = MirrorConfig(dest=dest, **{k: t[k].strip() for k in _MIRROR_FIELDS[1:] if k in t})
         if m.verify not in MIRROR_VERIFY_CHOICES:
             raise _fail(source, "mirror.verify", m.verify, f"must be one of {', '.join(MIRROR_VERIFY_CHOICES)}")
-        try:
-            parse_bwlimit(m.bwlimit)
-        except ValueError as exc:
-            raise _fail(source, "mirror.bwlimit", m.bwlimit, str(exc)) from None
+        _parses(source, "mirror.bwlimit", m.bwlimit, parse_bwlimit)
         if m.window:
             from horos_async.schedule import parse_window
 
-            try:
-                parse_window(m.window)
-            except ValueError as exc:
-                raise _fail(source, "mirror.window", m.window, str(exc)) from None
+            _parses(source, "mirror.window", m.window, parse_window)
         if any(o.dest == m.dest for o in out):
             raise _fail(source, "mirror.dest", m.dest, "listed twice")
         out.append(m)
@@ -550,17 +552,11 @@ def validate(cfg: Config) -> Config:
     if cfg.timezone:
         from horos_async.timezones import load_zone
 
-        try:
-            load_zone(cfg.timezone)
-        except ValueError as exc:
-            raise _fail(src, "timezone", cfg.timezone, str(exc)) from None
+        _parses(src, "timezone", cfg.timezone, load_zone)
     if cfg.run_window:
         from horos_async.schedule import parse_window
 
-        try:
-            parse_window(cfg.run_window)
-        except ValueError as exc:
-            raise _fail(src, "run_window", cfg.run_window, str(exc)) from None
+        _parses(src, "run_window", cfg.run_window, parse_window)
     _check_outside_horos(cfg, src)
     for m in cfg.mirror:
         if m.is_rclone:
